@@ -1,0 +1,1 @@
+"""Calibration algorithms (minmax, qdiff, tfmq) and calibration data collection."""

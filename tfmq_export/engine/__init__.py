@@ -1,0 +1,1 @@
+"""Engine builders: onnxruntime optimised models, OpenVINO IR, TensorRT plans, each with a manifest."""

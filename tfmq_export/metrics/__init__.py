@@ -1,0 +1,1 @@
+"""Quality metrics: the digits classifier and digits-FID."""

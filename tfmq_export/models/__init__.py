@@ -1,0 +1,1 @@
+"""Model loading and adapters: find the temporal branch, quantizable layers and blocks of a UNet."""

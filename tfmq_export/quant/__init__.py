@@ -1,0 +1,1 @@
+"""Quantization simulation on TensorRT-compatible grids (symmetric, zero point 0)."""

@@ -1,0 +1,1 @@
+"""Runners with one interface for torch, onnxruntime, OpenVINO and TensorRT."""
