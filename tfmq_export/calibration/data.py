@@ -1,0 +1,84 @@
+"""Calibration data: (x_t, step index, condition) at every step of full-precision trajectories.
+
+The full-precision sampler runs ONCE per batch of trajectories and every step's UNet input is
+kept, so collecting T steps costs one sampling pass (the authors' released code re-samples for
+each step, O(T^2)). Sizes are bounded by ``num_samples`` (trajectories) x ``num_steps``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from tfmq_export.sampling import Denoiser, cycle_conditions, ddim_sample, initial_noise
+
+
+@dataclass
+class CalibrationData:
+    """Every UNet input of the calibration trajectories, step-major within each batch."""
+
+    samples: torch.Tensor  # [N, C, H, W] x_t
+    step_index: torch.Tensor  # [N] int64 table rows
+    conditions: torch.Tensor | None  # [N, S, D] or None
+    timesteps: list[int]
+
+    def __len__(self) -> int:
+        return self.samples.shape[0]
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None):
+        """Yield (samples, step_index, conditions) minibatches, shuffled when a generator is given."""
+        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            idx = order[start : start + batch_size]
+            cond = None if self.conditions is None else self.conditions[idx]
+            yield self.samples[idx], self.step_index[idx], cond
+
+    def per_step_subset(self, per_step: int, seed: int = 0) -> CalibrationData:
+        """At most ``per_step`` samples of every step (uniform over steps)."""
+        generator = torch.Generator().manual_seed(seed)
+        keep = []
+        for row in range(len(self.timesteps)):
+            idx = (self.step_index == row).nonzero().flatten()
+            keep.append(idx[torch.randperm(idx.numel(), generator=generator)[:per_step]])
+        index = torch.cat(keep)
+        return CalibrationData(
+            self.samples[index],
+            self.step_index[index],
+            None if self.conditions is None else self.conditions[index],
+            self.timesteps,
+        )
+
+
+def collect_calibration_data(
+    denoise: Denoiser,
+    scheduler_config: dict[str, Any],
+    timesteps: list[int],
+    sample_shape: tuple[int, ...],
+    num_samples: int,
+    seed: int,
+    batch_size: int = 64,
+    conditions: torch.Tensor | None = None,
+    progress: bool = True,
+) -> CalibrationData:
+    """Sample ``num_samples`` full-precision trajectories and keep the input of every step."""
+    latents = initial_noise(num_samples, sample_shape, seed)
+    xs: list[torch.Tensor] = []
+    rows: list[torch.Tensor] = []
+    conds: list[torch.Tensor] = []
+
+    def keep(step: int, x: torch.Tensor, cond: torch.Tensor | None) -> None:
+        xs.append(x.clone())
+        rows.append(torch.full((x.shape[0],), step, dtype=torch.int64))
+        if cond is not None:
+            conds.append(cond)
+
+    for start in tqdm(range(0, num_samples, batch_size), desc="calibration data", disable=not progress, leave=False):
+        chunk = latents[start : start + batch_size]
+        cond = None if conditions is None else cycle_conditions(conditions, start, chunk.shape[0])
+        ddim_sample(denoise, scheduler_config, len(timesteps), chunk, cond, on_step=keep)
+    return CalibrationData(
+        torch.cat(xs), torch.cat(rows), torch.cat(conds) if conds else None, list(timesteps)
+    )

@@ -1,0 +1,224 @@
+"""TensorRT plans from the exported Q/DQ ONNX, built through Polygraphy's loaders.
+
+Strong typing and where FP16 comes from
+---------------------------------------
+The network is parsed strongly typed (``NetworkFromOnnxPath(..., strongly_typed=True)``). In
+TensorRT 11 that is the only mode: the weak-typing builder flags (``BuilderFlag.FP16``,
+``BuilderFlag.INT8``, the precision-constraint flags) were removed, and the
+``STRONGLY_TYPED`` network flag is kept only for compatibility and ignored; on TensorRT 10.x it
+must be set explicitly. In a strongly typed network "the optimizer infers intermediate tensor
+types from the network input types and operator specifications and adheres to them strictly"
+(TensorRT 11.0 release notes). Consequences for the exporter:
+
+* INT8 comes from the Q/DQ nodes (explicit quantization): a QuantizeLinear -> DequantizeLinear on
+  the activation and a DequantizeLinear on the INT8 weight around a Conv/MatMul/Gemm lets
+  TensorRT fuse them into an INT8 layer. INT4 is weight-only, blocked, on MatMul/Gemm.
+* Everything that is not quantized runs in the type the graph gives it. A float32 ONNX therefore
+  runs its GroupNorm, softmax, residual adds, non-quantized convs... in FP32 (TF32 at best), not
+  FP16. NVIDIA's migration guide says to convert the ONNX to mixed precision *before* building
+  (ModelOpt AutoCast, ``keep_io_types=True`` to keep float32 ``sample``/``noise_pred``). So the
+  exporter must emit FP16 (with casts at the float32 I/O) for the non-quantized parts when FP16
+  speed is wanted; the DequantizeLinear output type follows its scale's type (opset 19+), so FP16
+  scales keep the quantized layers' outputs FP16 too. There is no builder switch to do it here.
+
+Without TensorRT or without a CUDA GPU every entry point raises ``TfmqError`` with one line; the
+module imports nothing from TensorRT at import time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from tfmq_export import __version__
+from tfmq_export.engine.onnxruntime import (
+    commit_staged,
+    load_source_onnx,
+    machine_info,
+    manifest_path,
+    onnx_metadata,
+    sha256_file,
+    staged_dir,
+    utc_now,
+)
+from tfmq_export.errors import TfmqError
+
+__all__ = ["build_tensorrt_engine", "check_tensorrt_available", "gpu_name"]
+
+#: the UNet contract's inputs, all batched along dim 0
+CONTRACT_INPUTS = ("sample", "step_index", "encoder_hidden_states")
+
+
+def _cuda_device_count() -> int:
+    """Number of CUDA devices seen by the CUDA runtime Polygraphy loads (0 if none / no driver)."""
+    from polygraphy import cuda
+
+    try:
+        handle = cuda.wrapper().handle
+    except Exception:  # no libcudart anywhere: OSError, or PolygraphyException
+        return 0
+    count = ctypes.c_int(0)
+    if handle.cudaGetDeviceCount(ctypes.byref(count)) != 0:
+        return 0
+    return int(count.value)
+
+
+def check_tensorrt_available() -> str | None:
+    """``None`` when TensorRT and a CUDA GPU are usable, else the reason, in one sentence."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return (
+            "TensorRT is not installed (pip install 'tfmq-export[tensorrt]' on a machine with an NVIDIA GPU)"
+        )
+    except Exception as exc:  # a broken install: missing libnvinfer, CUDA mismatch
+        return f"TensorRT is installed but cannot be imported ({type(exc).__name__}: {exc})"
+    if _cuda_device_count() < 1:
+        return "no CUDA GPU is visible (TensorRT engines need an NVIDIA GPU and its driver)"
+    return None
+
+
+def gpu_name() -> str:
+    """Name of GPU 0 as nvidia-smi reports it ("unknown" when it cannot be asked)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return "unknown"
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,driver_version", "--format=csv,noheader", "--id=0"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out or "unknown"
+
+
+def _profile_shapes(
+    model: onnx.ModelProto, min_batch: int, opt_batch: int, max_batch: int
+) -> dict[str, list[list[int]]]:
+    """min/opt/max shapes per graph input: the batch dim varies, every other dim must be fixed."""
+    inits = {t.name for t in model.graph.initializer}
+    shapes: dict[str, list[list[int]]] = {}
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        fixed: list[int] = []
+        for axis, d in enumerate(dims):
+            if axis == 0:
+                fixed.append(-1)
+            elif d.HasField("dim_value") and d.dim_value > 0:
+                fixed.append(int(d.dim_value))
+            else:
+                raise TfmqError(
+                    f"input {value.name!r} has a dynamic dimension {axis} ({d.dim_param or '?'}); "
+                    "only the batch may vary in a TensorRT profile, export with a fixed latent size"
+                )
+        if not fixed:
+            raise TfmqError(f"input {value.name!r} is a scalar; the UNet contract batches every input")
+        shapes[value.name] = [[b, *fixed[1:]] for b in (min_batch, opt_batch, max_batch)]
+    return shapes
+
+
+def build_tensorrt_engine(
+    onnx_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    min_batch: int = 1,
+    opt_batch: int = 1,
+    max_batch: int = 2,
+    timing_cache: str | os.PathLike[str] | None = None,
+    workspace_gb: float | None = None,
+    lint: bool = True,
+) -> dict[str, Any]:
+    """Build a strongly typed TensorRT plan for the exported UNet; returns (and writes) the manifest.
+
+    One optimization profile covers ``min_batch..max_batch`` for every declared input
+    (``sample``, ``step_index``, ``encoder_hidden_states`` when present), tuned for ``opt_batch``
+    (classifier-free guidance runs batch 2 per image). ``timing_cache`` is loaded when it exists
+    and written back after the build (it makes rebuilds minutes faster). ``workspace_gb`` caps the
+    builder's workspace pool. With ``lint=True`` the graph must pass ``lint_tensorrt`` first, so a
+    Q/DQ mistake is reported by node name instead of as a TensorRT parser error.
+    """
+    reason = check_tensorrt_available()
+    if reason is not None:
+        raise TfmqError(f"cannot build a TensorRT engine: {reason}")
+    if not 1 <= min_batch <= opt_batch <= max_batch:
+        raise TfmqError(
+            f"batch sizes must satisfy 1 <= min <= opt <= max, got {min_batch}, {opt_batch}, {max_batch}"
+        )
+    if workspace_gb is not None and workspace_gb <= 0:
+        raise TfmqError(f"workspace_gb must be positive, not {workspace_gb}")
+    out = Path(out_path)
+    src, model = load_source_onnx(onnx_path)
+    if lint:
+        from tfmq_export.export.lint import lint_tensorrt
+
+        violations = lint_tensorrt(model, base_dir=src.parent)
+        if violations:
+            first = violations[0]
+            raise TfmqError(
+                f"{src} breaks TensorRT's Q/DQ rules in {len(violations)} place(s), first [{first.rule}] "
+                f"{first.node}: {first.message}"
+            )
+    shapes = _profile_shapes(model, min_batch, opt_batch, max_batch)
+
+    import tensorrt as trt
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+    from polygraphy.exception import PolygraphyException
+
+    profile = Profile()
+    for name, (lo, mid, hi) in shapes.items():
+        profile.add(name, min=lo, opt=mid, max=hi)
+    pools = None if workspace_gb is None else {trt.MemoryPoolType.WORKSPACE: int(workspace_gb * (1 << 30))}
+    cache = None if timing_cache is None else str(timing_cache)
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+
+    start = time.perf_counter()
+    with staged_dir(out) as stage:
+        # EngineBytesFromNetwork is EngineFromNetwork without the deserialization: the plan bytes
+        # are all we store, and the runner deserializes them on its own GPU context.
+        network = NetworkFromOnnxPath(str(src), strongly_typed=True)
+        config = CreateConfig(profiles=[profile], load_timing_cache=cache, memory_pool_limits=pools)
+        try:
+            plan = EngineBytesFromNetwork(network, config=config, save_timing_cache=cache)()
+        except PolygraphyException as exc:
+            raise TfmqError(
+                f"TensorRT could not build an engine from {src}: {str(exc).strip().splitlines()[0]}"
+            ) from exc
+        (stage / out.name).write_bytes(bytes(plan))
+        manifest: dict[str, Any] = {
+            "backend": "tensorrt",
+            "engine": out.name,
+            "engine_files": [out.name],
+            "engine_bytes": (stage / out.name).stat().st_size,
+            "engine_sha256": sha256_file(stage / out.name),
+            "source_onnx": str(src),
+            "source_onnx_sha256": sha256_file(src),
+            "source_metadata": onnx_metadata(model),
+            "tensorrt_version": trt.__version__,
+            "strongly_typed": True,
+            "gpu": gpu_name(),
+            "profiles": [
+                {name: {"min": lo, "opt": mid, "max": hi} for name, (lo, mid, hi) in shapes.items()}
+            ],
+            "timing_cache": cache,
+            "workspace_gb": workspace_gb,
+            "machine": machine_info(),
+            "build_seconds": round(time.perf_counter() - start, 3),
+            "created_utc": utc_now(),
+            "tfmq_export_version": __version__,
+        }
+        commit_staged(stage, out.parent, [out.name], manifest, manifest_path(out).name)
+    return manifest

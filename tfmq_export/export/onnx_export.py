@@ -1,0 +1,132 @@
+"""Export a calibrated UNet as ONNX per the contract (docs: ARCHITECTURE.md, "the exported ONNX UNet").
+
+1. the full-precision table UNet (temporal branch -> Gather from per-step tables) is traced with
+   torch's TorchScript ONNX exporter (names keep module scopes, which the Q/DQ pass needs);
+2. Q/DQ from the artifact are injected (``qdq.insert_qdq``);
+3. metadata (``tfmq.*``) is attached, the graph is checked (and, for TensorRT, linted);
+4. the file is written atomically (temp file + rename), with external data for >2 GB models.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from tfmq_export import __version__
+from tfmq_export.artifact import CalibrationArtifact
+from tfmq_export.errors import TfmqError
+from tfmq_export.export.qdq import TARGETS, insert_qdq, needs_opset_21
+from tfmq_export.models.loading import LoadedModel
+from tfmq_export.temporal import TemporalTableUNet
+
+BASE_OPSET = 17
+_PROTOBUF_LIMIT = 1_800_000_000
+
+
+def example_inputs(model: LoadedModel, batch: int = 2, seq_len: int = 8) -> tuple[torch.Tensor, ...]:
+    """Inputs with the contract's shapes, for tracing and tests."""
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn((batch, *model.sample_shape), generator=generator)
+    step_index = torch.zeros(batch, dtype=torch.int64)
+    if not model.is_conditional:
+        return sample, step_index
+    dim = model.unet.config.cross_attention_dim
+    return sample, step_index, torch.randn((batch, seq_len, dim), generator=generator)
+
+
+def trace_to_onnx(table_unet: TemporalTableUNet, inputs: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
+    """Trace the full-precision table UNet; batch (and sequence length) are dynamic."""
+    names = ["sample", "step_index", "encoder_hidden_states"][: len(inputs)]
+    dynamic = {name: {0: "batch"} for name in names}
+    if len(inputs) == 3:
+        dynamic["encoder_hidden_states"][1] = "sequence"
+    dynamic["noise_pred"] = {0: "batch"}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = os.path.join(tmp, "unet.onnx")
+        with torch.no_grad():
+            torch.onnx.export(
+                table_unet.eval(), inputs, path, dynamo=False, opset_version=BASE_OPSET,
+                input_names=names, output_names=["noise_pred"], dynamic_axes=dynamic,
+                do_constant_folding=True,
+            )
+        return onnx.load(path)  # loads external data too, before the folder goes
+
+
+def set_metadata(model: onnx.ModelProto, artifact: CalibrationArtifact, target: str) -> None:
+    values = {
+        "tfmq.timesteps": json.dumps(artifact.timesteps),
+        "tfmq.wbits": str(artifact.wbits),
+        "tfmq.abits": str(artifact.abits),
+        "tfmq.method": artifact.method,
+        "tfmq.version": __version__,
+        "tfmq.target": target,
+        "tfmq.model_fingerprint": artifact.model_fingerprint,
+        "tfmq.temporal_table": artifact.temporal_table,
+    }
+    del model.metadata_props[:]
+    for key, value in values.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    model.producer_name = "tfmq-export"
+    model.producer_version = __version__
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def save_onnx_atomic(model: onnx.ModelProto, out_path: Path) -> None:
+    """Write ``model`` to ``out_path`` via a temp name + rename; external data beside it if large."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    large = model.ByteSize() > _PROTOBUF_LIMIT
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    data_name = out_path.name + ".data"
+    try:
+        if large:
+            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+        else:
+            buffer = io.BytesIO()
+            onnx.save_model(model, buffer)
+            tmp.write_bytes(buffer.getvalue())
+        os.replace(tmp, out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = "tensorrt") -> onnx.ModelProto:
+    """The exported graph (not yet written) for ``model`` quantized as ``artifact`` says."""
+    if target not in TARGETS:
+        raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
+    artifact.check_model(model.fingerprint(), model.name)
+    table_unet = TemporalTableUNet(model.unet, artifact.temporal_tables(), artifact.timesteps)
+    graph = trace_to_onnx(table_unet, example_inputs(model))
+    if artifact.layers:
+        if needs_opset_21(artifact):
+            graph = onnx.version_converter.convert_version(graph, 21)
+        insert_qdq(graph, artifact, target)
+    set_metadata(graph, artifact, target)
+    if graph.ByteSize() <= _PROTOBUF_LIMIT:
+        onnx.checker.check_model(graph)
+    if target == "tensorrt" and artifact.layers:
+        from tfmq_export.export.lint import format_violations, lint_tensorrt
+
+        violations = lint_tensorrt(graph)
+        if violations:
+            raise TfmqError("exported graph breaks TensorRT's Q/DQ rules:\n" + format_violations(violations))
+    return graph
+
+
+def export_onnx(model: LoadedModel, artifact: CalibrationArtifact, out_path: Path, target: str = "tensorrt") -> Path:
+    """Build and atomically write the exported graph; returns the path."""
+    graph = build_onnx(model, artifact, target)
+    save_onnx_atomic(graph, Path(out_path))
+    return Path(out_path)

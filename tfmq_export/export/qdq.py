@@ -1,0 +1,184 @@
+"""Inject Q/DQ nodes from a calibration artifact into an exported full-precision graph.
+
+The exporter traces the table UNet with torch's TorchScript-based ONNX exporter, whose node
+names carry the module scope (``/unet/down_blocks.0/resnets.0/conv1/Conv``). Each quantized
+layer of the artifact is found by that scope, then:
+- its float weight initializer becomes integer weights + ``DequantizeLinear`` (per output
+  channel, zero point 0; INT4 weight-only MatMul/Gemm weights as a blocked DequantizeLinear),
+- its input gets ``QuantizeLinear -> DequantizeLinear`` with the per-tensor static scale.
+
+Targets. ``tensorrt``: int8 activations, zero point 0 (TensorRT's rules). ``onnxruntime``:
+uint8 activations with zero point 128 — the same dequantized values as int8/0, but onnxruntime
+on x86 fuses only unsigned activations into int8 kernels — plus Q/DQ on Conv outputs (scale from
+the calibrated output range) so that Conv fuses to QLinearConv; that extra rounding is the one
+place where this target computes something the simulation does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tfmq_export.artifact import CalibrationArtifact
+from tfmq_export.errors import TfmqError
+
+TARGETS = ("tensorrt", "onnxruntime")
+_WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def onnx_scope(layer: str, root: str = "unet") -> str:
+    """Node-name prefix of a module: ``down_blocks.0.resnets.0.conv1`` -> ``/unet/down_blocks.0/resnets.0/conv1/``."""
+    parts: list[str] = []
+    for part in layer.split("."):
+        if part.isdigit() and parts:
+            parts[-1] += f".{part}"
+        else:
+            parts.append(part)
+    return "/" + "/".join([root, *parts]) + "/"
+
+
+@dataclass
+class _Graph:
+    """Index of a graph for surgery: initializers by name, consumers of every tensor."""
+
+    model: onnx.ModelProto
+
+    def __post_init__(self) -> None:
+        self.inits = {t.name: t for t in self.model.graph.initializer}
+
+    def consumers(self, tensor: str) -> list[onnx.NodeProto]:
+        return [n for n in self.model.graph.node if tensor in n.input]
+
+    def add_init(self, name: str, array: np.ndarray, data_type: int | None = None) -> str:
+        if data_type is None:
+            tensor = numpy_helper.from_array(array, name)
+        else:  # int4: onnx packs two values per byte
+            tensor = helper.make_tensor(name, data_type, list(array.shape), array.flatten().tolist())
+        self.model.graph.initializer.append(tensor)
+        self.inits[name] = tensor
+        return name
+
+    def drop_init_if_unused(self, name: str) -> None:
+        if name in self.inits and not self.consumers(name):
+            self.model.graph.initializer.remove(self.inits.pop(name))
+
+
+def _find_layer_node(model: onnx.ModelProto, layer: str, inits: dict) -> onnx.NodeProto:
+    scope = onnx_scope(layer)
+    found = [
+        n for n in model.graph.node
+        if n.name.startswith(scope) and n.op_type in _WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in inits
+    ]
+    if len(found) != 1:
+        raise TfmqError(f"layer {layer}: expected one Conv/MatMul/Gemm under {scope} in the graph, found {len(found)}")
+    return found[0]
+
+
+def _weight_layout(node: onnx.NodeProto) -> int:
+    """Axis of the output channel in the node's weight tensor."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return 1  # MatMul B is [K, N]
+
+
+def _insert_weight_dq(g: _Graph, node: onnx.NodeProto, layer: str, artifact: CalibrationArtifact,
+                      target: str) -> list[onnx.NodeProto]:
+    record = artifact.layers[layer]
+    q = artifact.layer_tensor(layer, "weight_int").numpy().astype(np.int8)
+    scale = artifact.layer_tensor(layer, "weight_scale").numpy().astype(np.float32)
+    old = g.inits[node.input[1]]
+    old_shape = list(old.dims)
+    axis = _weight_layout(node)
+    if axis == 1:
+        q = q.T
+    if list(q.shape) != old_shape:
+        raise TfmqError(f"layer {layer}: artifact weight shape {list(q.shape)} does not match graph {old_shape}")
+    int4_blocked = record.wbits == 4 and record.abits >= 16 and node.op_type in ("MatMul", "Gemm")
+    w_name = g.add_init(f"{layer}.weight_int", q, TensorProto.INT4 if int4_blocked else None)
+    if int4_blocked:
+        # one block spans the whole input dimension: per-output-channel scales, written as blocked
+        # quantization (opset 21), the only INT4 form TensorRT accepts
+        k = q.shape[0] if axis == 1 else q.shape[1]
+        block_axis = 0 if axis == 1 else 1
+        s = scale.reshape(1, -1) if axis == 1 else scale.reshape(-1, 1)
+        zp = helper.make_tensor(f"{layer}.weight_zero_point", TensorProto.INT4, list(s.shape), [0] * s.size)
+        g.model.graph.initializer.append(zp)
+        g.inits[zp.name] = zp
+        s_name = g.add_init(f"{layer}.weight_scale", s)
+        attrs = {"axis": block_axis, "block_size": int(k)}
+    else:
+        s_name = g.add_init(f"{layer}.weight_scale", scale)
+        g.add_init(f"{layer}.weight_zero_point", np.zeros_like(scale, dtype=np.int8))
+        attrs = {"axis": axis}
+    dq = helper.make_node(
+        "DequantizeLinear", [w_name, s_name, f"{layer}.weight_zero_point"], [f"{layer}.weight_dq"],
+        name=f"{onnx_scope(layer)}weight_DequantizeLinear", **attrs,
+    )
+    old_name = node.input[1]
+    node.input[1] = dq.output[0]
+    g.drop_init_if_unused(old_name)
+    return [dq]
+
+
+def _qdq_pair(g: _Graph, tensor: str, prefix: str, scale: float, target: str) -> list[onnx.NodeProto]:
+    """QuantizeLinear -> DequantizeLinear on ``tensor``; returns the nodes (output ``{prefix}_dq``)."""
+    s_name = g.add_init(f"{prefix}_scale", np.array(scale, dtype=np.float32))
+    if target == "onnxruntime":
+        zp = g.add_init(f"{prefix}_zero_point", np.array(128, dtype=np.uint8))
+    else:
+        zp = g.add_init(f"{prefix}_zero_point", np.array(0, dtype=np.int8))
+    q = helper.make_node("QuantizeLinear", [tensor, s_name, zp], [f"{prefix}_q"], name=f"{prefix}_QuantizeLinear")
+    dq = helper.make_node("DequantizeLinear", [f"{prefix}_q", s_name, zp], [f"{prefix}_dq"],
+                          name=f"{prefix}_DequantizeLinear")
+    return [q, dq]
+
+
+def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: str) -> onnx.ModelProto:
+    """Insert the artifact's Q/DQ into ``model`` (in place) and return it, topologically sorted."""
+    if target not in TARGETS:
+        raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
+    g = _Graph(model)
+    new_nodes: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to place before it
+    after_nodes: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to place after it
+    for layer, record in artifact.layers.items():
+        node = _find_layer_node(model, layer, g.inits)
+        before: list[onnx.NodeProto] = []
+        if record.abits < 16:
+            scale = float(artifact.layer_tensor(layer, "input_scale"))
+            pair = _qdq_pair(g, node.input[0], f"{onnx_scope(layer)}input", scale, target)
+            node.input[0] = pair[1].output[0]
+            before += pair
+        if record.wbits < 16:
+            before += _insert_weight_dq(g, node, layer, artifact, target)
+        new_nodes[node.name] = before
+        if target == "onnxruntime" and node.op_type == "Conv" and record.abits < 16 and record.wbits < 16:
+            out_absmax = float(artifact.layer_tensor(layer, "output_absmax"))
+            if out_absmax > 0:
+                out = node.output[0]
+                users = g.consumers(out)
+                pair = _qdq_pair(g, out, f"{onnx_scope(layer)}output", out_absmax / 127.0, target)
+                for user in users:
+                    user.input[:] = [pair[1].output[0] if i == out else i for i in user.input]
+                graph_outputs = [o for o in model.graph.output if o.name == out]
+                if graph_outputs:
+                    raise TfmqError(f"layer {layer}: output Q/DQ on a graph output is not supported")
+                after_nodes[node.name] = pair
+    ordered: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        ordered += new_nodes.get(node.name, [])
+        ordered.append(node)
+        ordered += after_nodes.get(node.name, [])
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+    return model
+
+
+def needs_opset_21(artifact: CalibrationArtifact) -> bool:
+    """Blocked INT4 DequantizeLinear needs opset 21."""
+    return any(r.wbits == 4 and r.abits >= 16 and r.kind == "linear" for r in artifact.layers.values())

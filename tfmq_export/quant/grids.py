@@ -1,0 +1,81 @@
+"""Integer grids that TensorRT, OpenVINO and onnxruntime all accept: symmetric, zero point 0.
+
+Notation: s = scale, q = integer, x^ = s * q.
+- weights: per output channel; 8 bit -> q in [-127, 127] (narrow range, as TensorRT expects
+  for weights), 4 bit -> q in [-8, 7] (TensorRT INT4).
+- activations: per tensor; 8 bit -> q in [-128, 127], exactly what ONNX QuantizeLinear with an
+  int8 zero point of 0 saturates to, so the simulation and the graph round and clamp alike.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_WEIGHT_BITS = (4, 8, 16)
+SUPPORTED_ACT_BITS = (8, 16)
+
+
+def weight_range(bits: int) -> tuple[int, int]:
+    """(qmin, qmax) of the weight grid."""
+    if bits == 8:
+        return -127, 127
+    if bits == 4:
+        return -8, 7
+    raise ValueError(f"weight bits {bits} have no integer grid (supported: 4, 8; 16 means float)")
+
+
+def act_range(bits: int) -> tuple[int, int]:
+    """(qmin, qmax) of the activation grid."""
+    if bits == 8:
+        return -128, 127
+    raise ValueError(f"activation bits {bits} have no integer grid (supported: 8; 16 means float)")
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """round(x / s) clamped to the grid, as ONNX QuantizeLinear does (round half to even)."""
+    return torch.clamp(torch.round(x / scale), qmin, qmax)
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) forward, identity backward (straight-through). Exact: x + (round(x) - x) == round(x)
+    in floating point, because round(x) is within a factor of two of x (Sterbenz) or x rounds to 0."""
+    return x + (torch.round(x) - x).detach()
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """x^ = s * clamp(round(x / s)), with straight-through gradients to x and s (LSQ-style)."""
+    if not torch.is_grad_enabled() or not (x.requires_grad or scale.requires_grad):
+        return quantize(x, scale, qmin, qmax) * scale
+    return torch.clamp(round_ste(x / scale), qmin, qmax) * scale
+
+
+def channel_view(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-output-channel scale [O] to broadcast against a weight [O, ...]."""
+    return scale.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def absmax_scale(absmax: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Scale that maps |x| <= absmax onto the grid; never zero (a dead channel gets a tiny scale)."""
+    return torch.clamp(absmax, min=1e-8) / qmax
+
+
+def mse_weight_scale(
+    weight: torch.Tensor, bits: int, num_candidates: int = 80, p: float = 2.4
+) -> torch.Tensor:
+    """Per-channel scale by search over shrinking ranges (1% steps), minimising |w - w^|^p.
+
+    The paper's settings: 80 candidates, error exponent 2.4.
+    """
+    qmin, qmax = weight_range(bits)
+    flat = weight.detach().reshape(weight.shape[0], -1).float()
+    absmax = flat.abs().amax(dim=1)
+    best_err = torch.full_like(absmax, float("inf"))
+    best_scale = absmax_scale(absmax, qmax)
+    for i in range(num_candidates):
+        scale = absmax_scale(absmax * (1.0 - 0.01 * i), qmax)
+        s = scale[:, None]
+        err = (flat - quantize(flat, s, qmin, qmax) * s).abs().pow(p).sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+    return best_scale

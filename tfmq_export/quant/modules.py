@@ -1,0 +1,218 @@
+"""Quantizers and quantized Conv2d / Linear for the torch simulation.
+
+State lives in registered buffers (so ``state_dict`` round-trips without a dummy forward) and
+modes are explicit (ModelOpt style): an activation quantizer is ``disabled``, ``observing``
+(records per-step ranges, passes values through) or ``quantizing``. The simulation computes
+what the exported Q/DQ graph computes: ``conv(DQ(Q(x)), DQ(q_w)) + b``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tfmq_export.quant import grids
+from tfmq_export.quant.steps import current_steps
+
+
+class ActMode(str, Enum):
+    DISABLED = "disabled"
+    OBSERVING = "observing"
+    QUANTIZING = "quantizing"
+
+
+class ActQuantizer(nn.Module):
+    """Per-tensor symmetric activation quantizer with per-step range statistics.
+
+    Buffers: ``scale`` (0 until calibrated), ``step_min`` / ``step_max`` [num_steps] (running
+    min / max of the input per table row), ``output_absmax`` of the owning layer's output
+    (used by the onnxruntime target to quantize Conv outputs).
+    """
+
+    def __init__(self, bits: int, num_steps: int) -> None:
+        super().__init__()
+        self.bits = bits
+        self.mode = ActMode.DISABLED
+        self.register_buffer("scale", torch.zeros(()))
+        self.register_buffer("step_min", torch.full((num_steps,), float("inf")))
+        self.register_buffer("step_max", torch.full((num_steps,), float("-inf")))
+        self.register_buffer("step_count", torch.zeros(num_steps, dtype=torch.int64))
+
+    @property
+    def enabled(self) -> bool:
+        return self.bits < 16
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        return grids.act_range(self.bits)
+
+    def set_scale(self, scale: torch.Tensor | float) -> None:
+        value = torch.as_tensor(scale, dtype=torch.float32)
+        if value.numel() != 1 or not torch.isfinite(value) or value <= 0:
+            raise ValueError(f"activation scale must be one positive finite number, got {value}")
+        self.scale.copy_(value.reshape(()))
+
+    def step_absmax(self) -> torch.Tensor:
+        """max(|min|, |max|) per table row; NaN for rows never observed."""
+        absmax = torch.maximum(self.step_min.abs(), self.step_max.abs())
+        return torch.where(self.step_count > 0, absmax, torch.full_like(absmax, float("nan")))
+
+    def observe(self, x: torch.Tensor) -> None:
+        steps = current_steps()
+        flat = x.detach().reshape(x.shape[0], -1).float()
+        if steps is None or steps.numel() != x.shape[0]:
+            # rows cannot be attributed (no step context, or batch folded): credit every declared row
+            rows = steps.unique() if steps is not None else torch.arange(self.step_min.numel())
+            lo = flat.min().expand(rows.numel())
+            hi = flat.max().expand(rows.numel())
+        else:
+            rows, lo, hi = steps, flat.amin(dim=1), flat.amax(dim=1)
+        rows = rows.to(self.step_min.device)
+        self.step_min.scatter_reduce_(0, rows, lo, reduce="amin")
+        self.step_max.scatter_reduce_(0, rows, hi, reduce="amax")
+        self.step_count.scatter_add_(0, rows, torch.ones_like(rows))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or self.mode is ActMode.DISABLED:
+            return x
+        if self.mode is ActMode.OBSERVING:
+            self.observe(x)
+            return x
+        qmin, qmax = self.qrange
+        return grids.fake_quantize(x, self.scale, qmin, qmax)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, mode={self.mode.value}, scale={float(self.scale):.4g}"
+
+
+#: A rounding function: (weight, per-channel scale view) -> integer-valued float tensor.
+RoundingFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class WeightQuantizer(nn.Module):
+    """Per-output-channel symmetric weight quantizer.
+
+    ``scale`` [O] is set by a calibrator. Integer weights come from round-to-nearest unless a
+    calibrator froze learned ones into ``weight_int`` (AdaRound): then those are used as they
+    are, which is what the exported graph stores. ``rounding`` lets a calibrator plug a soft,
+    differentiable rounding in while it learns.
+    """
+
+    def __init__(self, bits: int, out_channels: int) -> None:
+        super().__init__()
+        self.bits = bits
+        self.register_buffer("scale", torch.zeros(out_channels))
+        self.register_buffer("weight_int", torch.zeros(0, dtype=torch.int8))
+        self.rounding: RoundingFn | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.bits < 16
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        return grids.weight_range(self.bits)
+
+    @property
+    def is_calibrated(self) -> bool:
+        return bool((self.scale > 0).all())
+
+    def set_scale(self, scale: torch.Tensor) -> None:
+        if scale.shape != self.scale.shape:
+            raise ValueError(f"weight scale shape {tuple(scale.shape)} != {tuple(self.scale.shape)}")
+        if not torch.isfinite(scale).all() or (scale <= 0).any():
+            raise ValueError("weight scales must be positive and finite")
+        self.scale.copy_(scale)
+
+    def freeze_integers(self, weight_int: torch.Tensor) -> None:
+        """Store learned integer weights; the float weight is no longer used for rounding."""
+        qmin, qmax = self.qrange
+        if weight_int.min() < qmin or weight_int.max() > qmax:
+            raise ValueError(f"integer weights outside [{qmin}, {qmax}]")
+        self.weight_int = weight_int.to(torch.int8).clone()
+
+    def integer_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The integers the export writes (int8 tensor, on the bits' grid)."""
+        if self.weight_int.numel():
+            return self.weight_int
+        qmin, qmax = self.qrange
+        return grids.quantize(weight, grids.channel_view(self.scale, weight), qmin, qmax).to(torch.int8)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
+        scale = grids.channel_view(self.scale, weight)
+        if self.rounding is not None:
+            return self.rounding(weight, scale) * scale
+        if self.weight_int.numel():
+            return self.weight_int.to(weight.dtype) * scale
+        qmin, qmax = self.qrange
+        return grids.fake_quantize(weight, scale, qmin, qmax)
+
+    def extra_repr(self) -> str:
+        frozen = ", frozen" if self.weight_int.numel() else ""
+        return f"bits={self.bits}, channels={self.scale.numel()}{frozen}"
+
+
+class QuantLayer(nn.Module):
+    """Common part of QuantConv2d / QuantLinear: the two quantizers and output statistics."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def __init__(self, wbits: int, abits: int, out_channels: int, num_steps: int) -> None:
+        super().__init__()
+        self.weight_quantizer = WeightQuantizer(wbits, out_channels)
+        self.input_quantizer = ActQuantizer(abits, num_steps)
+        self.register_buffer("output_absmax", torch.zeros(()))
+
+    def _track_output(self, y: torch.Tensor) -> None:
+        if self.input_quantizer.mode is ActMode.OBSERVING:
+            self.output_absmax.copy_(torch.maximum(self.output_absmax, y.detach().abs().max()))
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight_quantizer(self.weight)
+
+
+class QuantConv2d(QuantLayer):
+    """Conv2d whose input and weight pass through quantizers."""
+
+    def __init__(self, conv: nn.Conv2d, wbits: int, abits: int, num_steps: int) -> None:
+        if conv.padding_mode != "zeros":
+            raise ValueError("only zero padding is supported")
+        super().__init__(wbits, abits, conv.out_channels, num_steps)
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(self.input_quantizer(x), self.quantized_weight(), self.bias, self.stride, self.padding,
+                     self.dilation, self.groups)
+        self._track_output(y)
+        return y
+
+
+class QuantLinear(QuantLayer):
+    """Linear whose input and weight pass through quantizers."""
+
+    def __init__(self, linear: nn.Linear, wbits: int, abits: int, num_steps: int) -> None:
+        super().__init__(wbits, abits, linear.out_features, num_steps)
+        self.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        self._track_output(y)
+        return y
+
+
+def make_quant_layer(module: nn.Module, wbits: int, abits: int, num_steps: int) -> QuantLayer:
+    if isinstance(module, nn.Conv2d):
+        return QuantConv2d(module, wbits, abits, num_steps)
+    if isinstance(module, nn.Linear):
+        return QuantLinear(module, wbits, abits, num_steps)
+    raise TypeError(f"cannot quantize {type(module).__name__}")

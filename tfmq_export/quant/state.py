@@ -1,0 +1,86 @@
+"""Move calibration results between a simulation model and an artifact.
+
+``artifact_tensors`` reads what a calibrator set on the quantizers (integers, scales, per-step
+statistics) and the temporal tables; ``simulation_from_artifact`` rebuilds the exact simulation
+from a model and an artifact, which is what export and evaluation start from.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tfmq_export.artifact import CalibrationArtifact, LayerRecord
+from tfmq_export.errors import TfmqError
+from tfmq_export.quant.modules import ActMode, QuantConv2d, QuantLayer
+from tfmq_export.quant.simulate import quant_layers, quantize_model
+from tfmq_export.temporal import TemporalTableLookup, TemporalTableUNet
+
+
+def temporal_tables(sim: TemporalTableUNet) -> dict[str, torch.Tensor]:
+    """{resnet name: table [T, C]} of a table UNet."""
+    return {
+        name.removesuffix(".time_emb_proj"): module.table
+        for name, module in sim.unet.named_modules()
+        if isinstance(module, TemporalTableLookup)
+    }
+
+
+def artifact_tensors(sim: TemporalTableUNet) -> tuple[dict[str, torch.Tensor], dict[str, LayerRecord]]:
+    """Tensors and layer records of a calibrated simulation."""
+    tensors: dict[str, torch.Tensor] = {}
+    records: dict[str, LayerRecord] = {}
+    for name, layer in quant_layers(sim).items():
+        wq, aq = layer.weight_quantizer, layer.input_quantizer
+        if wq.enabled:
+            tensors[f"{name}.weight_int"] = wq.integer_weight(layer.weight)
+            tensors[f"{name}.weight_scale"] = wq.scale.float()
+        if aq.enabled:
+            tensors[f"{name}.input_scale"] = aq.scale.float()
+        tensors[f"{name}.input_step_min"] = aq.step_min.float()
+        tensors[f"{name}.input_step_max"] = aq.step_max.float()
+        tensors[f"{name}.output_absmax"] = layer.output_absmax.float()
+        records[name] = LayerRecord(
+            kind="conv" if isinstance(layer, QuantConv2d) else "linear",
+            weight_shape=list(layer.weight.shape),
+            wbits=wq.bits,
+            abits=aq.bits,
+        )
+    for resnet, table in temporal_tables(sim).items():
+        tensors[f"temporal.{resnet}"] = table.float()
+    return {k: v.detach().clone().contiguous() for k, v in tensors.items()}, records
+
+
+def load_layer_state(name: str, layer: QuantLayer, artifact: CalibrationArtifact) -> None:
+    """Set one quantized layer from the artifact, checking that shapes match the model."""
+    record = artifact.layers[name]
+    if list(layer.weight.shape) != record.weight_shape:
+        raise TfmqError(
+            f"layer {name}: artifact weight shape {record.weight_shape} != model {list(layer.weight.shape)}"
+        )
+    wq, aq = layer.weight_quantizer, layer.input_quantizer
+    if wq.enabled:
+        wq.set_scale(artifact.layer_tensor(name, "weight_scale"))
+        wq.freeze_integers(artifact.layer_tensor(name, "weight_int"))
+    if aq.enabled:
+        aq.set_scale(artifact.layer_tensor(name, "input_scale"))
+        aq.mode = ActMode.QUANTIZING
+    aq.step_min.copy_(artifact.layer_tensor(name, "input_step_min"))
+    aq.step_max.copy_(artifact.layer_tensor(name, "input_step_max"))
+    layer.output_absmax.copy_(artifact.layer_tensor(name, "output_absmax"))
+
+
+def simulation_from_artifact(unet: torch.nn.Module, artifact: CalibrationArtifact) -> TemporalTableUNet:
+    """The torch simulation that the artifact describes, for the UNet it was calibrated on."""
+    sim = TemporalTableUNet(unet, artifact.temporal_tables(), artifact.timesteps)
+    if artifact.wbits >= 16 and artifact.abits >= 16:
+        return sim.eval()
+    layers = quantize_model(sim, artifact.wbits, artifact.abits)
+    extra = set(artifact.layers) - set(layers)
+    missing = set(layers) - set(artifact.layers)
+    if extra or missing:
+        raise TfmqError(
+            f"artifact layers do not match the model (missing {sorted(missing)[:2]}, unknown {sorted(extra)[:2]})"
+        )
+    for name, layer in layers.items():
+        load_layer_state(name, layer, artifact)
+    return sim.eval()

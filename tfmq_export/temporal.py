@@ -1,0 +1,118 @@
+"""The temporal table: TFMQ's Temporal Information Block precomputed per sampler step.
+
+g_i(h(t)) — sinusoidal embedding -> time MLP h -> SiLU -> time_emb_proj_i — depends on the
+step t alone, and t comes from the sampler's finite set of steps. So every ResBlock's temporal
+feature is computed once per step and stored as a table row; the deployed UNet looks rows up by
+``step_index`` (a Gather in ONNX). It costs no compute and carries no quantization error; the
+journal version of TFMQ-DM calls this cache-based maintenance.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from tfmq_export.errors import TfmqError
+from tfmq_export.models.adapter import UNetAdapter
+
+
+@torch.no_grad()
+def compute_temporal_features(unet: nn.Module, timesteps: Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
+    """{resnet name: g_i(h(t)) for every t} as [T, C] (or [T, 2C] for scale-shift ResBlocks).
+
+    Runs the UNet's own TIB modules, so a UNet whose TIB layers were swapped for quantized
+    ones yields the quantized table (``--temporal-table quantized``).
+    """
+    adapter = UNetAdapter(unet)
+    t = torch.as_tensor(list(timesteps) if not torch.is_tensor(timesteps) else timesteps).reshape(-1)
+    param = next(unet.parameters())
+    t_emb = unet.time_proj(t.to(param.device)).to(param.dtype)
+    emb = unet.time_embedding(t_emb)
+    features: dict[str, torch.Tensor] = {}
+    for proj in adapter.temporal_projections():
+        resnet = proj.resnet
+        x = emb if resnet.skip_time_act else resnet.nonlinearity(emb)
+        features[proj.resnet_name] = resnet.time_emb_proj(x).float().cpu()
+    return features
+
+
+class _StepIndexPassthrough(nn.Module):
+    """Stands in for ``time_proj``: hands the step index on instead of a sinusoidal embedding."""
+
+    def forward(self, step_index: torch.Tensor) -> torch.Tensor:
+        return step_index
+
+
+class _EmbeddingPassthrough(nn.Module):
+    """Stands in for ``time_embedding``: the MLP is folded into the tables."""
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        return x
+
+
+class TemporalTableLookup(nn.Module):
+    """Replaces a ResBlock's ``time_emb_proj``: returns its precomputed feature for the step."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("table", table.detach().float().clone())
+
+    def forward(self, step_index: torch.Tensor) -> torch.Tensor:
+        # diffusers casts the time embedding to the model dtype; step indices < 2**24 stay exact
+        return self.table[step_index.long()]
+
+
+class TemporalTableUNet(nn.Module):
+    """A UNet whose temporal branch is a per-step table: ``forward(sample, step_index[, ehs])``.
+
+    This is the function the ONNX graph computes, and, with quantized layers swapped in, the
+    torch simulation of it. It owns a copy of the UNet, so the caller's model is untouched.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        tables: dict[str, torch.Tensor],
+        timesteps: Sequence[int],
+        copy_unet: bool = True,
+    ) -> None:
+        super().__init__()
+        self.unet = copy.deepcopy(unet) if copy_unet else unet
+        self.timesteps = [int(t) for t in timesteps]
+        self.is_conditional = type(unet).__name__ == "UNet2DConditionModel"
+        adapter = UNetAdapter(self.unet)
+        projections = adapter.temporal_projections()
+        missing = {p.resnet_name for p in projections} - set(tables)
+        if missing:
+            raise TfmqError(f"temporal table lacks rows for {sorted(missing)[:3]}...")
+        for proj in projections:
+            table = tables[proj.resnet_name]
+            if table.shape[0] != len(self.timesteps):
+                raise TfmqError(
+                    f"temporal table for {proj.resnet_name} has {table.shape[0]} rows, expected {len(self.timesteps)}"
+                )
+            proj.resnet.time_emb_proj = TemporalTableLookup(table)
+            proj.resnet.skip_time_act = True
+        self.unet.time_proj = _StepIndexPassthrough()
+        self.unet.time_embedding = _EmbeddingPassthrough()
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    def forward(
+        self, sample: torch.Tensor, step_index: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.is_conditional:
+            if encoder_hidden_states is None:
+                raise TfmqError("this UNet is conditional: encoder_hidden_states is required")
+            return self.unet(sample, step_index, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        return self.unet(sample, step_index, return_dict=False)[0]
+
+
+def build_table_unet(unet: nn.Module, timesteps: Sequence[int]) -> TemporalTableUNet:
+    """The full-precision table UNet for the given sampler timesteps."""
+    return TemporalTableUNet(unet, compute_temporal_features(unet, timesteps), timesteps)
