@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from tfmq_export.engine.onnxruntime import build_onnxruntime_engine, manifest_path
 from tfmq_export.engine.openvino import build_openvino_engine, quantize_with_nncf
-from tfmq_export.engine.tensorrt import build_tensorrt_engine, check_tensorrt_available
+from tfmq_export.engine.tensorrt import build_tensorrt_engine, check_tensorrt_available, profile_shapes
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.lint import lint_tensorrt
 from tfmq_export.models.sd15 import SD15_UNET_CONFIG, SD15_UNET_PARAMETERS, load_sd15_config
@@ -53,9 +53,7 @@ def make_tiny_unet(target: str, cond: bool = True, seed: int = 0) -> onnx.ModelP
         zp = helper.make_tensor(f"{tag}_zp", TP.UINT8 if unsigned else TP.INT8, [], [128 if unsigned else 0])
         inits.append(zp)
         nodes.append(helper.make_node("QuantizeLinear", [x, s, zp.name], [f"{tag}_q"], name=f"{tag}_Q"))
-        nodes.append(
-            helper.make_node("DequantizeLinear", [f"{tag}_q", s, zp.name], [f"{tag}_dq"], name=f"{tag}_DQ")
-        )
+        nodes.append(helper.make_node("DequantizeLinear", [f"{tag}_q", s, zp.name], [f"{tag}_dq"], name=f"{tag}_DQ"))
         return f"{tag}_dq"
 
     def weight(w: np.ndarray, axis: int, tag: str) -> str:
@@ -101,9 +99,7 @@ def make_tiny_unet(target: str, cond: bool = True, seed: int = 0) -> onnx.ModelP
     tokens_out = "p"
     if cond:
         init("ctx_axes", np.array([1], np.int64))
-        nodes.append(
-            helper.make_node("ReduceMean", ["encoder_hidden_states", "ctx_axes"], ["ctx"], name="ctx_mean")
-        )
+        nodes.append(helper.make_node("ReduceMean", ["encoder_hidden_states", "ctx_axes"], ["ctx"], name="ctx_mean"))
         c = act_qdq("ctx", 2.0, "ctx_in")
         w3 = weight(rng.standard_normal((D, F)).astype(np.float32) * 0.3, 1, "ctx_proj")
         nodes += [
@@ -134,9 +130,7 @@ def make_tiny_unet(target: str, cond: bool = True, seed: int = 0) -> onnx.ModelP
         [helper.make_tensor_value_info("noise_pred", TP.FLOAT, ["batch", C, H, W])],
         inits,
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 21)], producer_name="tfmq-export-test"
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], producer_name="tfmq-export-test")
     model.ir_version = 10
     meta = {
         "tfmq.timesteps": json.dumps([999, 749, 499, 249, 1]),
@@ -282,12 +276,14 @@ def test_openvino_engine_runs_int8_and_matches(models, tmp_path):
     layers = manifest["compiled_cpu_layer_precisions"]
     assert layers.get("Convolution:i8") == 2 and layers.get("FullyConnected:i8") == 2, layers
 
-    for path in (out, models["trt"]):  # the IR and the ONNX read directly
+    # the IR, the ONNX read directly, and the onnxruntime-target graph (uint8, Conv-output Q/DQ:
+    # OpenVINO reads both targets; core.read_model of that one would not compile, see the runner)
+    for path, source in ((out, models["trt"]), (models["trt"], models["trt"]), (models["ort"], models["ort"])):
         with OpenVINORunner(path, "w8a8", threads=2) as runner:
             assert runner.input_names == ["sample", "step_index", "encoder_hidden_states"]
             for feed in make_inputs():
                 got = runner.infer(**feed)
-                ref = reference(models["trt"], feed)
+                ref = reference(source, feed)
                 # int8 kernels vs float rounding, as for onnxruntime (measured: max 0.027, rel 4e-4)
                 assert rel_l2(got, ref) < 5e-3 and np.abs(got - ref).max() < 0.1
     with OpenVINORunner(out, "w8a8") as runner:
@@ -339,9 +335,7 @@ def test_failed_onnxruntime_session_leaves_no_file(tmp_path):
     )
     path = tmp_path / "unknown_op.onnx"
     onnx.save(
-        helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("tfmq.test", 1)]
-        ),
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("tfmq.test", 1)]),
         str(path),
     )
     with pytest.raises(TfmqError, match="onnxruntime could not load"):
@@ -384,6 +378,21 @@ def test_tensorrt_absent_is_a_clear_error(models, tmp_path):
         build_tensorrt_engine(models["trt"], tmp_path / "unet.plan")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "unet.plan").exists()
+
+
+def test_tensorrt_profile_shapes(models):
+    # the part of the TensorRT build that needs no TensorRT: one profile over the batch range
+    shapes = profile_shapes(onnx.load(models["trt"]), 1, 2, 4)
+    assert shapes == {
+        "sample": [[1, C, H, W], [2, C, H, W], [4, C, H, W]],
+        "step_index": [[1], [2], [4]],
+        "encoder_hidden_states": [[1, S, D], [2, S, D], [4, S, D]],
+    }
+    assert list(profile_shapes(onnx.load(models["uncond"]), 1, 1, 2)) == ["sample", "step_index"]
+    dynamic = make_tiny_unet("tensorrt")
+    dynamic.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
+    with pytest.raises(TfmqError, match="dynamic dimension 2"):
+        profile_shapes(dynamic, 1, 1, 2)
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,9 @@ RNG = np.random.default_rng(0)
 def _qdq(nodes: list, inits: list, x: str, tag: str, scale=0.02, zp=0, zp_type=TP.INT8) -> str:
     inits.append(numpy_helper.from_array(np.asarray(scale, np.float32), f"{tag}_scale"))
     inits.append(helper.make_tensor(f"{tag}_zp", zp_type, [], [zp]))
+    nodes.append(helper.make_node("QuantizeLinear", [x, f"{tag}_scale", f"{tag}_zp"], [f"{tag}_q"], name=f"{tag}_Q"))
     nodes.append(
-        helper.make_node("QuantizeLinear", [x, f"{tag}_scale", f"{tag}_zp"], [f"{tag}_q"], name=f"{tag}_Q")
-    )
-    nodes.append(
-        helper.make_node(
-            "DequantizeLinear", [f"{tag}_q", f"{tag}_scale", f"{tag}_zp"], [f"{tag}_dq"], name=f"{tag}_DQ"
-        )
+        helper.make_node("DequantizeLinear", [f"{tag}_q", f"{tag}_scale", f"{tag}_zp"], [f"{tag}_dq"], name=f"{tag}_DQ")
     )
     return f"{tag}_dq"
 
@@ -135,9 +131,7 @@ def test_nonzero_zero_point():
 def test_computed_scale():
     model = build_clean()
     model.graph.initializer.append(numpy_helper.from_array(np.array(0.01, np.float32), "half"))
-    model.graph.node.insert(
-        0, helper.make_node("Mul", ["half", "half"], ["computed_scale"], name="scale_mul")
-    )
+    model.graph.node.insert(0, helper.make_node("Mul", ["half", "half"], ["computed_scale"], name="scale_mul"))
     node(model, "conv_in_Q").input[1] = "computed_scale"
     v = lint_tensorrt(model)
     assert rules_for(v, "scale-constant") == {"conv_in_Q"}

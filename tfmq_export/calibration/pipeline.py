@@ -125,7 +125,7 @@ def calibrate(
         model_fingerprint=model.fingerprint(),
         layers=records,
         tensors=tensors,
-        settings={k: v for k, v in asdict(settings).items() if v is not None},
+        settings={**{k: v for k, v in asdict(settings).items() if v is not None}, "model_source": model.source},
         timings={"data_seconds": data_seconds, "calib_seconds": total_seconds, **extras.get("timings", {})},
         static_scale_rule=settings.static_scale_rule,
         temporal_table=extras.get("temporal_table", settings.temporal_table),

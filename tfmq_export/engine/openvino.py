@@ -10,9 +10,10 @@ what onnxruntime and the torch simulation compute.
 ONNX and some calibration inputs to NNCF's post-training quantization. It is the baseline the
 benchmarks call ``nncf-int8``.
 
-Both compile the model on the CPU before anything is written (``validate=True``): OpenVINO
-converts some graphs that its CPU plugin then refuses to compile, and a build should fail then,
-not the first benchmark.
+Both convert with ``openvino.convert_model`` and compile the model on the CPU before anything is
+written (``validate=True``): OpenVINO can convert graphs that its CPU plugin then refuses to
+compile (with 2026.4, ``Core.read_model`` of our onnxruntime-target graph fails this way, while
+``convert_model``'s output compiles), and a build should fail then, not the first benchmark.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from tfmq_export.engine.onnxruntime import (
     utc_now,
 )
 from tfmq_export.errors import TfmqError
+from tfmq_export.runtimes.openvino_runner import contract_input_name
 
 __all__ = ["build_openvino_engine", "quantize_with_nncf"]
 
@@ -45,7 +47,8 @@ __all__ = ["build_openvino_engine", "quantize_with_nncf"]
 _WEIGHT_LAYER_TYPES = ("Convolution", "FullyConnected", "MatMul", "Deconvolution")
 
 
-def _first_line(exc: BaseException) -> str:
+def _ov_message(exc: BaseException) -> str:
+    """The specific line of an OpenVINO error message."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     # OpenVINO messages start with "Exception from src/...": the last line is the specific one
     return lines[-1] if lines else type(exc).__name__
@@ -62,7 +65,7 @@ def _compile_report(model: Any, source: Path) -> dict[str, Any]:
     try:
         compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     except RuntimeError as exc:
-        raise TfmqError(f"OpenVINO's CPU plugin could not compile {source}: {_first_line(exc)}") from exc
+        raise TfmqError(f"OpenVINO's CPU plugin could not compile {source}: {_ov_message(exc)}") from exc
     precisions: Counter[str] = Counter()
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
@@ -86,7 +89,7 @@ def _ir_manifest(stage: Path, out: Path, model: Any) -> dict[str, Any]:
         "engine_sha256": {xml.name: sha256_file(xml), bin_.name: sha256_file(bin_)},
         "openvino_version": ov.get_version(),
         "compress_to_fp16": False,
-        "inputs": {i.get_any_name(): str(i.get_partial_shape()) for i in model.inputs},
+        "inputs": {contract_input_name(i): str(i.get_partial_shape()) for i in model.inputs},
         "op_counts": dict(sorted(ops.items())),
         "FakeQuantize": ops["FakeQuantize"],
     }
@@ -112,7 +115,7 @@ def build_openvino_engine(
         try:
             model = ov.convert_model(str(src))
         except Exception as exc:  # OpenVINO raises OpConversionFailure / RuntimeError
-            raise TfmqError(f"OpenVINO could not convert {src}: {_first_line(exc)}") from exc
+            raise TfmqError(f"OpenVINO could not convert {src}: {_ov_message(exc)}") from exc
         report = _compile_report(model, src) if validate else {}
         ov.save_model(model, str(stage / out.name), compress_to_fp16=False)
         manifest: dict[str, Any] = {
@@ -158,25 +161,23 @@ def quantize_with_nncf(
     out = _check_out(out_path)
     src, source_model = load_source_onnx(fp32_onnx_path)
     if not calibration_inputs:
-        raise TfmqError(
-            "NNCF needs calibration inputs; pass at least one feed dict (sample, step_index, ...)"
-        )
+        raise TfmqError("NNCF needs calibration inputs; pass at least one feed dict (sample, step_index, ...)")
     presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
     if preset is not None and preset not in presets:
         raise TfmqError(f"NNCF preset {preset!r} is not one of {', '.join(presets)}")
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in source_model.graph.node):
-        raise TfmqError(
-            f"{src} already holds Q/DQ nodes; NNCF quantizes the full-precision export (--wbits 16)"
-        )
+        raise TfmqError(f"{src} already holds Q/DQ nodes; NNCF quantizes the full-precision export (--wbits 16)")
 
     start = time.perf_counter()
     with staged_dir(out) as stage:
         try:
             model = ov.convert_model(str(src))
         except Exception as exc:
-            raise TfmqError(f"OpenVINO could not convert {src}: {_first_line(exc)}") from exc
-        names = [i.get_any_name() for i in model.inputs]
-        missing = [n for n in names if n not in calibration_inputs[0]]
+            raise TfmqError(f"OpenVINO could not convert {src}: {_ov_message(exc)}") from exc
+        first = calibration_inputs[0]
+        # a port may carry several tensor names: feed it under the one the caller used
+        names = [next((n for n in sorted(i.get_names()) if n in first), i.get_any_name()) for i in model.inputs]
+        missing = [n for n in names if n not in first]
         if missing:
             raise TfmqError(f"calibration inputs lack {', '.join(missing)}, which {src.name} declares")
 
@@ -196,7 +197,7 @@ def quantize_with_nncf(
                 model_type=nncf.ModelType.TRANSFORMER,
             )
         except Exception as exc:  # nncf raises its own error types (ValidationError, ...)
-            raise TfmqError(f"NNCF could not quantize {src}: {_first_line(exc)}") from exc
+            raise TfmqError(f"NNCF could not quantize {src}: {_ov_message(exc)}") from exc
         report = _compile_report(quantized, src) if validate else {}
         ov.save_model(quantized, str(stage / out.name), compress_to_fp16=False)
         manifest: dict[str, Any] = {

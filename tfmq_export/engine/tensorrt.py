@@ -50,7 +50,7 @@ from tfmq_export.engine.onnxruntime import (
 )
 from tfmq_export.errors import TfmqError
 
-__all__ = ["build_tensorrt_engine", "check_tensorrt_available", "gpu_name"]
+__all__ = ["build_tensorrt_engine", "check_tensorrt_available", "gpu_name", "profile_shapes"]
 
 #: the UNet contract's inputs, all batched along dim 0
 CONTRACT_INPUTS = ("sample", "step_index", "encoder_hidden_states")
@@ -75,9 +75,7 @@ def check_tensorrt_available() -> str | None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return (
-            "TensorRT is not installed (pip install 'tfmq-export[tensorrt]' on a machine with an NVIDIA GPU)"
-        )
+        return "TensorRT is not installed (pip install 'tfmq-export[tensorrt]' on a machine with an NVIDIA GPU)"
     except Exception as exc:  # a broken install: missing libnvinfer, CUDA mismatch
         return f"TensorRT is installed but cannot be imported ({type(exc).__name__}: {exc})"
     if _cuda_device_count() < 1:
@@ -103,7 +101,7 @@ def gpu_name() -> str:
     return out or "unknown"
 
 
-def _profile_shapes(
+def profile_shapes(
     model: onnx.ModelProto, min_batch: int, opt_batch: int, max_batch: int
 ) -> dict[str, list[list[int]]]:
     """min/opt/max shapes per graph input: the batch dim varies, every other dim must be fixed."""
@@ -154,9 +152,7 @@ def build_tensorrt_engine(
     if reason is not None:
         raise TfmqError(f"cannot build a TensorRT engine: {reason}")
     if not 1 <= min_batch <= opt_batch <= max_batch:
-        raise TfmqError(
-            f"batch sizes must satisfy 1 <= min <= opt <= max, got {min_batch}, {opt_batch}, {max_batch}"
-        )
+        raise TfmqError(f"batch sizes must satisfy 1 <= min <= opt <= max, got {min_batch}, {opt_batch}, {max_batch}")
     if workspace_gb is not None and workspace_gb <= 0:
         raise TfmqError(f"workspace_gb must be positive, not {workspace_gb}")
     out = Path(out_path)
@@ -171,7 +167,7 @@ def build_tensorrt_engine(
                 f"{src} breaks TensorRT's Q/DQ rules in {len(violations)} place(s), first [{first.rule}] "
                 f"{first.node}: {first.message}"
             )
-    shapes = _profile_shapes(model, min_batch, opt_batch, max_batch)
+    shapes = profile_shapes(model, min_batch, opt_batch, max_batch)
 
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
@@ -210,9 +206,7 @@ def build_tensorrt_engine(
             "tensorrt_version": trt.__version__,
             "strongly_typed": True,
             "gpu": gpu_name(),
-            "profiles": [
-                {name: {"min": lo, "opt": mid, "max": hi} for name, (lo, mid, hi) in shapes.items()}
-            ],
+            "profiles": [{name: {"min": lo, "opt": mid, "max": hi} for name, (lo, mid, hi) in shapes.items()}],
             "timing_cache": cache,
             "workspace_gb": workspace_gb,
             "machine": machine_info(),

@@ -228,9 +228,7 @@ TENSORRT_MIN_OPSET = 9
 TENSORRT_MAX_OPSET = 24
 
 #: onnxruntime's integer operators: an onnxruntime-target graph, not a TensorRT one
-_INTEGER_OPS = frozenset(
-    {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
-)
+_INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"})
 _WEIGHT_LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _INT4_LAYERS = frozenset({"Gemm", "MatMul"})
 _SIGNED_TYPES = frozenset({TensorProto.INT8, TensorProto.INT4})
@@ -381,11 +379,7 @@ class _Graph:
         if self.is_constant(src):
             return True
         producer = self.producer.get(src)
-        return (
-            producer is not None
-            and producer.op_type == "QuantizeLinear"
-            and self.is_constant(producer.input[0])
-        )
+        return producer is not None and producer.op_type == "QuantizeLinear" and self.is_constant(producer.input[0])
 
 
 def _dtype_name(dtype: int | None) -> str:
@@ -438,8 +432,7 @@ def _check_ops(model: onnx.ModelProto) -> list[LintViolation]:
                 LintViolation(
                     _label(node),
                     "unsupported-op",
-                    f"{names} is not in TensorRT's ONNX parser supported-operator list "
-                    "(it would need a plugin)",
+                    f"{names} is not in TensorRT's ONNX parser supported-operator list (it would need a plugin)",
                 )
             )
     return out
@@ -515,8 +508,7 @@ def _check_qdq_node(g: _Graph, node: onnx.NodeProto, opset: int) -> list[LintVio
                     LintViolation(
                         label,
                         "scale-value",
-                        f"scale {scale_name!r} has non-positive or non-finite entries "
-                        f"(min {values.min():.3g})",
+                        f"scale {scale_name!r} has non-positive or non-finite entries (min {values.min():.3g})",
                     )
                 )
 
@@ -562,11 +554,7 @@ def _check_qdq_node(g: _Graph, node: onnx.NodeProto, opset: int) -> list[LintVio
             )
         else:
             if not g.is_constant(node.input[0]):
-                out.append(
-                    LintViolation(
-                        label, "int4", "INT4 DequantizeLinear of a non-constant: INT4 is weight-only"
-                    )
-                )
+                out.append(LintViolation(label, "int4", "INT4 DequantizeLinear of a non-constant: INT4 is weight-only"))
             if not block_size:
                 out.append(
                     LintViolation(
@@ -678,9 +666,7 @@ def _check_time_mlp(g: _Graph) -> list[LintViolation]:
     return out
 
 
-def lint_tensorrt(
-    model: onnx.ModelProto, base_dir: str | os.PathLike[str] | None = None
-) -> list[LintViolation]:
+def lint_tensorrt(model: onnx.ModelProto, base_dir: str | os.PathLike[str] | None = None) -> list[LintViolation]:
     """Check ``model`` against TensorRT's explicit-quantization rules; ``[]`` means it passes.
 
     ``base_dir`` is where external tensor data lives (only needed when scales or zero points are
@@ -729,8 +715,7 @@ def lint_tensorrt(
                     LintViolation(
                         _label(node),
                         "q-without-dq",
-                        f"QuantizeLinear output goes to {what}; "
-                        "TensorRT needs every Q followed by a DequantizeLinear",
+                        f"QuantizeLinear output goes to {what}; TensorRT needs every Q followed by a DequantizeLinear",
                     )
                 )
         elif node.op_type == "DequantizeLinear":

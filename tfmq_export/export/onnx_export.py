@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -44,10 +45,11 @@ def example_inputs(model: LoadedModel, batch: int = 2, seq_len: int = 8) -> tupl
 def trace_to_onnx(table_unet: TemporalTableUNet, inputs: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
     """Trace the full-precision table UNet; batch (and sequence length) are dynamic."""
     names = ["sample", "step_index", "encoder_hidden_states"][: len(inputs)]
-    dynamic = {name: {0: "batch"} for name in names}
+    dynamic: dict[str, dict[int, str]] = {name: {0: "batch"} for name in names}
+    dynamic["sample"].update({2: "height", 3: "width"})
     if len(inputs) == 3:
         dynamic["encoder_hidden_states"][1] = "sequence"
-    dynamic["noise_pred"] = {0: "batch"}
+    dynamic["noise_pred"] = {0: "batch", 2: "height", 3: "width"}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = os.path.join(tmp, "unet.onnx")
@@ -60,8 +62,10 @@ def trace_to_onnx(table_unet: TemporalTableUNet, inputs: tuple[torch.Tensor, ...
         return onnx.load(path)  # loads external data too, before the folder goes
 
 
-def set_metadata(model: onnx.ModelProto, artifact: CalibrationArtifact, target: str) -> None:
+def set_metadata(model: onnx.ModelProto, artifact: CalibrationArtifact, target: str,
+                 sample_shape: tuple[int, ...]) -> None:
     values = {
+        "tfmq.sample_shape": json.dumps(list(sample_shape)),
         "tfmq.timesteps": json.dumps(artifact.timesteps),
         "tfmq.wbits": str(artifact.wbits),
         "tfmq.abits": str(artifact.abits),
@@ -70,6 +74,7 @@ def set_metadata(model: onnx.ModelProto, artifact: CalibrationArtifact, target: 
         "tfmq.target": target,
         "tfmq.model_fingerprint": artifact.model_fingerprint,
         "tfmq.temporal_table": artifact.temporal_table,
+        "tfmq.scheduler_config": json.dumps(artifact.scheduler_config, sort_keys=True),
     }
     del model.metadata_props[:]
     for key, value in values.items():
@@ -80,6 +85,53 @@ def set_metadata(model: onnx.ModelProto, artifact: CalibrationArtifact, target: 
 
 def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
+
+
+def precision_label(wbits: int, abits: int) -> str:
+    """Bench/CLI name of a bit setting: fp32, w8a8, w4a8, w4a16, w8a16."""
+    if wbits >= 16 and abits >= 16:
+        return "fp32"
+    return f"w{wbits}a{abits}"
+
+
+@dataclass
+class OnnxInfo:
+    """What sampling and benchmarking need to know about an exported graph."""
+
+    path: Path
+    timesteps: list[int]
+    scheduler_config: dict
+    sample_shape: tuple[int, int, int]
+    conditional: bool
+    precision: str
+    method: str
+    target: str
+    fingerprint: str
+
+
+def describe_onnx(path: Path) -> OnnxInfo:
+    """Read an exported graph's contract metadata, refusing graphs tfmq-export did not write."""
+    path = Path(path)
+    if not path.is_file():
+        raise TfmqError(f"{path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise TfmqError(f"{path} is not a readable ONNX file: {exc}") from exc
+    meta = read_metadata(model)
+    if "tfmq.timesteps" not in meta or "tfmq.scheduler_config" not in meta:
+        raise TfmqError(f"{path} was not exported by tfmq-export (no tfmq.* metadata)")
+    return OnnxInfo(
+        path=path,
+        timesteps=json.loads(meta["tfmq.timesteps"]),
+        scheduler_config=json.loads(meta["tfmq.scheduler_config"]),
+        sample_shape=tuple(json.loads(meta["tfmq.sample_shape"])),
+        conditional=any(i.name == "encoder_hidden_states" for i in model.graph.input),
+        precision=precision_label(int(meta["tfmq.wbits"]), int(meta["tfmq.abits"])),
+        method=meta.get("tfmq.method", ""),
+        target=meta.get("tfmq.target", ""),
+        fingerprint=meta.get("tfmq.model_fingerprint", ""),
+    )
 
 
 def save_onnx_atomic(model: onnx.ModelProto, out_path: Path) -> None:
@@ -113,7 +165,7 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
         if needs_opset_21(artifact):
             graph = onnx.version_converter.convert_version(graph, 21)
         insert_qdq(graph, artifact, target)
-    set_metadata(graph, artifact, target)
+    set_metadata(graph, artifact, target, model.sample_shape)
     if graph.ByteSize() <= _PROTOBUF_LIMIT:
         onnx.checker.check_model(graph)
     if target == "tensorrt" and artifact.layers:

@@ -102,6 +102,7 @@ def load_unet_folder(unet_dir: Path) -> torch.nn.Module:
         raise TfmqError(f"{unet_dir} has no weights ({' or '.join(_WEIGHT_FILES)})")
     import diffusers
 
+    diffusers.utils.logging.set_verbosity_error()  # keep errors to our one line
     cls = getattr(diffusers, class_name)
     try:
         unet = cls.from_pretrained(str(unet_dir), local_files_only=True, use_safetensors=None)
@@ -147,3 +148,13 @@ def load_conditions(path: Path, unet: torch.nn.Module) -> torch.Tensor:
     if array.ndim != 3 or array.shape[-1] != dim:
         raise TfmqError(f"{path} holds shape {array.shape}; expected [N, S, {dim}] encoder_hidden_states")
     return torch.from_numpy(array.astype("float32"))
+
+
+def load_model_for_artifact(artifact: Any, model: str | None = None) -> LoadedModel:
+    """The model an artifact was calibrated on: ``model`` if given, else the one it records."""
+    name = model or (
+        artifact.model_name if artifact.model_name in ("digits", "sd15-arch") else artifact.settings.get("model_source")
+    )
+    if not name:
+        raise TfmqError("the artifact does not record its model; pass --model")
+    return load_model(name)

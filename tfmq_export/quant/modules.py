@@ -216,3 +216,64 @@ def make_quant_layer(module: nn.Module, wbits: int, abits: int, num_steps: int) 
     if isinstance(module, nn.Linear):
         return QuantLinear(module, wbits, abits, num_steps)
     raise TypeError(f"cannot quantize {type(module).__name__}")
+
+
+# --- added for tfmq (FSC) and qdiff (split skip quantization) -------------------------------------
+
+
+class PerStepActQuantizer(ActQuantizer):
+    """Activation quantizer with one scale per table row (FSC, finite set calibration).
+
+    In ``quantizing`` mode every batch row is quantized with the min-max scale of its own step
+    (``step_absmax[t] / qmax``), which is exact for a finite set of steps. It needs the rows
+    declared with ``observing_steps``. Used inside the temporal branch, which the deployment folds
+    into the per-step table; a static engine cannot carry per-step scales elsewhere.
+    """
+
+    def step_scales(self) -> torch.Tensor:
+        """[T] scales; rows never observed get NaN (using them is an error)."""
+        return torch.clamp(self.step_absmax(), min=1e-8) / self.qrange[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or self.mode is not ActMode.QUANTIZING:
+            return super().forward(x)
+        steps = current_steps()
+        if steps is None or steps.numel() != x.shape[0]:
+            raise ValueError("per-step activation quantization needs observing_steps(step_index), one row per sample")
+        scale = self.step_scales()[steps.to(self.step_min.device)]
+        if not torch.isfinite(scale).all():
+            raise ValueError("per-step activation quantization of a step that was never observed")
+        qmin, qmax = self.qrange
+        return grids.fake_quantize(x, scale.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype), qmin, qmax)
+
+
+class SplitActQuantizer(ActQuantizer):
+    """Per-tensor quantizer with a second scale for the channels from ``split`` on.
+
+    Q-Diffusion's shortcut-splitting: an up-block ResBlock's input is ``cat([h, skip], dim=1)``
+    and the two halves have very different ranges. ``scale`` covers channels [0, split) and
+    ``scale_split`` channels [split, C); each half keeps its own per-step statistics
+    (``step_min`` / ``step_max`` for the first, ``split_step_min`` / ``split_step_max`` for the
+    second). In ONNX this is Split -> two Q/DQ -> Concat (``tfmq_export.export.split_qdq``).
+    """
+
+    def __init__(self, bits: int, num_steps: int, split: int) -> None:
+        super().__init__(bits, num_steps)
+        if split <= 0:
+            raise ValueError(f"split channel must be positive, got {split}")
+        self.split = split
+        self.second = ActQuantizer(bits, num_steps)
+
+    @property
+    def scale_split(self) -> torch.Tensor:
+        return self.second.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] <= self.split:
+            raise ValueError(f"input with {x.shape[1] if x.dim() > 1 else 0} channels cannot split at {self.split}")
+        self.second.mode = self.mode
+        first = super().forward(x[:, : self.split])
+        return torch.cat([first, self.second(x[:, self.split :])], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, split={self.split}, scale_split={float(self.second.scale):.4g}"

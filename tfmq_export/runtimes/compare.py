@@ -33,14 +33,10 @@ def _check_inputs(inputs: Sequence[Mapping[str, np.ndarray | None]]) -> None:
     for i, feed in enumerate(inputs):
         for key in ("sample", "step_index"):
             if feed.get(key) is None:
-                raise TfmqError(
-                    f"input {i} has no {key!r}; each input is a dict of the UNet contract's arrays"
-                )
+                raise TfmqError(f"input {i} has no {key!r}; each input is a dict of the UNet contract's arrays")
         extra = set(feed) - set(_CONTRACT)
         if extra:
-            raise TfmqError(
-                f"input {i} has {', '.join(sorted(extra))}, which the UNet contract does not define"
-            )
+            raise TfmqError(f"input {i} has {', '.join(sorted(extra))}, which the UNet contract does not define")
 
 
 class _Stats:
@@ -111,13 +107,9 @@ def _run_polygraphy(
     try:
         with G_LOGGER.verbosity(G_LOGGER.WARNING):
             results = Comparator.run([poly_a, poly_b], data_loader=feeds)
-            accuracy = Comparator.compare_accuracy(
-                results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol)
-            )
+            accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
     except PolygraphyException as exc:
-        raise TfmqError(
-            f"Polygraphy could not compare the runners: {str(exc).strip().splitlines()[0]}"
-        ) from exc
+        raise TfmqError(f"Polygraphy could not compare the runners: {str(exc).strip().splitlines()[0]}") from exc
 
     def outputs(iterations: Sequence[Any]) -> list[np.ndarray]:
         arrays = []

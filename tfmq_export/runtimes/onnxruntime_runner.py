@@ -31,9 +31,7 @@ def onnx_model_bytes(path: str | os.PathLike[str]) -> int:
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             locations.update(e.value for e in tensor.external_data if e.key == "location")
-    return p.stat().st_size + sum(
-        (p.parent / loc).stat().st_size for loc in locations if (p.parent / loc).is_file()
-    )
+    return p.stat().st_size + sum((p.parent / loc).stat().st_size for loc in locations if (p.parent / loc).is_file())
 
 
 def feed_for(

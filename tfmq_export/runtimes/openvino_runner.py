@@ -12,7 +12,23 @@ from tfmq_export.errors import TfmqError
 from tfmq_export.runtimes.base import Runner
 from tfmq_export.runtimes.onnxruntime_runner import feed_for, onnx_model_bytes
 
-__all__ = ["OpenVINORunner"]
+__all__ = ["OpenVINORunner", "contract_input_name"]
+
+_CONTRACT = ("sample", "step_index", "encoder_hidden_states")
+
+
+def contract_input_name(port: Any) -> str:
+    """The ONNX input name of an OpenVINO input port.
+
+    A port can carry several tensor names (the frontend merges e.g. ``timestep`` with the
+    ``Expand`` output that consumes it) and ``get_any_name`` may return the internal one: prefer
+    a UNet-contract name when the port has it.
+    """
+    names = port.get_names()
+    for name in _CONTRACT:
+        if name in names:
+            return name
+    return port.get_any_name()
 
 
 class OpenVINORunner(Runner):
@@ -42,9 +58,7 @@ class OpenVINORunner(Runner):
         if not self.model_path.is_file():
             raise TfmqError(f"{self.model_path} does not exist")
         if self.model_path.suffix == ".xml" and not self.model_path.with_suffix(".bin").is_file():
-            raise TfmqError(
-                f"{self.model_path.with_suffix('.bin')} is missing; the IR needs its .bin beside the .xml"
-            )
+            raise TfmqError(f"{self.model_path.with_suffix('.bin')} is missing; the IR needs its .bin beside the .xml")
         if threads is not None and threads < 1:
             raise TfmqError(f"threads must be a positive number, not {threads}")
         self.threads = threads
@@ -67,14 +81,19 @@ class OpenVINORunner(Runner):
 
         core = ov.Core()
         try:
-            model = core.read_model(str(self.model_path))
+            # .onnx goes through convert_model (the same conversion as build_openvino_engine):
+            # core.read_model of some Q/DQ ONNX graphs (uint8 Q/DQ on a Conv output feeding the
+            # temporal-table Add, then a Q/DQ MatMul) converts but fails to compile on
+            # OpenVINO 2026.4 ("convert->constant_fold" check), convert_model's output compiles
+            if self.model_path.suffix == ".onnx":
+                model = ov.convert_model(str(self.model_path))
+            else:
+                model = core.read_model(str(self.model_path))
             self.compiled = core.compile_model(model, "CPU", self.compile_config())
         except RuntimeError as exc:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            raise TfmqError(
-                f"OpenVINO could not load {self.model_path}: {lines[-1] if lines else exc}"
-            ) from exc
-        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+            raise TfmqError(f"OpenVINO could not load {self.model_path}: {lines[-1] if lines else exc}") from exc
+        self.input_names = [contract_input_name(i) for i in self.compiled.inputs]
         self.request = self.compiled.create_infer_request()
         super().activate()
 

@@ -63,8 +63,7 @@ class TensorRTRunner(Runner):
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
             raise TfmqError(
-                f"{self.engine_path} does not exist; "
-                "build it with `tfmq-export build-engine --backend tensorrt`"
+                f"{self.engine_path} does not exist; build it with `tfmq-export build-engine --backend tensorrt`"
             )
         self.last_wall_ms = 0.0
         self.input_names: list[str] = []
@@ -82,9 +81,7 @@ class TensorRTRunner(Runner):
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-        return TrtRunner(
-            EngineFromBytes(BytesFromPath(str(self.engine_path))), name=f"trt:{self.engine_path.name}"
-        )
+        return TrtRunner(EngineFromBytes(BytesFromPath(str(self.engine_path))), name=f"trt:{self.engine_path.name}")
 
     def activate(self) -> None:
         from polygraphy.exception import PolygraphyException
@@ -93,9 +90,7 @@ class TensorRTRunner(Runner):
         try:
             runner.activate()
         except PolygraphyException as exc:
-            raise TfmqError(
-                f"TensorRT could not load {self.engine_path}: {str(exc).strip().splitlines()[0]}"
-            ) from exc
+            raise TfmqError(f"TensorRT could not load {self.engine_path}: {str(exc).strip().splitlines()[0]}") from exc
         self._runner = runner
         meta = runner.get_input_metadata(use_numpy_dtypes=False)
         self.input_names = list(meta.keys())

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny random-weight UNets of both diffusers classes, saved as local folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_unet2d():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=16, in_channels=1, out_channels=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1, norm_num_groups=8,
+    ).eval()
+
+
+def tiny_unet_cond():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1, norm_num_groups=8, cross_attention_dim=16, attention_head_dim=8,
+    ).eval()
+
+
+@pytest.fixture(scope="session")
+def unet2d_dir(tmp_path_factory) -> Path:
+    """A bare UNet2DModel folder (config.json + safetensors)."""
+    path = tmp_path_factory.mktemp("unet2d")
+    tiny_unet2d().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def unet_cond_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("unetcond")
+    tiny_unet_cond().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def loaded_unet2d(unet2d_dir):
+    from tfmq_export.models.loading import load_model
+
+    return load_model(unet2d_dir)
+
+
+@pytest.fixture(scope="session")
+def loaded_unet_cond(unet_cond_dir):
+    from tfmq_export.models.loading import load_model
+
+    model = load_model(unet_cond_dir)
+    model.conditions = torch.randn(4, 5, 16, generator=torch.Generator().manual_seed(1))
+    return model
+
+
+def rel_l2(a, b) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))

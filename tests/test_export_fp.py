@@ -1,0 +1,61 @@
+"""Full-precision export equals the diffusers UNet at the same timestep, for both UNet classes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from tests.conftest import rel_l2
+from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+from tfmq_export.export.onnx_export import build_onnx, read_metadata
+
+
+def _session(graph):
+    return ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("fixture", ["loaded_unet2d", "loaded_unet_cond"])
+def test_fp_export_matches_diffusers(fixture, request):
+    model = request.getfixturevalue(fixture)
+    artifact = calibrate(model, CalibrationSettings(wbits=16, abits=16, steps=10), progress=False)
+    graph = build_onnx(model, artifact, "tensorrt")
+    session = _session(graph)
+    rows = np.array([0, 4, 9], dtype=np.int64)  # several table rows, batch > 1
+    gen = torch.Generator().manual_seed(3)
+    sample = torch.randn((3, *model.sample_shape), generator=gen)
+    feed = {"sample": sample.numpy(), "step_index": rows}
+    timesteps = torch.tensor([artifact.timesteps[i] for i in rows])
+    with torch.no_grad():
+        if model.is_conditional:
+            ehs = torch.randn(3, 7, 16, generator=gen)
+            feed["encoder_hidden_states"] = ehs.numpy()
+            expected = model.unet(sample, timesteps, encoder_hidden_states=ehs).sample.numpy()
+        else:
+            expected = model.unet(sample, timesteps).sample.numpy()
+    out = session.run(["noise_pred"], feed)[0]
+    assert out.shape == expected.shape
+    assert rel_l2(out, expected) < 1e-5
+
+
+def test_contract_inputs_and_metadata(loaded_unet2d):
+    artifact = calibrate(loaded_unet2d, CalibrationSettings(wbits=16, abits=16, steps=6), progress=False)
+    graph = build_onnx(loaded_unet2d, artifact, "onnxruntime")
+    inputs = {i.name: i.type.tensor_type.elem_type for i in graph.graph.input}
+    assert inputs == {"sample": 1, "step_index": 7}  # float32, int64
+    assert [o.name for o in graph.graph.output] == ["noise_pred"]
+    meta = read_metadata(graph)
+    assert json.loads(meta["tfmq.timesteps"]) == artifact.timesteps
+    assert len(artifact.timesteps) == 6 and artifact.timesteps[0] > artifact.timesteps[-1]
+    assert meta["tfmq.wbits"] == "16" and meta["tfmq.abits"] == "16" and meta["tfmq.method"] == "fp"
+    assert "tfmq.version" in meta
+    # the time MLP is gone: no sinusoid, and every table is a constant gathered by step_index
+    ops = {n.op_type for n in graph.graph.node}
+    assert not ops & {"Sin", "Cos", "Exp"}
+    inits = {t.name for t in graph.graph.initializer}
+    assert not any("time_embedding" in name or name.endswith("time_emb_proj.weight") for name in inits)
+    tables = [n for n in graph.graph.node if n.op_type == "Gather" and n.input[0].endswith("time_emb_proj.table")]
+    assert len(tables) == len([n for n in inits if n.endswith("time_emb_proj.table")]) > 0

@@ -1,0 +1,219 @@
+"""``--method qdiff``: Q-Diffusion (Li et al., ICCV 2023), TFMQ-DM's main baseline, in our deployment.
+
+Q-Diffusion quantizes the time-embedding layers like any other layer and reconstructs them with
+targets that mix t with image data. That is what TFMQ-DM blames for the disturbed temporal
+features (TFMQ-DM Sec. 3), so the baseline has to keep it even though our deployment turns the
+temporal branch into a per-step table:
+
+1. the temporal branch comes back as live modules (timestep -> time MLP -> every ResBlock's
+   ``time_emb_proj``), and its Linear layers ``time_embedding.linear_2`` and every
+   ``time_emb_proj`` are quantized (``linear_1`` stays FP, as in the papers' code);
+2. block reconstruction (AdaRound, BRECQ) over everything in execution order: ``linear_2`` as a
+   block of its own, each ``time_emb_proj`` inside its ResBlock, whose output mixes t with the
+   image; data uniform over the steps (every step of the calibration trajectories);
+3. activation ranges over all steps, then the static activation scales are learned block by
+   block (LSQ-style straight-through gradients; Q-Diffusion's second stage, ``act_iters`` per
+   block, default iters // 4 like its 5,000 vs 20,000);
+4. the table is computed from the quantized temporal branch (quantized weights and activations),
+   so the baseline's temporal-feature disturbance reaches the deployed model
+   (``temporal_table = "quantized"`` always).
+
+Shortcut splitting (two scales for the concatenated skip inputs of up-block ResBlocks) is
+available with ``split_skip`` (see ``tfmq_export.export.split_qdq`` for the graph side); it is
+off by default because the standard Q/DQ export does not write the second scale.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from tfmq_export.calibration.data import CalibrationData
+from tfmq_export.calibration.minmax import init_weight_scales
+from tfmq_export.calibration.reconstruction import (
+    Block,
+    BlockResult,
+    ReconstructionOptions,
+    Stage,
+    adapter_blocks,
+    calibrate_activations,
+    execution_order,
+    reconstruct_blocks,
+    uniform_subset,
+    weights_stage,
+)
+from tfmq_export.calibration.resume import Checkpoint, run_fingerprint
+from tfmq_export.errors import TfmqError
+from tfmq_export.models.adapter import UNetAdapter, replace_submodule
+from tfmq_export.quant.modules import QuantLayer, make_quant_layer
+from tfmq_export.quant.steps import observing_steps
+from tfmq_export.temporal import TemporalTableUNet, build_table_unet
+
+#: Kept in full precision inside the temporal branch (the papers' released code).
+TIB_KEEP_FP = ("time_embedding.linear_1",)
+
+# 1. the temporal branch as live modules ----------------------------------------------------------
+
+
+class StepToTimestep(nn.Module):
+    """``time_proj`` of a table UNet run live: table row -> the sampler's timestep -> the UNet's own
+    sinusoidal embedding (so the live branch computes exactly ``compute_temporal_features``)."""
+
+    def __init__(self, time_proj: nn.Module, timesteps: list[int]) -> None:
+        super().__init__()
+        self.time_proj = time_proj
+        self.register_buffer("timesteps", torch.tensor(timesteps, dtype=torch.long))
+
+    def forward(self, step_index: torch.Tensor) -> torch.Tensor:
+        return self.time_proj(self.timesteps[step_index.long()])
+
+
+def attach_live_temporal_branch(table_unet: TemporalTableUNet, source_unet: nn.Module) -> None:
+    """Put copies of ``source_unet``'s temporal modules back into ``table_unet`` (in place)."""
+    unet = table_unet.unet
+    unet.time_proj = StepToTimestep(copy.deepcopy(source_unet.time_proj), table_unet.timesteps)
+    unet.time_embedding = copy.deepcopy(source_unet.time_embedding)
+    for proj in UNetAdapter(source_unet).temporal_projections():
+        resnet = unet.get_submodule(proj.resnet_name)
+        resnet.time_emb_proj = copy.deepcopy(proj.resnet.time_emb_proj)
+        resnet.skip_time_act = proj.resnet.skip_time_act
+
+
+def quantize_temporal_branch(table_unet: TemporalTableUNet, source_unet: nn.Module, wbits: int,
+                             abits: int) -> dict[str, QuantLayer]:
+    """Swap the live branch's Linear layers (all but ``TIB_KEEP_FP``) for quantized ones."""
+    layers: dict[str, QuantLayer] = {}
+    for name in UNetAdapter(source_unet).tib_linear_names():
+        if name in TIB_KEEP_FP:
+            continue
+        layer = make_quant_layer(table_unet.unet.get_submodule(name), wbits, abits, table_unet.num_steps)
+        replace_submodule(table_unet.unet, name, layer)
+        layers[name] = layer
+    return layers
+
+
+@torch.no_grad()
+def live_temporal_features(table_unet: TemporalTableUNet) -> dict[str, torch.Tensor]:
+    """{resnet: feature [T, C]} of the live branch for every table row (quantizers as they are)."""
+    unet = table_unet.unet
+    rows = torch.arange(table_unet.num_steps)
+    features: dict[str, torch.Tensor] = {}
+    with observing_steps(rows):
+        param = next(unet.parameters())
+        emb = unet.time_embedding(unet.time_proj(rows.to(param.device)).to(param.dtype))
+        for proj in UNetAdapter(unet).temporal_projections():
+            resnet = proj.resnet
+            x = emb if resnet.skip_time_act else resnet.nonlinearity(emb)
+            features[proj.resnet_name] = resnet.time_emb_proj(x).float().cpu()
+    return features
+
+
+def fold_temporal_branch(table_unet: TemporalTableUNet, tables: dict[str, torch.Tensor]) -> None:
+    """Replace the live branch by table lookups again (in place), as the deployment has it."""
+    TemporalTableUNet(table_unet.unet, tables, table_unet.timesteps, copy_unet=False)
+
+
+# 2. blocks --------------------------------------------------------------------------------------
+
+
+def qdiff_blocks(source_unet: nn.Module, tib_layers: dict[str, QuantLayer]) -> list[Block]:
+    """The adapter's blocks, each ResBlock with its ``time_emb_proj``, plus the time MLP's
+    quantized Linear as a block of its own (order: fixed later by ``execution_order``)."""
+    blocks = adapter_blocks(source_unet)
+    by_name = {b.name: i for i, b in enumerate(blocks)}
+    extra: list[Block] = []
+    for name in tib_layers:
+        resnet = name.removesuffix(".time_emb_proj")
+        if name.endswith(".time_emb_proj") and resnet in by_name:
+            i = by_name[resnet]
+            blocks[i] = Block(blocks[i].name, (*blocks[i].layer_names, name))
+        else:
+            extra.append(Block(name, (name,)))
+    return extra + blocks
+
+
+def enable_split_skip(sim: TemporalTableUNet, layers: dict[str, QuantLayer], data: CalibrationData) -> None:
+    raise TfmqError("split_skip is not available yet")
+
+
+# 3. the method -----------------------------------------------------------------------------------
+
+
+def run(
+    sim: TemporalTableUNet,
+    layers: dict[str, QuantLayer],
+    data: CalibrationData,
+    settings: Any,
+    model: Any,
+    work_dir: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Calibrate ``sim`` in place the Q-Diffusion way; returns timings and the table kind."""
+    started = time.perf_counter()
+    options = ReconstructionOptions.from_settings(settings)
+    sim.requires_grad_(False)
+
+    # 1. live, quantized temporal branch in the simulation; live FP branch in the reference
+    fp_ref = build_table_unet(model.unet, data.timesteps).eval().requires_grad_(False)
+    attach_live_temporal_branch(fp_ref, model.unet)
+    attach_live_temporal_branch(sim, model.unet)
+    tib_layers = quantize_temporal_branch(sim, model.unet, settings.wbits, settings.abits)
+    all_layers = {**tib_layers, **layers}
+    if options.split_skip and settings.abits < 16:
+        enable_split_skip(sim, layers, data)
+    init_weight_scales(all_layers, settings.weight_init)
+    blocks = execution_order(sim, qdiff_blocks(model.unet, tib_layers), data)
+    checkpoint = Checkpoint(work_dir, run_fingerprint("qdiff", settings, model.fingerprint(),
+                                                      [data.samples, data.step_index]))
+    resumed = checkpoint.resumed_units
+
+    # 2. weights: AdaRound block by block, the temporal layers inside the blocks
+    weight_results, weight_seconds = weights_stage(sim, fp_ref, blocks, all_layers, data, options, checkpoint,
+                                                   progress)
+
+    # 3. activations: ranges over all steps, then learned static scales
+    act_started = time.perf_counter()
+    act_results: list[BlockResult] = []
+    if settings.abits < 16:
+        calibrate_activations(sim, all_layers, data, options, settings.static_scale_rule, progress)
+        if options.lsq_iters > 0:
+            recon_data = uniform_subset(data, options.recon_samples, options.seed)
+            act_results = reconstruct_blocks(sim, fp_ref, blocks, all_layers, recon_data, options, Stage.ACT,
+                                             options.lsq_iters, checkpoint, progress)
+    act_seconds = time.perf_counter() - act_started
+
+    # 4. the deployed table comes from the quantized temporal branch
+    fold_temporal_branch(sim, live_temporal_features(sim))
+    if not options.keep_checkpoints:
+        checkpoint.remove()
+    total = time.perf_counter() - started
+    return {
+        "timings": {
+            "method_seconds": total,
+            "weight_recon_seconds": weight_seconds,
+            "act_calib_seconds": act_seconds,
+        },
+        "temporal_table": "quantized",
+        "report": {
+            "blocks": [b.name for b in blocks],
+            "resumed_units": resumed,
+            "weights": [vars(r) for r in weight_results],
+            "act": [vars(r) for r in act_results],
+        },
+    }
+
+
+__all__ = [
+    "TIB_KEEP_FP",
+    "StepToTimestep",
+    "attach_live_temporal_branch",
+    "fold_temporal_branch",
+    "live_temporal_features",
+    "qdiff_blocks",
+    "quantize_temporal_branch",
+    "run",
+]
