@@ -86,7 +86,8 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
     Example:
       tfmq-export calibrate digits --out calib/out/tfmq-w4a8 --method tfmq --wbits 4 --abits 8
     """
-    from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate as run_calibration
+    from tfmq_export.calibration.pipeline import CalibrationSettings
+    from tfmq_export.calibration.pipeline import calibrate as run_calibration
     from tfmq_export.models.loading import load_conditions, load_model
 
     options = {k: v for k, v in _load_recipe(recipe).items() if k in CalibrationSettings.__dataclass_fields__}

@@ -69,12 +69,15 @@ def _report(rows, floor, bench, num_images, seed) -> str:
     ]
     lines += [f"| {r['setting']} | {r['fid']:.3f} | {r['calib_seconds']} | {r['onnx_bytes']:,} |" for r in rows]
     lines += ["", "UNet latency per call (median / p90 ms), measured side by side in one run:", "",
-              "| backend | precision | batch | median ms | p90 ms | images/s | peak MB |", "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| backend | precision | batch | median ms | p90 ms | images/s | peak MB |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in bench["runs"]:
         lines.append(f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['latency_ms_median']:.2f} | "
                      f"{r['latency_ms_p90']:.2f} | {r['images_per_s']:.1f} | {r['peak_mem_mb']:.0f} |")
-    ort = {(r["precision"], r["batch"]): r["latency_ms_median"] for r in bench["runs"] if r["backend"] == "onnxruntime"}
+    ort = {(r["precision"], r["batch"]): r["latency_ms_median"]
+           for r in bench["runs"] if r["backend"] == "onnxruntime"}
     for batch in sorted({b for _, b in ort}):
         if ("fp32", batch) in ort and ("w8a8", batch) in ort:
-            lines.append(f"\nonnxruntime W8A8 vs FP32 at batch {batch}: {ort[('fp32', batch)] / ort[('w8a8', batch)]:.2f}x")
+            speedup = ort[("fp32", batch)] / ort[("w8a8", batch)]
+            lines.append(f"\nonnxruntime W8A8 vs FP32 at batch {batch}: {speedup:.2f}x")
     return "\n".join(lines) + "\n"
