@@ -24,7 +24,9 @@ class TorchRunner(Runner):
             torch.set_num_threads(self.threads)
         super().activate()
 
-    def _infer(self, sample: np.ndarray, step_index: np.ndarray, encoder_hidden_states: np.ndarray | None) -> np.ndarray:
+    def _infer(
+        self, sample: np.ndarray, step_index: np.ndarray, encoder_hidden_states: np.ndarray | None
+    ) -> np.ndarray:
         with torch.no_grad():
             ehs = None if encoder_hidden_states is None else torch.from_numpy(encoder_hidden_states)
             out = self.table_unet(torch.from_numpy(sample), torch.from_numpy(step_index), ehs)
