@@ -1,20 +1,24 @@
 """Side-by-side UNet benchmarks: several backends and precisions measured in one run.
 
 Variants are timed round-robin (one call of each in turn, repeated), so machine drift hits all
-of them alike; compare them as ratios from the same run. Peak memory is measured per variant in
-a fresh subprocess (a process's peak RSS never goes down, so it cannot be read per variant
-inside one process). JSON follows the CONTRACT in ARCHITECTURE.md.
+of them alike; compare them as ratios from the same run. A short pause between calls (``pause_ms``)
+lets one backend's worker threads stop spinning before the next backend starts: onnxruntime's and
+OpenMP's pools busy-wait after a call, and on a 2-core machine that steals the next variant's
+cores. Full DDIM sampling runs are timed the same way (``sampling_runs``). Peak memory is measured
+per variant in a fresh subprocess (a process's peak RSS never goes down, so it cannot be read per
+variant inside one process). JSON follows the CONTRACT in ARCHITECTURE.md, with extra fields.
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
-import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +27,42 @@ import numpy as np
 from tfmq_export.errors import TfmqError
 from tfmq_export.runtimes.base import Runner
 
+__all__ = [
+    "BACKENDS", "Variant", "bench_inputs", "machine_info", "make_runner", "peak_memory_mb", "run_bench", "write_json",
+]
+
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One thing to time: a backend running a model file (or the torch model) at a precision."""
+    """One thing to time: a backend running a model file (or the torch model) at a precision.
+
+    ``timesteps`` are the sampler's timesteps (rows of the temporal table); the torch variant
+    builds its table from them so that it computes what the exported graphs compute at the same
+    ``step_index``. ``target`` is the export target of the graph (``tensorrt``/``onnxruntime``).
+    """
 
     backend: str
     precision: str
     path: str  # .onnx / .xml / .plan, or a MODEL name for torch
     label: str = ""
+    timesteps: tuple[int, ...] = ()
+    target: str = ""
 
     @property
     def name(self) -> str:
         return self.label or f"{self.backend}:{self.precision}"
 
 
-def make_runner(variant: Variant, threads: int | None) -> Runner:
-    """Instantiate the runner of a variant (backends import lazily)."""
+def make_runner(variant: Variant, threads: int | None, model: Any = None) -> Runner:
+    """Instantiate the runner of a variant (backends import lazily).
+
+    ``model`` is an already loaded ``LoadedModel`` for the torch variant, which the runner then
+    consumes: its UNet becomes the table UNet in place (no copy: SD-1.5 is 3.4 GB in FP32). By
+    default the torch variant loads ``variant.path``.
+    """
     if variant.backend == "onnxruntime":
         from tfmq_export.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
@@ -58,16 +79,19 @@ def make_runner(variant: Variant, threads: int | None) -> Runner:
         from tfmq_export.models.loading import load_model
         from tfmq_export.runtimes.torch_runner import TorchRunner
         from tfmq_export.sampling import sampler_timesteps
-        from tfmq_export.temporal import build_table_unet
+        from tfmq_export.temporal import TemporalTableUNet, compute_temporal_features
 
-        model = load_model(variant.path)
-        table = build_table_unet(model.unet, sampler_timesteps(model.scheduler_config, 10))
-        return TorchRunner(table, variant.precision, threads=threads)
+        loaded = model if model is not None else load_model(variant.path)
+        timesteps = list(variant.timesteps) or sampler_timesteps(loaded.scheduler_config, 10)
+        tables = compute_temporal_features(loaded.unet, timesteps)
+        table_unet = TemporalTableUNet(loaded.unet, tables, timesteps, copy_unet=False)
+        return TorchRunner(table_unet, variant.precision, threads=threads)
     raise TfmqError(f"unknown backend {variant.backend!r} (choose {', '.join(BACKENDS)})")
 
 
 def bench_inputs(sample_shape: tuple[int, ...], batch: int, cond_shape: tuple[int, int] | None,
                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Seeded UNet inputs: x ~ N(0, 1) (what the sampler starts from), step 0, a random condition."""
     rng = np.random.default_rng(seed)
     sample = rng.standard_normal((batch, *sample_shape), dtype=np.float32)
     step = np.zeros(batch, dtype=np.int64)
@@ -75,27 +99,34 @@ def bench_inputs(sample_shape: tuple[int, ...], batch: int, cond_shape: tuple[in
     return sample, step, cond
 
 
+def _versions() -> dict[str, str]:
+    versions = {}
+    for name in ("torch", "onnxruntime", "openvino", "nncf", "tensorrt"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = str(getattr(module, "__version__", "") or getattr(module, "get_version", str)())
+    return versions
+
+
 def machine_info(threads: int | None) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
-            "platform": platform.platform()}
+    """What a CPU timing depends on: the CPU and its int8 ISA, cores, threads, load, versions."""
+    from tfmq_export.engine.onnxruntime import machine_info as engine_machine_info
+
+    info = engine_machine_info()
+    return {**info, "cores": info["cpu_count"], "threads": threads, "load_avg": list(os.getloadavg()),
+            **_versions()}
 
 
-def peak_memory_mb(variant: Variant, sample_shape, batch: int, cond_shape, threads: int | None) -> float:
-    """Peak RSS of a fresh process that loads the variant and runs it twice."""
-    payload = json.dumps({"variant": variant.__dict__, "sample_shape": list(sample_shape), "batch": batch,
+def peak_memory_mb(variant: Variant, sample_shape: tuple[int, ...], batch: int,
+                   cond_shape: tuple[int, int] | None, threads: int | None) -> float:
+    """Peak RSS (MB) of a fresh process that loads the variant and runs it twice."""
+    payload = json.dumps({"variant": asdict(variant), "sample_shape": list(sample_shape), "batch": batch,
                           "cond_shape": None if cond_shape is None else list(cond_shape), "threads": threads})
     code = "import sys; from tfmq_export.bench import _memory_probe; _memory_probe(sys.argv[1])"
     proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
-        raise TfmqError(f"memory probe for {variant.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise TfmqError(f"memory probe for {variant.name} failed: {last}")
     return float(proc.stdout.strip().splitlines()[-1])
 
 
@@ -103,13 +134,51 @@ def _memory_probe(payload: str) -> None:
     import resource
 
     args = json.loads(payload)
-    variant = Variant(**args["variant"])
+    spec = args["variant"]
+    variant = Variant(**{**spec, "timesteps": tuple(spec.get("timesteps", ()))})
     cond = None if args["cond_shape"] is None else tuple(args["cond_shape"])
     inputs = bench_inputs(tuple(args["sample_shape"]), args["batch"], cond)
     with make_runner(variant, args["threads"]) as runner:
         runner.infer(*inputs)
         runner.infer(*inputs)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+
+
+@dataclass
+class _Timings:
+    """What one variant accumulates at one batch size."""
+
+    calls_ms: list[float] = field(default_factory=list)
+    sampling_s: list[float] = field(default_factory=list)
+    output: np.ndarray | None = None
+    final: np.ndarray | None = None
+
+
+def _rel_error(out: np.ndarray | None, ref: np.ndarray | None) -> float | None:
+    if out is None or ref is None:
+        return None
+    out64, ref64 = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(out64 - ref64) / max(np.linalg.norm(ref64), 1e-30))
+
+
+def _pause(ms: float) -> None:
+    if ms > 0:
+        time.sleep(ms / 1000.0)
+
+
+def _sample_once(runner: Runner, scheduler_config: dict[str, Any], num_steps: int, latents: np.ndarray,
+                 cond: np.ndarray | None) -> tuple[float, np.ndarray]:
+    """One full DDIM run with ``runner`` as the denoiser: (seconds, final latents)."""
+    import torch
+
+    from tfmq_export.runtimes.torch_runner import runner_denoiser
+    from tfmq_export.sampling import ddim_sample
+
+    denoise = runner_denoiser(runner)
+    start = time.perf_counter()
+    out = ddim_sample(denoise, scheduler_config, num_steps, torch.from_numpy(latents),
+                      None if cond is None else torch.from_numpy(cond))
+    return time.perf_counter() - start, out.numpy()
 
 
 def run_bench(
@@ -124,58 +193,135 @@ def run_bench(
     reference: str | None = None,
     measure_memory: bool = True,
     progress: bool = True,
+    *,
+    sampling_runs: int = 0,
+    scheduler_config: dict[str, Any] | None = None,
+    pause_ms: float = 0.0,
+    torch_model: Any = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Time every variant at every batch size, round-robin; returns the CONTRACT JSON dict.
 
-    ``images_per_s`` is batch / (num_steps x median UNet latency): a full sampling run spends
-    its time in the UNet calls (the scheduler update is negligible next to them). When
-    ``reference`` names a variant, every run also reports its output's relative L2 error
-    against that variant on the same inputs.
+    Per run: UNet latency per call (median, p90, mean, min), ``images_per_s`` and its basis, peak
+    memory, ``model_bytes`` and, when ``reference`` names a variant, ``rel_error_vs_reference``:
+    the relative L2 error of the UNet output against that variant on the same inputs (0 for the
+    reference itself). With ``sampling_runs`` > 0 (needs ``scheduler_config``), every variant
+    also runs full ``num_steps``-step DDIM sampling that many times, round-robin, and
+    ``images_per_s`` is measured as batch / median sampling time; otherwise it is derived as
+    batch / (num_steps x median UNet latency), the scheduler's own work being negligible next
+    to the UNet's. ``torch_model`` is a loaded model for the torch variant (not loaded again).
     """
     from tqdm.auto import tqdm
 
+    if iters < 1 or warmup < 0 or sampling_runs < 0 or any(b < 1 for b in batches):
+        raise TfmqError("iters and batch sizes must be positive, warmup and sampling runs not negative")
+    if sampling_runs and scheduler_config is None:
+        raise TfmqError("sampling runs need the sampler's scheduler config")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise TfmqError(f"variant labels must be unique, got {names}")
+    if reference is not None and reference not in names:
+        raise TfmqError(f"reference {reference!r} is not one of the variants {names}")
+
+    load_avg_start = list(os.getloadavg())
     runs: list[dict[str, Any]] = []
-    runners = [make_runner(v, threads) for v in variants]
-    for runner in runners:
-        runner.activate()
+    runners: list[Runner] = []
+    load_seconds: dict[str, float] = {}
     try:
+        for variant in tqdm(variants, desc="loading variants", disable=not progress, leave=False):
+            start = time.perf_counter()
+            runner = make_runner(variant, threads, torch_model if variant.backend == "torch" else None)
+            runner.activate()
+            runners.append(runner)
+            load_seconds[variant.name] = time.perf_counter() - start
         for batch in batches:
-            inputs = bench_inputs(sample_shape, batch, cond_shape)
-            outputs = {}
+            inputs = bench_inputs(sample_shape, batch, cond_shape, seed)
+            acc = {v.name: _Timings() for v in variants}
             for variant, runner in zip(variants, runners):
-                for _ in range(warmup):
-                    outputs[variant.name] = runner.infer(*inputs)
-            times: dict[str, list[float]] = {v.name: [] for v in variants}
-            for _ in tqdm(range(iters), desc=f"bench batch {batch}", disable=not progress, leave=False):
+                for _ in range(max(warmup, 1)):
+                    acc[variant.name].output = runner.infer(*inputs)
+            # 1. UNet calls, round-robin
+            for _ in tqdm(range(iters), desc=f"UNet calls, batch {batch}", disable=not progress, leave=False):
                 for variant, runner in zip(variants, runners):
+                    _pause(pause_ms)
                     runner.infer(*inputs)
-                    times[variant.name].append(runner.last_inference_ms)
-            ref = outputs.get(reference) if reference else None
+                    acc[variant.name].calls_ms.append(runner.last_inference_ms)
+            # 2. full sampling runs, round-robin
+            latents = inputs[0]
+            for _ in tqdm(range(sampling_runs), desc=f"sampling, batch {batch}", disable=not progress, leave=False):
+                for variant, runner in zip(variants, runners):
+                    _pause(pause_ms)
+                    seconds, final = _sample_once(runner, scheduler_config or {}, num_steps, latents, inputs[2])
+                    acc[variant.name].sampling_s.append(seconds)
+                    acc[variant.name].final = final
+            ref = acc[reference] if reference else None
             for variant, runner in zip(variants, runners):
-                ms = np.asarray(times[variant.name])
-                median = float(np.median(ms))
-                row: dict[str, Any] = {
-                    "backend": variant.backend,
-                    "precision": variant.precision,
-                    "label": variant.name,
-                    "batch": batch,
-                    "latency_ms_median": median,
-                    "latency_ms_p90": float(np.percentile(ms, 90)),
-                    "images_per_s": batch / (num_steps * median / 1000.0),
-                    "sampling_steps": num_steps,
-                    "peak_mem_mb": None,
-                    "model_bytes": runner.model_bytes(),
-                    "iters": iters,
-                }
-                if ref is not None:
-                    out = outputs[variant.name]
-                    row["rel_error_vs_reference"] = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-                runs.append(row)
+                runs.append(_row(variant, runner, batch, acc[variant.name], ref, num_steps, iters, warmup,
+                                 load_seconds[variant.name]))
     finally:
         for runner in runners:
             runner.deactivate()
+        # the torch runner keeps its weights after deactivate: drop every runner before the probes
+        runners.clear()
+        gc.collect()
+    load_avg_end = list(os.getloadavg())
     if measure_memory:
-        for row, variant in zip(runs, [v for _ in batches for v in variants]):
-            row["peak_mem_mb"] = peak_memory_mb(variant, sample_shape, row["batch"], cond_shape, threads)
-    return {"runs": runs, "machine": machine_info(threads), "reference": reference,
+        by_name = {v.name: v for v in variants}
+        for row in tqdm(runs, desc="peak memory", disable=not progress, leave=False):
+            row["peak_mem_mb"] = peak_memory_mb(by_name[row["label"]], sample_shape, row["batch"], cond_shape,
+                                                threads)
+    machine = {**machine_info(threads), "load_avg_start": load_avg_start, "load_avg_end": load_avg_end}
+    return {"runs": runs, "machine": machine, "reference": reference, "sample_shape": list(sample_shape),
+            "settings": {"iters": iters, "warmup": warmup, "sampling_runs": sampling_runs, "pause_ms": pause_ms,
+                         "num_steps": num_steps, "batches": list(batches), "seed": seed},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _row(variant: Variant, runner: Runner, batch: int, acc: _Timings, ref: _Timings | None, num_steps: int,
+         iters: int, warmup: int, load_s: float) -> dict[str, Any]:
+    """One CONTRACT run row (plus extra fields) from a variant's timings at one batch size."""
+    ms = np.asarray(acc.calls_ms)
+    median = float(np.median(ms))
+    derived = batch / (num_steps * median / 1000.0)
+    row: dict[str, Any] = {
+        "backend": variant.backend,
+        "precision": variant.precision,
+        "label": variant.name,
+        "batch": batch,
+        "latency_ms_median": median,
+        "latency_ms_p90": float(np.percentile(ms, 90)),
+        "latency_ms_mean": float(ms.mean()),
+        "latency_ms_min": float(ms.min()),
+        "images_per_s": derived,
+        "images_per_s_basis": f"derived: batch / ({num_steps} steps x median UNet latency)",
+        "images_per_s_derived": derived,
+        "sampling_steps": num_steps,
+        "peak_mem_mb": None,
+        "model_bytes": runner.model_bytes(),
+        "iters": iters,
+        "warmup": warmup,
+        "load_s": round(load_s, 3),
+        "path": variant.path,
+        "target": variant.target or None,
+    }
+    if acc.sampling_s:
+        sampling = float(np.median(acc.sampling_s))
+        row.update({
+            "sampling_s_median": sampling,
+            "sampling_s_all": [round(s, 4) for s in acc.sampling_s],
+            "images_per_s": batch / sampling,
+            "images_per_s_basis": f"measured: batch / median full DDIM sampling time ({num_steps} steps)",
+        })
+    if ref is not None:
+        row["rel_error_vs_reference"] = _rel_error(acc.output, ref.output)
+        if acc.final is not None:
+            row["sampling_rel_error_vs_reference"] = _rel_error(acc.final, ref.final)
+    return row
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    """Write the bench JSON atomically (a crashed run leaves the previous file whole)."""
+    from tfmq_export.artifact import atomic_write_text
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(path), json.dumps(result, indent=2) + "\n")

@@ -331,9 +331,12 @@ class Stage(str, Enum):
 
 @dataclass
 class BlockResult:
+    """Block-output loss on a fixed minibatch before learning (round-to-nearest weights, or the
+    initial scales) and after (the frozen result)."""
+
     name: str
-    loss_start: float
-    loss_end: float
+    loss_before: float
+    loss_after: float
     iters: int
     chunks: int
 
@@ -407,6 +410,7 @@ def reconstruct_block(
     chunk = max(options.recon_batch_size, int(options.cache_mb * 2**20 // max(per_sample, 1)))
     starts = list(range(0, len(data), chunk))
     losses: list[float] = []
+    before = after = float("nan")
     it = 0
     for c, start in enumerate(starts):
         part = subset(data, order[start : start + chunk])
@@ -414,6 +418,9 @@ def reconstruct_block(
         targets = capture_outputs(fp_ref, block.name, part.batches(options.capture_batch_size))
         stop = iters * (c + 1) // len(starts)
         batch = min(options.recon_batch_size, len(part))
+        probe_index = torch.arange(batch)
+        if c == 0:
+            before = _eval_loss(module, inputs, targets, probe_index, adas)
         # 2. learn on minibatches of the cached chunk
         while it < stop:
             index = torch.randperm(len(part), generator=generator)[:batch]
@@ -428,17 +435,31 @@ def reconstruct_block(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()
-            losses.append(float(rec))
+            losses.append(float(rec.detach()))
             if it == 0:
-                check_finite(rec, block.name)
+                check_finite(torch.tensor(losses[-1]), block.name)
             if bar is not None and (it % 50 == 0 or it == iters - 1):
-                bar.set_postfix(block=block.name, loss=f"{float(rec):.4g}", refresh=False)
+                bar.set_postfix(block=block.name, loss=f"{losses[-1]:.4g}", refresh=False)
             it += 1
+        if c == len(starts) - 1:
+            after = _eval_loss(module, inputs, targets, probe_index, adas)
         del inputs, targets
-    check_finite(torch.tensor(losses[-1]), block.name)
+    check_finite(torch.tensor(after), block.name)
     frozen = _finish(stage, qlayers, adas)
-    tail = losses[-max(1, len(losses) // 10):]
-    return BlockResult(block.name, losses[0], sum(tail) / len(tail), iters, len(starts)), frozen
+    return BlockResult(block.name, before, after, iters, len(starts)), frozen
+
+
+@torch.no_grad()
+def _eval_loss(module: nn.Module, inputs: CapturedCalls, targets: torch.Tensor, index: torch.Tensor,
+               adas: dict[str, AdaRound]) -> float:
+    """Block loss on ``index`` with hard rounding (what would be frozen now)."""
+    for ada in adas.values():
+        ada.soft = False
+    args, kwargs = inputs.select(index)
+    loss = float(lp_loss(module(*args, **kwargs), targets[index]))
+    for ada in adas.values():
+        ada.soft = True
+    return loss
 
 
 # 5. all blocks ------------------------------------------------------------------------------------
@@ -465,14 +486,14 @@ def reconstruct_blocks(
         if checkpoint.done(unit):
             restore_unit(checkpoint.load(unit), layers)
             info = checkpoint.info(unit)
-            results.append(BlockResult(block.name, info["loss_start"], info["loss_end"], info["iters"], info["chunks"]))
+            results.append(BlockResult(block.name, info["loss_before"], info["loss_after"], info["iters"],
+                                       info["chunks"]))
             continue
         seed = unit_seed(options.seed, stage.value, block.name)
         generator = torch.Generator().manual_seed(seed)
         result, frozen = reconstruct_block(sim, fp_ref, block, layers, data, options, stage, iters, generator, bar)
         results.append(result)
-        checkpoint.save(unit, frozen, {"seed": seed, "loss_start": result.loss_start, "loss_end": result.loss_end,
-                                       "iters": result.iters, "chunks": result.chunks})
+        checkpoint.save(unit, frozen, {"seed": seed, **vars(result)})
     return results
 
 

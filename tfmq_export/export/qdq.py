@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tfmq_export.artifact import CalibrationArtifact
 from tfmq_export.errors import TfmqError
+from tfmq_export.quant.state import conv_output_scale
 
 TARGETS = ("tensorrt", "onnxruntime")
 _WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
@@ -157,18 +158,16 @@ def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: st
         if record.wbits < 16:
             before += _insert_weight_dq(g, node, layer, artifact, target)
         new_nodes[node.name] = before
-        if target == "onnxruntime" and node.op_type == "Conv" and record.abits < 16 and record.wbits < 16:
-            out_absmax = float(artifact.layer_tensor(layer, "output_absmax"))
-            if out_absmax > 0:
-                out = node.output[0]
-                users = g.consumers(out)
-                pair = _qdq_pair(g, out, f"{onnx_scope(layer)}output", out_absmax / 127.0, target)
-                for user in users:
-                    user.input[:] = [pair[1].output[0] if i == out else i for i in user.input]
-                graph_outputs = [o for o in model.graph.output if o.name == out]
-                if graph_outputs:
-                    raise TfmqError(f"layer {layer}: output Q/DQ on a graph output is not supported")
-                after_nodes[node.name] = pair
+        out_scale = conv_output_scale(layer, artifact) if target == "onnxruntime" else None
+        if out_scale is not None:
+            out = node.output[0]
+            if any(o.name == out for o in model.graph.output):
+                raise TfmqError(f"layer {layer}: output Q/DQ on a graph output is not supported")
+            users = g.consumers(out)
+            pair = _qdq_pair(g, out, f"{onnx_scope(layer)}output", out_scale, target)
+            for user in users:
+                user.input[:] = [pair[1].output[0] if i == out else i for i in user.input]
+            after_nodes[node.name] = pair
     ordered: list[onnx.NodeProto] = []
     for node in model.graph.node:
         ordered += new_nodes.get(node.name, [])

@@ -52,7 +52,7 @@ DIGITS_UNET_CONFIG: dict[str, Any] = {
     "block_out_channels": (32, 64, 64),
     "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
     "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    "layers_per_block": 2,
+    "layers_per_block": 1,
     "norm_num_groups": 8,
     "attention_head_dim": 16,
 }
@@ -102,10 +102,10 @@ def _lr_factor(step: int, iters: int, warmup: int) -> float:
 
 def train_digits_unet(
     out_dir: Path,
-    iters: int = 4000,
+    iters: int = 3000,
     batch_size: int = 64,
     seed: int = 0,
-    lr: float = 1e-3,
+    lr: float = 1.5e-3,
     warmup: int = 200,
     ema_decay: float = 0.999,
     num_threads: int = 2,

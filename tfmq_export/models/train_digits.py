@@ -21,10 +21,10 @@ from tfmq_export.models.digits import DIGITS_DIR, train_digits_unet
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=DIGITS_DIR,
               show_default=True, help="Folder to write unet/, scheduler/ and classifier.* into.")
-@click.option("--iters", type=click.IntRange(min=1), default=4000, show_default=True,
+@click.option("--iters", type=click.IntRange(min=1), default=3000, show_default=True,
               help="UNet training iterations.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=1.5e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for both networks.")
 @click.option("--classifier-epochs", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,

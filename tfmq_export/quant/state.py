@@ -11,6 +11,7 @@ import torch
 
 from tfmq_export.artifact import CalibrationArtifact, LayerRecord
 from tfmq_export.errors import TfmqError
+from tfmq_export.quant import grids
 from tfmq_export.quant.modules import ActMode, QuantConv2d, QuantLayer
 from tfmq_export.quant.simulate import quant_layers, quantize_model
 from tfmq_export.temporal import TemporalTableLookup, TemporalTableUNet
@@ -69,8 +70,33 @@ def load_layer_state(name: str, layer: QuantLayer, artifact: CalibrationArtifact
     layer.output_absmax.copy_(artifact.layer_tensor(name, "output_absmax"))
 
 
-def simulation_from_artifact(unet: torch.nn.Module, artifact: CalibrationArtifact) -> TemporalTableUNet:
-    """The torch simulation that the artifact describes, for the UNet it was calibrated on."""
+def conv_output_scale(layer: str, artifact: CalibrationArtifact) -> float | None:
+    """Scale of the Q/DQ that ``--target onnxruntime`` puts on a quantized Conv's output, or None."""
+    record = artifact.layers[layer]
+    if record.kind != "conv" or record.wbits >= 16 or record.abits >= 16:
+        return None
+    absmax = float(artifact.layer_tensor(layer, "output_absmax"))
+    return absmax / 127.0 if absmax > 0 else None
+
+
+def _quantize_output_hook(scale: float):
+    qmin, qmax = grids.act_range(8)
+    scale_t = torch.tensor(scale, dtype=torch.float32)
+
+    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return grids.fake_quantize(output, scale_t, qmin, qmax)
+
+    return hook
+
+
+def simulation_from_artifact(
+    unet: torch.nn.Module, artifact: CalibrationArtifact, target: str = "tensorrt"
+) -> TemporalTableUNet:
+    """The torch simulation that the artifact describes, for the UNet it was calibrated on.
+
+    ``target="onnxruntime"`` also simulates the Q/DQ that target adds on Conv outputs, so the
+    simulation computes what that graph computes.
+    """
     sim = TemporalTableUNet(unet, artifact.temporal_tables(), artifact.timesteps)
     if artifact.wbits >= 16 and artifact.abits >= 16:
         return sim.eval()
@@ -83,4 +109,7 @@ def simulation_from_artifact(unet: torch.nn.Module, artifact: CalibrationArtifac
         )
     for name, layer in layers.items():
         load_layer_state(name, layer, artifact)
+        scale = conv_output_scale(name, artifact) if target == "onnxruntime" else None
+        if scale is not None:
+            layer.register_forward_hook(_quantize_output_hook(scale))
     return sim.eval()

@@ -1,0 +1,453 @@
+"""SD-1.5-architecture UNet on a 2-thread CPU: FP32 vs our W8A8 vs NNCF INT8, side by side.
+
+Why a script: the CPU speed claims in ARCHITECTURE.md (W8A8 >= 2.8x over OpenVINO FP32, no slower
+than NNCF, >= 2x over onnxruntime FP32, <= 0.27x the bytes) must be rerunnable by anyone, with
+the exact command that produced the numbers. The model is ``sd15-arch`` (SD-1.5's UNet with random
+weights): latency, memory and int8 kernel coverage depend on shapes, not on weight values, so no
+download is needed; the outputs are meaningless and no quality number is drawn from them.
+
+Stages (each one reuses its outputs when they exist, so a rerun after a failure is cheap):
+
+1. export the FP32 graph (temporal table, no Q/DQ);
+2. minmax W8A8 calibration on a few random-condition DDIM trajectories (cheap on purpose: the
+   weights are random, so only the scales' shapes matter for speed) and export it for both
+   targets (``tensorrt``: int8 / zero point 0; ``onnxruntime``: uint8 / 128);
+3. engines: OpenVINO IR of every graph, onnxruntime's optimised graphs (their manifests count the
+   int8 kernels and the weight DequantizeLinear left unfused), and the NNCF peer built from the
+   FP32 graph with the same calibration inputs ``tfmq-export bench --nncf`` would draw;
+4. wait for a quiet machine (1-minute load average below ``--max-load``), then ONE
+   ``tfmq-export bench`` run with every variant, round-robin;
+5. write ``docs/BENCHMARKS.md`` from the bench JSON (``benchmarks/results/``).
+
+Run it from the repository root::
+
+    python benchmarks/sd15_cpu.py            # everything; big files under runs/sd15_cpu
+    python benchmarks/sd15_cpu.py --report-only benchmarks/results/sd15_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "sd15_cpu.json"
+REPORT = ROOT / "docs" / "BENCHMARKS.md"
+
+#: targets the report checks (ARCHITECTURE.md, issue 4)
+TARGET_OV_VS_FP32 = 2.8
+TARGET_ORT_VS_FP32 = 2.0
+TARGET_SIZE_RATIO = 0.27
+
+
+def log(message: str) -> None:
+    print(f"[sd15_cpu {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- 1-3: graphs and engines ----------------------------------------------------------------------
+
+
+def sd15_model(latent: int, num_conditions: int, seed: int) -> Any:
+    """``sd15-arch`` with its config's sample size set to the benchmark latent (calibration data
+    and export metadata follow it) and random CLIP-shaped conditions to calibrate with."""
+    import torch
+
+    from tfmq_export.models.loading import load_model
+
+    model = load_model("sd15-arch")
+    model.unet.register_to_config(sample_size=latent)
+    model.conditions = torch.randn(num_conditions, 77, 768, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
+def export_graphs(work: Path, args: argparse.Namespace) -> dict[str, Path]:
+    """FP32 and W8A8 (both targets) ONNX graphs, reused when present."""
+    from tfmq_export.artifact import load_artifact
+    from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+    from tfmq_export.export.onnx_export import export_onnx
+
+    graphs = {
+        "fp32": work / "sd15-fp32.onnx",
+        "w8a8-onnxruntime": work / "sd15-w8a8-ort.onnx",
+        "w8a8-tensorrt": work / "sd15-w8a8-trt.onnx",
+    }
+    if all(p.is_file() for p in graphs.values()):
+        log("graphs exist, reusing them")
+        return graphs
+    if not graphs["fp32"].is_file():
+        log("exporting the FP32 graph (in a child process, so its 10 GB peak is gone before calibration)")
+        subprocess.run([sys.executable, __file__, "--export-fp32-only", *_forward(args)], check=True)
+    model = sd15_model(args.latent, args.num_samples, args.seed)
+    common = {"steps": args.steps, "seed": args.seed}
+    calib_dir = work / "calib-w8a8"
+    if (calib_dir / "artifact.json").is_file():
+        artifact = load_artifact(calib_dir)
+    else:
+        log(f"minmax W8A8 calibration: {args.num_samples} trajectories x {args.steps} steps at {args.latent}x"
+            f"{args.latent}")
+        started = time.perf_counter()
+        artifact = calibrate(model, CalibrationSettings(method="minmax", wbits=8, abits=8, num_samples=args.num_samples,
+                                                        batch_size=args.num_samples, **common),
+                             calib_dir, progress=True)
+        log(f"calibrated in {time.perf_counter() - started:.0f} s")
+        gc.collect()
+    for key, target in (("w8a8-onnxruntime", "onnxruntime"), ("w8a8-tensorrt", "tensorrt")):
+        if not graphs[key].is_file():
+            log(f"exporting W8A8 for target {target}")
+            export_onnx(model, artifact, graphs[key], target)
+            gc.collect()
+    return graphs
+
+
+def _forward(args: argparse.Namespace) -> list[str]:
+    """The options a child process needs to rebuild the same model and artifact paths."""
+    return ["--work", str(args.work.resolve()), "--latent", str(args.latent), "--num-samples", str(args.num_samples),
+            "--seed", str(args.seed), "--steps", str(args.steps)]
+
+
+def export_fp32_large(args: argparse.Namespace, work: Path) -> None:
+    """The FP32 graph (> 2 GB) without ``export_onnx``.
+
+    Workaround: ``onnx_export.build_onnx`` and ``save_onnx_atomic`` call ``ModelProto.ByteSize()``,
+    which protobuf refuses above 2 GB (``EncodeError: Failed to serialize proto``), so the SD-1.5
+    FP32 export fails there. This does the same steps (trace the table UNet, metadata, save with
+    external data, check) without serializing in memory, and consumes the model's UNet instead of
+    copying it (3.4 GB less). Remove it once the exporter handles > 2 GB graphs.
+    """
+    import onnx
+
+    from tfmq_export.artifact import load_artifact
+    from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+    from tfmq_export.export.onnx_export import example_inputs, set_metadata, trace_to_onnx
+    from tfmq_export.temporal import TemporalTableUNet
+
+    model = sd15_model(args.latent, args.num_samples, args.seed)
+    fp_dir = work / "calib-fp32"
+    if not (fp_dir / "artifact.json").is_file():
+        calibrate(model, CalibrationSettings(method="minmax", wbits=16, abits=16, steps=args.steps, seed=args.seed),
+                  fp_dir)
+    artifact = load_artifact(fp_dir)
+    artifact.check_model(model.fingerprint(), model.name)
+    table_unet = TemporalTableUNet(model.unet, artifact.temporal_tables(), artifact.timesteps, copy_unet=False)
+    graph = trace_to_onnx(table_unet, example_inputs(model))
+    del table_unet, model
+    gc.collect()
+    set_metadata(graph, artifact, "onnxruntime", (4, args.latent, args.latent))
+    out = work / "sd15-fp32.onnx"
+    tmp = out.with_name(f".{out.name}.tmp")
+    onnx.save_model(graph, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{out.name}.data", size_threshold=1024)
+    onnx.checker.check_model(str(tmp))
+    os.replace(tmp, out)
+
+
+def build_engines(work: Path, graphs: dict[str, Path], args: argparse.Namespace) -> dict[str, Path]:
+    """OpenVINO IR of every graph, onnxruntime optimised graphs of the W8A8 ones, the NNCF peer."""
+    from tfmq_export.bench_cli import ensure_nncf_engine
+    from tfmq_export.engine.onnxruntime import build_onnxruntime_engine, manifest_path
+    from tfmq_export.engine.openvino import build_openvino_engine
+
+    engines: dict[str, Path] = {}
+    for key, onnx_path in graphs.items():
+        xml = onnx_path.with_suffix(".xml")
+        if not manifest_path(xml).is_file():
+            log(f"OpenVINO IR of {onnx_path.name}")
+            build_openvino_engine(onnx_path, xml)
+        engines[f"openvino:{key}"] = xml
+        gc.collect()
+    for key in ("w8a8-onnxruntime", "w8a8-tensorrt"):
+        opt = graphs[key].with_name(graphs[key].stem + ".ort.onnx")
+        if not manifest_path(opt).is_file():
+            log(f"onnxruntime optimised graph of {graphs[key].name}")
+            build_onnxruntime_engine(graphs[key], opt, threads=args.threads)
+        engines[f"onnxruntime:{key}"] = opt
+    log("NNCF peer (reused when its manifest matches)")
+    engines["nncf"] = ensure_nncf_engine(graphs["fp32"], nncf_path(graphs), args.nncf_samples, args.latent,
+                                         seed=args.seed, threads=args.threads)
+    gc.collect()
+    return engines
+
+
+def nncf_path(graphs: dict[str, Path]) -> Path:
+    return graphs["fp32"].with_name("sd15-nncf-int8.xml")
+
+
+# --- 4: the one bench run --------------------------------------------------------------------------
+
+
+def bench_command(graphs: dict[str, Path], engines: dict[str, Path], json_path: Path,
+                  args: argparse.Namespace) -> list[str]:
+    """The ``tfmq-export bench`` call of this benchmark (also printed, so it can be rerun alone)."""
+    cmd = ["tfmq-export", "bench", "sd15-arch", "--backends", "torch,onnxruntime,openvino",
+           "--onnx", str(graphs["fp32"]),
+           "--variant", f"onnxruntime={graphs['w8a8-onnxruntime']}",
+           "--variant", f"openvino={engines['openvino:w8a8-tensorrt']}",
+           "--variant", f"openvino={engines['openvino:w8a8-onnxruntime']}",
+           "--nncf", "--nncf-engine", str(engines["nncf"]), "--nncf-samples", str(args.nncf_samples),
+           "--latent-size", str(args.latent), "--threads", str(args.threads),
+           "--iters", str(args.iters), "--warmup", "2", "--sampling-runs", str(args.sampling_runs),
+           "--pause-ms", str(args.pause_ms), "--seed", str(args.seed), "--json", str(json_path)]
+    for batch in args.batches:
+        cmd += ["--batch", str(batch)]
+    return [_rel(c) for c in cmd]
+
+
+def _rel(arg: str) -> str:
+    """Paths relative to the repository root, so the printed command is portable."""
+    try:
+        return str(Path(arg).resolve().relative_to(ROOT)) if Path(arg).is_absolute() else arg
+    except ValueError:
+        return arg
+
+
+def wait_for_quiet_machine(max_load: float, max_wait_s: float, poll_s: float = 60.0) -> dict[str, Any]:
+    """Poll the 1-minute load average until it drops below ``max_load`` or ``max_wait_s`` passes."""
+    started = time.monotonic()
+    history = []
+    while True:
+        load1 = os.getloadavg()[0]
+        history.append(round(load1, 2))
+        if load1 < max_load:
+            log(f"load average {load1:.2f} < {max_load}: timing now")
+            return {"quiet": True, "load_1min": load1, "waited_s": round(time.monotonic() - started), "polls": history}
+        if time.monotonic() - started >= max_wait_s:
+            log(f"load average still {load1:.2f} after {max_wait_s / 60:.0f} min: timing anyway (machine loaded)")
+            return {"quiet": False, "load_1min": load1, "waited_s": round(time.monotonic() - started),
+                    "polls": history}
+        log(f"load average {load1:.2f} >= {max_load}; waiting")
+        time.sleep(poll_s)
+
+
+# --- 5: the report -----------------------------------------------------------------------------------
+
+
+def _rows(result: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(r["label"], r["batch"]): r for r in result["runs"]}
+
+
+def _pick(result: dict[str, Any], backend: str, precision: str, batch: int, target: str | None = None):
+    for row in result["runs"]:
+        if row["backend"] == backend and row["precision"] == precision and row["batch"] == batch and (
+                target is None or row.get("target") == target):
+            return row
+    return None
+
+
+def _ratio(num: dict | None, den: dict | None, key: str = "latency_ms_median") -> float | None:
+    if num is None or den is None or not num.get(key) or not den.get(key):
+        return None
+    return den[key] / num[key]
+
+
+def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target of the issue, per batch: measured ratio, goal, met or not."""
+    out = []
+    for batch in sorted({r["batch"] for r in result["runs"]}):
+        ov_fp32 = _pick(result, "openvino", "fp32", batch)
+        nncf = _pick(result, "openvino", "nncf-int8", batch)
+        ort_fp32 = _pick(result, "onnxruntime", "fp32", batch)
+        ort_w8 = _pick(result, "onnxruntime", "w8a8", batch)
+        ov_w8 = [r for r in result["runs"] if r["backend"] == "openvino" and r["precision"] == "w8a8"
+                 and r["batch"] == batch]
+        best_ov = min(ov_w8, key=lambda r: r["latency_ms_median"]) if ov_w8 else None
+        for row in ov_w8:
+            tag = f"OpenVINO W8A8 ({row.get('target', '?')} graph)"
+            out.append({"batch": batch, "what": f"{tag} vs OpenVINO FP32, speed-up", "goal": f">= {TARGET_OV_VS_FP32}x",
+                        "value": _ratio(row, ov_fp32), "met": _met(_ratio(row, ov_fp32), TARGET_OV_VS_FP32)})
+            out.append({"batch": batch, "what": f"{tag} vs NNCF INT8, speed-up", "goal": ">= 1.0x (no slower)",
+                        "value": _ratio(row, nncf), "met": _met(_ratio(row, nncf), 1.0)})
+        out.append({"batch": batch, "what": "onnxruntime W8A8 vs onnxruntime FP32, speed-up",
+                    "goal": f">= {TARGET_ORT_VS_FP32}x", "value": _ratio(ort_w8, ort_fp32),
+                    "met": _met(_ratio(ort_w8, ort_fp32), TARGET_ORT_VS_FP32)})
+        if best_ov is not None and ov_fp32 is not None:
+            size = best_ov["model_bytes"] / ov_fp32["model_bytes"]
+            out.append({"batch": batch, "what": "model size W8A8 / FP32 (OpenVINO IR)",
+                        "goal": f"<= {TARGET_SIZE_RATIO}x", "value": size, "met": size <= TARGET_SIZE_RATIO})
+    return out
+
+
+def _met(value: float | None, goal: float) -> bool | None:
+    return None if value is None else value >= goal
+
+
+def write_report(result: dict[str, Any], command: list[str], extra: dict[str, Any], path: Path) -> str:
+    """``docs/BENCHMARKS.md``: the command, the machine, every variant, the ratios, the verdicts."""
+    machine = result["machine"]
+    load = extra.get("load", {})
+    lines = [
+        "# Benchmarks: SD-1.5-architecture UNet on CPU",
+        "",
+        "Generated by `python benchmarks/sd15_cpu.py` (do not edit by hand; rerun the script).",
+        "Model: `sd15-arch`, the Stable Diffusion 1.5 UNet architecture (859.5 M parameters) with random "
+        "weights, so speed, memory and size are real while the outputs are meaningless (no quality claims "
+        "are made from them).",
+        "",
+        "## Command",
+        "",
+        "```",
+        " ".join(shlex.quote(c) for c in command),
+        "```",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {machine.get('cpu')} ({machine.get('cpu_count')} logical cores visible; AVX512-VNNI: "
+        f"{machine.get('avx512_vnni')}, AMX: {machine.get('amx')})",
+        f"- threads per backend: {machine.get('threads')}; onnxruntime {machine.get('onnxruntime')}, "
+        f"OpenVINO {machine.get('openvino')}, NNCF {machine.get('nncf')}, torch {machine.get('torch')}",
+        f"- 1-minute load average: {_fmt(machine.get('load_avg_start', [None])[0])} when timing started, "
+        f"{_fmt(machine.get('load_avg_end', [None])[0])} when it ended"
+        + ("" if load.get("quiet", True) else
+           f" (the machine never got quiet: it was shared with other jobs, waited {load.get('waited_s', 0) // 60} "
+           "min, so absolute times are inflated; ratios come from round-robin timing and are fairer)"),
+        f"- latents {result['sample_shape'][1]}x{result['sample_shape'][2]}, "
+        f"encoder_hidden_states [B, 77, 768], DDIM {result['runs'][0]['sampling_steps']} steps (the temporal "
+        "table's rows)",
+        "",
+        "## Every variant",
+        "",
+        "Latency is one UNet call (median / p90 over round-robin iterations). `sampling s` is one full "
+        "DDIM run measured end to end; `images/s` comes from it (see the basis column). `rel. error` is "
+        "the relative L2 error of the UNet output against torch FP32 on the same inputs.",
+        "",
+        "| variant | batch | median ms | p90 ms | sampling s | images/s (basis) | peak MB | model MB | rel. error |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["runs"]:
+        basis = "measured" if row.get("images_per_s_basis", "").startswith("measured") else "derived"
+        lines.append(
+            f"| {row['label']} | {row['batch']} | {row['latency_ms_median']:.1f} | {row['latency_ms_p90']:.1f} | "
+            f"{_fmt(row.get('sampling_s_median'))} | {row['images_per_s']:.3f} ({basis}) | "
+            f"{_fmt(row.get('peak_mem_mb'), '.0f')} | {row['model_bytes'] / 1e6:.0f} | "
+            f"{_fmt(row.get('rel_error_vs_reference'), '.4f')} |"
+        )
+    for skipped in result.get("skipped", []):
+        lines.append(f"| {skipped['label']} | - | skipped: {skipped['reason']} | | | | | | |")
+    lines += ["", "## Targets", "", "| batch | ratio | goal | measured | met |", "| --- | --- | --- | --- | --- |"]
+    verdicts = targets(result)
+    for t in verdicts:
+        met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
+        lines.append(f"| {t['batch']} | {t['what']} | {t['goal']} | {_fmt(t['value'], '.2f', 'x')} | {met} |")
+    met = [t for t in verdicts if t["met"]]
+    missed = [t for t in verdicts if t["met"] is False]
+    lines += ["", f"Met: {len(met)} of {len(verdicts)}."
+              + (" Not met: " + "; ".join(f"{t['what']} at batch {t['batch']} ({_fmt(t['value'], '.2f', 'x')})"
+                                          for t in missed) + "." if missed else "")]
+    if extra.get("fusion"):
+        lines += ["", "## onnxruntime: what the optimiser fused", "",
+                  "From `build_onnxruntime_engine`'s manifests (graph optimisation level `extended`):", "",
+                  "| graph | QLinearConv | MatMulIntegerToFloat | QLinearMatMul | QGemm | weight DQ in source | "
+                  "weight DQ left unfused | QuantizeLinear | DequantizeLinear |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, m in extra["fusion"].items():
+            lines.append(f"| {name} | {m['QLinearConv']} | {m['MatMulIntegerToFloat']} | {m['QLinearMatMul']} | "
+                         f"{m['QGemm']} | {m['weight_dequantize_in_source']} | {m['unfused_weight_dequantize']} | "
+                         f"{m['QuantizeLinear']} | {m['DequantizeLinear']} |")
+    if extra.get("openvino"):
+        lines += ["", "## OpenVINO: runtime precision of the weight layers", "",
+                  "From the IR manifests (`compiled_cpu_layer_precisions`, CPU plugin, f32 inference precision):", ""]
+        for name, counts in extra["openvino"].items():
+            lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if extra.get("notes"):
+        lines += ["", "## Findings", "", *extra["notes"]]
+    text = "\n".join(lines) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
+def engine_facts(graphs: dict[str, Path]) -> dict[str, Any]:
+    """Fusion counts (onnxruntime) and int8 coverage (OpenVINO) from the engines' manifests."""
+    from tfmq_export.engine.onnxruntime import manifest_path
+
+    fusion, openvino = {}, {}
+    for onnx_path in graphs.values():
+        opt = manifest_path(onnx_path.with_name(onnx_path.stem + ".ort.onnx"))
+        if opt.is_file():
+            fusion[onnx_path.name] = json.loads(opt.read_text())
+        ir = manifest_path(onnx_path.with_suffix(".xml"))
+        if ir.is_file():
+            openvino[onnx_path.with_suffix(".xml").name] = json.loads(ir.read_text()).get(
+                "compiled_cpu_layer_precisions", {})
+    nncf = manifest_path(nncf_path(graphs))
+    if nncf.is_file():
+        openvino[nncf_path(graphs).name] = json.loads(nncf.read_text()).get("compiled_cpu_layer_precisions", {})
+    return {"fusion": fusion, "openvino": openvino}
+
+
+# --- main ----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "sd15_cpu", help="big files (git-ignored)")
+    parser.add_argument("--latent", type=int, default=32)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps = temporal-table rows")
+    parser.add_argument("--num-samples", type=int, default=4, help="calibration trajectories (random conditions)")
+    parser.add_argument("--nncf-samples", type=int, default=4, help="NNCF calibration trajectories")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--sampling-runs", type=int, default=1)
+    parser.add_argument("--pause-ms", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-load", type=float, default=1.5)
+    parser.add_argument("--max-wait-min", type=float, default=25.0)
+    parser.add_argument("--prepare-only", action="store_true", help="stop before timing")
+    parser.add_argument("--export-fp32-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--report-only", type=Path, default=None, help="rewrite the report from this bench JSON")
+    parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--report", type=Path, default=REPORT)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = args.work.resolve()
+    if args.export_fp32_only:
+        export_fp32_large(args, work)
+        return 0
+    graphs = {"fp32": work / "sd15-fp32.onnx", "w8a8-onnxruntime": work / "sd15-w8a8-ort.onnx",
+              "w8a8-tensorrt": work / "sd15-w8a8-trt.onnx"}
+    if args.report_only is not None:
+        result = json.loads(args.report_only.read_text())
+        facts = engine_facts(graphs)
+        write_report(result, result.get("command", []), {**facts, **result.get("script", {})}, args.report)
+        log(f"wrote {args.report}")
+        return 0
+    work.mkdir(parents=True, exist_ok=True)
+    graphs = export_graphs(work, args)
+    engines = build_engines(work, graphs, args)
+    command = bench_command(graphs, engines, args.json, args)
+    log("bench command: " + " ".join(shlex.quote(c) for c in command))
+    if args.prepare_only:
+        return 0
+    load = wait_for_quiet_machine(args.max_load, args.max_wait_min * 60)
+    exe = Path(sys.executable).with_name("tfmq-export")
+    proc = subprocess.run([str(exe) if exe.is_file() else command[0], *command[1:]], cwd=ROOT)
+    if proc.returncode != 0:
+        log(f"bench failed with exit code {proc.returncode}")
+        return proc.returncode
+    result = json.loads(args.json.read_text())
+    result["command"] = command
+    result["script"] = {"load": load, "argv": sys.argv[1:]}
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    facts = engine_facts(graphs)
+    print(write_report(result, command, {**facts, "load": load}, args.report))
+    log(f"wrote {args.json} and {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""``tfmq-export bench`` on a tiny random UNet: CONTRACT JSON, precision labels, relative errors,
+the NNCF peer, and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tfmq_export.cli import cli
+
+CONTRACT_FIELDS = ("backend", "precision", "batch", "latency_ms_median", "latency_ms_p90", "images_per_s",
+                   "peak_mem_mb", "model_bytes")
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory, loaded_unet2d):
+    """FP32 and minmax-W8A8 exports of the tiny UNet2DModel (onnxruntime target), 3 DDIM steps."""
+    from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+    from tfmq_export.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("bench")
+    paths = {}
+    for name, bits in (("fp32", 16), ("w8a8", 8)):
+        settings = CalibrationSettings(method="minmax", wbits=bits, abits=bits, steps=3, num_samples=2,
+                                       weight_init="max")
+        artifact = calibrate(loaded_unet2d, settings, progress=False)
+        paths[name] = export_onnx(loaded_unet2d, artifact, out / f"{name}.onnx", "onnxruntime")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def bench_json(graphs, unet2d_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench_json") / "bench.json"
+    result = _run("bench", unet2d_dir, "--onnx", graphs["fp32"], "--onnx", graphs["w8a8"],
+                  "--backends", "torch,onnxruntime,openvino", "--iters", "3", "--warmup", "1", "--threads", "1",
+                  "--sampling-runs", "1", "--json", path, "--quiet")
+    assert result.exit_code == 0, result.output
+    return json.loads(path.read_text())
+
+
+def test_every_backend_has_every_contract_field(bench_json):
+    runs = bench_json["runs"]
+    assert {(r["backend"], r["precision"]) for r in runs} == {
+        ("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "w8a8"), ("openvino", "fp32"),
+        ("openvino", "w8a8")}
+    for row in runs:
+        for key in CONTRACT_FIELDS:
+            assert key in row, (row["label"], key)
+        assert row["batch"] == 1
+        assert 0 < row["latency_ms_median"] <= row["latency_ms_p90"]
+        assert row["images_per_s"] > 0 and row["images_per_s_basis"].startswith("measured")
+        assert row["sampling_steps"] == 3 and len(row["sampling_s_all"]) == 1
+        assert row["peak_mem_mb"] > 50  # a Python process with torch loaded
+        assert row["model_bytes"] > 0
+    assert {"cpu", "cores", "threads"} <= set(bench_json["machine"])
+    assert bench_json["machine"]["threads"] == 1
+
+
+def test_relative_error_is_zero_for_the_reference_and_small_for_w8a8(bench_json):
+    by_label = {r["label"]: r for r in bench_json["runs"]}
+    assert bench_json["reference"] == "torch:fp32"
+    assert by_label["torch:fp32"]["rel_error_vs_reference"] == 0.0
+    for label in ("onnxruntime:fp32", "openvino:fp32"):
+        assert by_label[label]["rel_error_vs_reference"] < 1e-4, label
+    for label in ("onnxruntime:w8a8", "openvino:w8a8"):
+        assert 0 < by_label[label]["rel_error_vs_reference"] < 0.2, label
+
+
+def test_fp32_weights_are_about_four_times_the_w8a8_ones(bench_json):
+    size = {r["label"]: r["model_bytes"] for r in bench_json["runs"]}
+    assert size["onnxruntime:w8a8"] < 0.5 * size["onnxruntime:fp32"]
+
+
+def test_nncf_peer_and_explicit_variant(graphs, unet2d_dir, tmp_path):
+    """--nncf builds NNCF's INT8 IR from the FP32 graph (then reuses it); --variant times one file."""
+    from tfmq_export.bench_cli import bench_to_json
+
+    xml = tmp_path / "peer.xml"
+    kwargs = {"variant_specs": [f"openvino={graphs['w8a8']}"], "nncf": True, "nncf_engine": xml,
+              "nncf_samples": 1, "progress": False}
+    result = bench_to_json(str(unet2d_dir), [graphs["fp32"]], "onnxruntime", [1, 2], 2, 1, None, False, **kwargs)
+    labels = [(r["label"], r["batch"]) for r in result["runs"]]
+    assert labels == [(label, b) for b in (1, 2) for label in ("onnxruntime:fp32", "openvino:w8a8", "openvino:nncf-int8")]
+    nncf_row = next(r for r in result["runs"] if r["precision"] == "nncf-int8")
+    assert nncf_row["backend"] == "openvino" and nncf_row["images_per_s_basis"].startswith("derived")
+    assert 0 < nncf_row["rel_error_vs_reference"] < 0.5
+    assert xml.is_file() and xml.with_suffix(".nncf.json").is_file()
+    built = xml.stat().st_mtime_ns
+    bench_to_json(str(unet2d_dir), [graphs["fp32"]], "onnxruntime", [1], 1, 1, None, False, **kwargs)
+    assert xml.stat().st_mtime_ns == built  # same recipe: reused
+
+
+def test_tensorrt_is_skipped_with_a_reason_without_a_gpu(graphs, unet2d_dir):
+    from tfmq_export.bench_cli import bench_to_json
+    from tfmq_export.engine.tensorrt import check_tensorrt_available
+
+    if check_tensorrt_available() is None:
+        pytest.skip("TensorRT and a GPU are present")
+    result = bench_to_json(str(unet2d_dir), [graphs["w8a8"]], "onnxruntime,tensorrt", [1], 1, 1, None, False,
+                           progress=False)
+    assert [r["backend"] for r in result["runs"]] == ["onnxruntime"]
+    assert result["skipped"] and result["skipped"][0]["backend"] == "tensorrt" and result["skipped"][0]["reason"]
+
+
+def test_missing_onnx_exits_1_with_one_line(unet2d_dir, tmp_path):
+    line = _one_line_error(_run("bench", unet2d_dir, "--onnx", tmp_path / "nope.onnx", "--no-memory"))
+    assert "nope.onnx" in line
+
+
+def test_unknown_backend_exits_1_with_one_line(unet2d_dir, graphs):
+    line = _one_line_error(_run("bench", unet2d_dir, "--onnx", graphs["fp32"], "--backends", "torch,tpu",
+                                "--no-memory"))
+    assert "tpu" in line
+
+
+@pytest.mark.parametrize("spec", ["openvino", "cuda=x.onnx", "tensorrt=x.onnx"])
+def test_bad_variant_exits_1_with_one_line(unet2d_dir, spec):
+    assert "--variant" in _one_line_error(_run("bench", unet2d_dir, "--variant", spec, "--no-memory"))
+
+
+def test_graph_without_tfmq_metadata_is_refused(unet2d_dir, tmp_path, graphs):
+    import onnx
+
+    model = onnx.load(str(graphs["fp32"]))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    assert "tfmq" in _one_line_error(_run("bench", unet2d_dir, "--onnx", bare, "--no-memory"))
