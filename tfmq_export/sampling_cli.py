@@ -20,7 +20,10 @@ def is_digits_fingerprint(fingerprint: str) -> bool:
     """True when ``fingerprint`` is the bundled digits model's (so digits-FID applies)."""
     from tfmq_export.models.loading import load_model
 
-    return fingerprint == load_model("digits").fingerprint()
+    try:
+        return fingerprint == load_model("digits").fingerprint()
+    except TfmqError:  # a build without the bundled model
+        return False
 
 
 def runner_for(source: Path, backend: str, model: str | None = None) -> tuple[Runner, dict[str, Any]]:
