@@ -68,7 +68,7 @@ def test_shipped_unet_predicts_noise(unet: UNet2DModel) -> None:
     with torch.no_grad():
         eps = unet(xt, t).sample
     mse = torch.mean((eps - noise) ** 2).item()
-    assert mse < 0.2, mse
+    assert mse < 0.1, mse  # the shipped model: ~0.03; a freshly initialised one: ~1.1
 
 
 def test_scheduler_config() -> None:

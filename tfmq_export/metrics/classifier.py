@@ -137,6 +137,7 @@ def train_digits_classifier(
     lr: float = 1e-3,
     split_seed: int = 0,
     test_fraction: float = 0.2,
+    config: ClassifierConfig | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the classifier on the train split, save weights + JSON, return the JSON record.
@@ -149,7 +150,7 @@ def train_digits_classifier(
         raise TfmqError(f"train_digits_classifier: out_path {out_path} must end in .safetensors.")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    config = ClassifierConfig()
+    config = config or ClassifierConfig()
     images, labels = digits_images(config.size), digits_labels()
     train_idx, test_idx = digits_split(split_seed, test_fraction)
     x_train, y_train = images[train_idx], torch.from_numpy(labels[train_idx])
