@@ -87,7 +87,7 @@ def test_fp32_weights_are_about_four_times_the_w8a8_ones(bench_json):
 
 def test_nncf_peer_and_explicit_variant(graphs, unet2d_dir, tmp_path):
     """--nncf builds NNCF's INT8 IR from the FP32 graph (then reuses it); --variant times one file."""
-    from tfmq_export.bench_cli import bench_to_json
+    from tfmq_export.bench_cli import bench_to_json, ensure_nncf_engine
 
     xml = tmp_path / "peer.xml"
     kwargs = {"variant_specs": [f"openvino={graphs['w8a8']}"], "nncf": True, "nncf_engine": xml,
@@ -100,7 +100,8 @@ def test_nncf_peer_and_explicit_variant(graphs, unet2d_dir, tmp_path):
     assert 0 < nncf_row["rel_error_vs_reference"] < 0.5
     assert xml.is_file() and xml.with_suffix(".nncf.json").is_file()
     built = xml.stat().st_mtime_ns
-    bench_to_json(str(unet2d_dir), [graphs["fp32"]], "onnxruntime", [1], 1, 1, None, False, **kwargs)
+    shape = result["sample_shape"]
+    assert ensure_nncf_engine(graphs["fp32"], xml, 1, shape[1], None) == xml
     assert xml.stat().st_mtime_ns == built  # same recipe: reused
 
 
@@ -140,3 +141,12 @@ def test_graph_without_tfmq_metadata_is_refused(unet2d_dir, tmp_path, graphs):
     bare = tmp_path / "bare.onnx"
     onnx.save(model, str(bare))
     assert "tfmq" in _one_line_error(_run("bench", unet2d_dir, "--onnx", bare, "--no-memory"))
+
+
+def test_torch_alone_uses_a_25_step_table(unet2d_dir, tmp_path):
+    path = tmp_path / "torch.json"
+    result = _run("bench", unet2d_dir, "--backends", "torch", "--iters", "1", "--sampling-runs", "1",
+                  "--no-memory", "--json", path, "--quiet")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(path.read_text())["runs"]
+    assert row["sampling_steps"] == 25 and row["rel_error_vs_reference"] == 0.0 and row["peak_mem_mb"] is None

@@ -355,8 +355,16 @@ def bench_to_json(
     for s in skipped:
         log.warning("skipping %s: %s", s["label"], s["reason"])
 
-    steps = len(facts[0].timesteps) if facts else 25
-    scheduler = facts[0].scheduler_config if facts else scheduler_config
+    if facts:
+        steps, scheduler = len(facts[0].timesteps), facts[0].scheduler_config
+    else:  # torch alone: a 25-step DDIM table, as `calibrate` defaults to
+        from dataclasses import replace
+
+        from tfmq_export.sampling import sampler_timesteps
+
+        steps, scheduler = 25, scheduler_config
+        timesteps = tuple(sampler_timesteps(scheduler, steps))
+        variants = [replace(v, timesteps=timesteps) if v.backend == "torch" else v for v in variants]
     reference = _reference(variants)
     result = run_bench(variants, shape, steps, batches, iters=iters, warmup=warmup, threads=threads,
                        cond_shape=cond_shape, reference=reference, measure_memory=measure_memory, progress=progress,

@@ -18,9 +18,12 @@ temporal branch into a per-step table:
    so the baseline's temporal-feature disturbance reaches the deployed model
    (``temporal_table = "quantized"`` always).
 
-Shortcut splitting (two scales for the concatenated skip inputs of up-block ResBlocks) is
-available with ``split_skip`` (see ``tfmq_export.export.split_qdq`` for the graph side); it is
-off by default because the standard Q/DQ export does not write the second scale.
+Shortcut splitting (two scales for the concatenated skip inputs of up-block ResBlocks' ``conv1``
+and ``conv_shortcut``) is available with ``split_skip``; the second scales come back in the
+returned ``tensors`` (``{layer}.input_split`` / ``input_scale_split``), the simulation rebuilds
+them with ``quant.modules.install_split_quantizers`` and the graph with
+``export.split_qdq.apply_split_qdq``. It is off by default: the standard artifact and Q/DQ export
+do not carry the second scale until those two calls are wired in.
 """
 
 from __future__ import annotations
@@ -47,9 +50,8 @@ from tfmq_export.calibration.reconstruction import (
     weights_stage,
 )
 from tfmq_export.calibration.resume import Checkpoint, run_fingerprint
-from tfmq_export.errors import TfmqError
 from tfmq_export.models.adapter import UNetAdapter, replace_submodule
-from tfmq_export.quant.modules import QuantLayer, make_quant_layer
+from tfmq_export.quant.modules import QuantLayer, SplitActQuantizer, make_quant_layer, split_tensors
 from tfmq_export.quant.steps import observing_steps
 from tfmq_export.temporal import TemporalTableUNet, build_table_unet
 
@@ -136,8 +138,50 @@ def qdiff_blocks(source_unet: nn.Module, tib_layers: dict[str, QuantLayer]) -> l
     return extra + blocks
 
 
-def enable_split_skip(sim: TemporalTableUNet, layers: dict[str, QuantLayer], data: CalibrationData) -> None:
-    raise TfmqError("split_skip is not available yet")
+@torch.no_grad()
+def skip_concat_splits(sim: TemporalTableUNet, data: CalibrationData) -> dict[str, int]:
+    """{up-block ResBlock: channel where its skip half starts}, read from one forward.
+
+    diffusers' up blocks feed ResBlock i with ``cat([h, res_hidden_states_tuple[-1 - i]], dim=1)``,
+    so the skip half starts at ``in_channels - skip channels``.
+    """
+    splits: dict[str, int] = {}
+    handles = []
+
+    def hook(index: int):
+        def fn(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            skips = kwargs.get("res_hidden_states_tuple", args[1] if len(args) > 1 else None)
+            for i, resnet in enumerate(module.resnets):
+                splits[f"up_blocks.{index}.resnets.{i}"] = int(resnet.in_channels - skips[-1 - i].shape[1])
+
+        return fn
+
+    try:
+        for index, block in enumerate(sim.unet.up_blocks):
+            if getattr(block, "resnets", None) is not None:
+                handles.append(block.register_forward_pre_hook(hook(index), with_kwargs=True))
+        x, step, cond = next(data.batches(1))
+        with observing_steps(step):
+            sim(x, step, cond)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return splits
+
+
+def enable_split_skip(sim: TemporalTableUNet, layers: dict[str, QuantLayer], data: CalibrationData) -> list[str]:
+    """Q-Diffusion's shortcut splitting: ``conv1`` and ``conv_shortcut`` of every up-block ResBlock
+    quantize the two halves of their concatenated input with separate scales (GroupNorm and SiLU
+    before ``conv1`` keep the channel order, so the split point is the same)."""
+    split_layers: list[str] = []
+    for resnet, split in skip_concat_splits(sim, data).items():
+        for name in (f"{resnet}.conv1", f"{resnet}.conv_shortcut"):
+            layer = layers.get(name)
+            if layer is None or not layer.input_quantizer.enabled or split <= 0:
+                continue
+            layer.input_quantizer = SplitActQuantizer(layer.input_quantizer.bits, sim.num_steps, split)
+            split_layers.append(name)
+    return split_layers
 
 
 # 3. the method -----------------------------------------------------------------------------------
@@ -163,8 +207,7 @@ def run(
     attach_live_temporal_branch(sim, model.unet)
     tib_layers = quantize_temporal_branch(sim, model.unet, settings.wbits, settings.abits)
     all_layers = {**tib_layers, **layers}
-    if options.split_skip and settings.abits < 16:
-        enable_split_skip(sim, layers, data)
+    split_layers = enable_split_skip(sim, layers, data) if options.split_skip and settings.abits < 16 else []
     init_weight_scales(all_layers, settings.weight_init)
     blocks = execution_order(sim, qdiff_blocks(model.unet, tib_layers), data)
     checkpoint = Checkpoint(work_dir, run_fingerprint("qdiff", settings, model.fingerprint(),
@@ -198,6 +241,7 @@ def run(
             "act_calib_seconds": act_seconds,
         },
         "temporal_table": "quantized",
+        "tensors": {k: v for n in split_layers for k, v in split_tensors(n, layers[n].input_quantizer).items()},
         "report": {
             "blocks": [b.name for b in blocks],
             "resumed_units": resumed,
@@ -211,9 +255,11 @@ __all__ = [
     "TIB_KEEP_FP",
     "StepToTimestep",
     "attach_live_temporal_branch",
+    "enable_split_skip",
     "fold_temporal_branch",
     "live_temporal_features",
     "qdiff_blocks",
     "quantize_temporal_branch",
     "run",
+    "skip_concat_splits",
 ]

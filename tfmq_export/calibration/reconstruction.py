@@ -19,11 +19,13 @@ option ``recon_act_quant`` turns it on (static scales from a min-max pass with r
 weights) for experiments.
 
 Block inputs and targets are cached in memory in chunks of at most ``cache_mb``; with more data
-than that, the iterations are spread over the chunks in turn.
+than that, the iterations are spread over the chunks in turn. Full-precision targets are also
+computed for several consecutive blocks per FP pass (``TargetCache``, another ``cache_mb`` at most).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterable
@@ -59,6 +61,9 @@ from tfmq_export.quant.simulate import set_act_mode
 from tfmq_export.quant.steps import observing_steps
 from tfmq_export.temporal import TemporalTableUNet
 
+#: Iterations per block when ``--iters`` is not given (0): the digits preset (calib/digits-*.json).
+DEFAULT_ITERS = 500
+
 # 1. options ------------------------------------------------------------------------------------
 
 
@@ -73,7 +78,9 @@ class ReconstructionOptions:
     ``act_iters`` (qdiff's activation-scale iterations per block; default iters // 4, the ratio of
     Q-Diffusion's 5,000 to 20,000), ``act_lr`` (4e-5, BRECQ's LSQ rate), ``tiar_iters`` (tfmq;
     default iters), ``split_skip`` (qdiff: two scales for concatenated skip inputs),
-    ``keep_checkpoints`` (keep ``.work`` after a successful run).
+    ``keep_checkpoints`` (keep ``.work`` after a successful run), ``adaround_lr`` (Adam rate of the
+    rounding variables: the authors' 1e-3 suits 20,000 iterations; a few hundred need ~1e-2 for
+    the rounding to move at all).
     """
 
     iters: int
@@ -89,19 +96,20 @@ class ReconstructionOptions:
     tiar_iters: int | None = None
     split_skip: bool = False
     keep_checkpoints: bool = False
+    adaround_lr: float = 1e-3
     static_scale_rule: str = "max"
     adaround: AdaRoundSettings = field(default_factory=AdaRoundSettings)
 
     EXTRA_KEYS = ("recon_batch_size", "recon_samples", "act_samples_per_step", "cache_mb", "recon_act_quant",
-                  "act_iters", "act_lr", "tiar_iters", "split_skip", "keep_checkpoints")
+                  "act_iters", "act_lr", "tiar_iters", "split_skip", "keep_checkpoints", "adaround_lr")
 
     @classmethod
     def from_settings(cls, settings: Any) -> ReconstructionOptions:
         """Read ``CalibrationSettings``; refuse unknown or nonsensical values with a clear message."""
-        if settings.iters < 1:
+        if settings.iters < 0:
             raise TfmqError(
-                f"--iters {settings.iters}: {settings.method} learns the rounding of every block and needs "
-                "--iters >= 1 (iterations per block; the authors use 20000)"
+                f"--iters {settings.iters}: {settings.method} needs a non-negative number of iterations per block "
+                f"(0 = the default {DEFAULT_ITERS}; the authors use 20000 on a GPU)"
             )
         extra = dict(settings.extra or {})
         unknown = sorted(set(extra) - set(cls.EXTRA_KEYS))
@@ -117,10 +125,11 @@ class ReconstructionOptions:
                     raise TfmqError(f"calibration option {key} must be true or false, got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise TfmqError(f"calibration option {key} must be a non-negative number, got {value!r}")
-        if extra.get("recon_batch_size", 1) < 1 or extra.get("cache_mb", 1) <= 0:
-            raise TfmqError("recon_batch_size must be >= 1 and cache_mb > 0")
-        options = cls(iters=settings.iters, seed=settings.seed, capture_batch_size=settings.batch_size,
-                      static_scale_rule=settings.static_scale_rule, **extra)
+        if extra.get("recon_batch_size", 1) < 1 or extra.get("cache_mb", 1) <= 0 or extra.get("adaround_lr", 1) <= 0:
+            raise TfmqError("recon_batch_size must be >= 1, cache_mb and adaround_lr > 0")
+        options = cls(iters=settings.iters or DEFAULT_ITERS, seed=settings.seed, capture_batch_size=settings.batch_size,
+                      static_scale_rule=settings.static_scale_rule,
+                      adaround=AdaRoundSettings(lr=float(extra.get("adaround_lr", 1e-3))), **extra)
         if options.static_scale_rule not in ("max", "mse"):
             raise TfmqError(f"--static-scale-rule {options.static_scale_rule!r}: choose max or mse")
         return options
@@ -304,6 +313,80 @@ def capture_outputs(model: TemporalTableUNet, name: str, batches: Iterable[tuple
     return torch.cat(outputs)
 
 
+class TargetCache:
+    """Full-precision block outputs for every calibration input, several blocks per FP pass.
+
+    Targets do not depend on anything learned, so one FP forward serves a run of consecutive
+    blocks (per-block capture costs one FP forward up to each block: O(B^2) block evaluations for
+    B blocks). At most ``budget_bytes`` of targets are held at a time; a block whose targets alone
+    exceed it gets ``None`` and is captured chunk by chunk instead.
+    """
+
+    def __init__(self, fp_ref: TemporalTableUNet, blocks: list[Block], data: CalibrationData, budget_bytes: float,
+                 batch_size: int) -> None:
+        self.fp_ref, self.data, self.budget, self.batch_size = fp_ref, data, budget_bytes, batch_size
+        self.names = [b.name for b in blocks]
+        self.cache: dict[str, torch.Tensor] = {}
+        self._sizes: dict[str, int] | None = None
+
+    @torch.no_grad()
+    def _bytes_per_sample(self) -> dict[str, int]:
+        if self._sizes is None:
+            sizes: dict[str, int] = {}
+            handles = [
+                self.fp_ref.unet.get_submodule(name).register_forward_hook(
+                    lambda m, a, out, name=name: sizes.__setitem__(name, out.numel() * out.element_size()))
+                for name in self.names
+            ]
+            try:
+                _forward(self.fp_ref, *next(self.data.batches(1)))
+            finally:
+                for handle in handles:
+                    handle.remove()
+            self._sizes = sizes
+        return self._sizes
+
+    @torch.no_grad()
+    def get(self, name: str) -> torch.Tensor | None:
+        """[N, ...] targets of block ``name`` for ``data`` in its own order, or None (too large)."""
+        if name in self.cache:
+            return self.cache[name]
+        sizes = self._bytes_per_sample()
+        group: list[str] = []
+        total = 0
+        for other in self.names[self.names.index(name):]:
+            need = sizes[other] * len(self.data)
+            if total + need > self.budget:
+                break
+            group.append(other)
+            total += need
+        if not group:
+            return None
+        self.cache = {}
+        outputs: dict[str, list[torch.Tensor]] = {n: [] for n in group}
+
+        def hook(block: str, last: bool):
+            def fn(module: nn.Module, args: tuple, output: Any) -> None:
+                if not torch.is_tensor(output):
+                    raise TfmqError(f"block {block} returns {type(output).__name__}; reconstruction needs one tensor")
+                outputs[block].append(output.detach())
+                if last:
+                    raise _StopForward
+
+            return fn
+
+        handles = [self.fp_ref.unet.get_submodule(n).register_forward_hook(hook(n, n == group[-1])) for n in group]
+        try:
+            for x, step, cond in self.data.batches(self.batch_size):
+                with contextlib.suppress(_StopForward):
+                    _forward(self.fp_ref, x, step, cond)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.cache = {n: torch.cat(v) for n, v in outputs.items()}
+        return self.cache[name]
+
+
 def subset(data: CalibrationData, index: torch.Tensor) -> CalibrationData:
     """The calibration inputs at ``index`` (any order)."""
     return CalibrationData(
@@ -339,6 +422,8 @@ class BlockResult:
     loss_after: float
     iters: int
     chunks: int
+    capture_seconds: float = 0.0
+    train_seconds: float = 0.0
 
 
 def _learnables(stage: Stage, qlayers: dict[str, QuantLayer]) -> tuple[list[torch.Tensor], dict[str, AdaRound]]:
@@ -391,6 +476,7 @@ def reconstruct_block(
     iters: int,
     generator: torch.Generator,
     bar: Any = None,
+    target_cache: TargetCache | None = None,
 ) -> tuple[BlockResult, dict[str, torch.Tensor]]:
     """Learn one block (see the module docstring); returns its result and the frozen tensors."""
     module = sim.unet.get_submodule(block.name)
@@ -409,13 +495,21 @@ def reconstruct_block(
     per_sample += capture_outputs(fp_ref, block.name, probe.batches(1)).numel() * 4
     chunk = max(options.recon_batch_size, int(options.cache_mb * 2**20 // max(per_sample, 1)))
     starts = list(range(0, len(data), chunk))
+    all_targets = target_cache.get(block.name) if target_cache is not None else None
     losses: list[float] = []
     before = after = float("nan")
     it = 0
+    capture_seconds = 0.0
+    started = time.perf_counter()
     for c, start in enumerate(starts):
         part = subset(data, order[start : start + chunk])
+        capture_started = time.perf_counter()
         inputs = capture_inputs(sim, block.name, part.batches(options.capture_batch_size))
-        targets = capture_outputs(fp_ref, block.name, part.batches(options.capture_batch_size))
+        if all_targets is not None:
+            targets = all_targets[order[start : start + chunk]]
+        else:
+            targets = capture_outputs(fp_ref, block.name, part.batches(options.capture_batch_size))
+        capture_seconds += time.perf_counter() - capture_started
         stop = iters * (c + 1) // len(starts)
         batch = min(options.recon_batch_size, len(part))
         probe_index = torch.arange(batch)
@@ -446,7 +540,8 @@ def reconstruct_block(
         del inputs, targets
     check_finite(torch.tensor(after), block.name)
     frozen = _finish(stage, qlayers, adas)
-    return BlockResult(block.name, before, after, iters, len(starts)), frozen
+    train_seconds = time.perf_counter() - started - capture_seconds
+    return BlockResult(block.name, before, after, iters, len(starts), capture_seconds, train_seconds), frozen
 
 
 @torch.no_grad()
@@ -480,18 +575,19 @@ def reconstruct_blocks(
     """Reconstruct ``blocks`` (already in execution order) one after another; finished blocks of
     a resumed run are replayed from the checkpoint instead of learned."""
     results: list[BlockResult] = []
+    target_cache = TargetCache(fp_ref, blocks, data, options.cache_mb * 2**20, options.capture_batch_size)
     bar = tqdm(blocks, desc=f"reconstruct {stage.value}", disable=not progress, unit="block")
     for block in bar:
         unit = f"{stage.value}:{block.name}"
         if checkpoint.done(unit):
             restore_unit(checkpoint.load(unit), layers)
             info = checkpoint.info(unit)
-            results.append(BlockResult(block.name, info["loss_before"], info["loss_after"], info["iters"],
-                                       info["chunks"]))
+            results.append(BlockResult(**{k: v for k, v in info.items() if k != "seed"}))
             continue
         seed = unit_seed(options.seed, stage.value, block.name)
         generator = torch.Generator().manual_seed(seed)
-        result, frozen = reconstruct_block(sim, fp_ref, block, layers, data, options, stage, iters, generator, bar)
+        result, frozen = reconstruct_block(sim, fp_ref, block, layers, data, options, stage, iters, generator, bar,
+                                           target_cache)
         results.append(result)
         checkpoint.save(unit, frozen, {"seed": seed, **vars(result)})
     return results
@@ -563,6 +659,7 @@ __all__ = [
     "CapturedCalls",
     "ReconstructionOptions",
     "Stage",
+    "TargetCache",
     "adapter_blocks",
     "calibrate_activations",
     "capture_inputs",

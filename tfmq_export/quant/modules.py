@@ -277,3 +277,35 @@ class SplitActQuantizer(ActQuantizer):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, split={self.split}, scale_split={float(self.second.scale):.4g}"
+
+
+def split_tensors(name: str, quantizer: SplitActQuantizer) -> dict[str, torch.Tensor]:
+    """Artifact tensors of a split input (``{name}.input_split``: first channel of the second
+    half; ``{name}.input_scale_split`` and its per-step statistics)."""
+    return {
+        f"{name}.input_split": torch.tensor(quantizer.split, dtype=torch.int64),
+        f"{name}.input_scale_split": quantizer.second.scale.detach().float().clone(),
+        f"{name}.input_split_step_min": quantizer.second.step_min.detach().float().clone(),
+        f"{name}.input_split_step_max": quantizer.second.step_max.detach().float().clone(),
+    }
+
+
+def install_split_quantizers(layers: dict[str, QuantLayer], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Give every layer with ``{name}.input_split`` in ``tensors`` a calibrated ``SplitActQuantizer``
+    (first-half scale and statistics copied from its current quantizer, which must be loaded first).
+    For ``simulation_from_artifact``; returns the names of the split layers."""
+    done: list[str] = []
+    for name, layer in layers.items():
+        key = f"{name}.input_split"
+        if key not in tensors:
+            continue
+        old = layer.input_quantizer
+        new = SplitActQuantizer(old.bits, old.step_min.numel(), int(tensors[key]))
+        new.load_state_dict(old.state_dict(), strict=False)
+        new.second.set_scale(tensors[f"{name}.input_scale_split"])
+        new.second.step_min.copy_(tensors[f"{name}.input_split_step_min"])
+        new.second.step_max.copy_(tensors[f"{name}.input_split_step_max"])
+        new.mode = old.mode
+        layer.input_quantizer = new
+        done.append(name)
+    return done

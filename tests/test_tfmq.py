@@ -1,0 +1,255 @@
+"""TFMQ (TIB, TIAR, FSC, static-scale rules) and qdiff: behaviour on tiny random UNets, and that both
+methods' artifacts export to ONNX graphs that onnxruntime runs like the simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from tests.conftest import rel_l2, tiny_unet2d, tiny_unet_cond
+from tests.test_adaround import micro_model
+from tfmq_export.calibration import pipeline
+from tfmq_export.calibration.minmax import init_weight_scales, mse_static_scale
+from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+from tfmq_export.calibration.reconstruction import ReconstructionOptions
+from tfmq_export.calibration.tfmq import TemporalBranch, finite_set_calibration, temporal_error, tiar
+from tfmq_export.errors import TfmqError
+from tfmq_export.export.onnx_export import build_onnx
+from tfmq_export.models.loading import DEFAULT_SCHEDULER_CONFIG
+from tfmq_export.quant.state import simulation_from_artifact
+from tfmq_export.sampling import sampler_timesteps
+from tfmq_export.temporal import compute_temporal_features
+
+#: W4A16: no activation rounding, so the tensorrt-target graph computes the simulation's function up
+#: to float accumulation order (integers, scales and the table are checked exactly by this bound).
+#: onnxruntime's graph optimisations are off for this check: its fused INT4 MatMul kernel
+#: (MatMulNBits) approximates the blocked-INT4 DequantizeLinear + MatMul (measured 0.0025).
+EXACT_BOUND = 1e-5
+#: W4A8: an activation that lands within float error of a rounding boundary rounds to the other
+#: integer in the graph (one quantization step); a random 4-bit UNet amplifies that: one such flip
+#: at the first layer measured 0.027 at the output. A wrong scale or wrong integers give O(0.3-1).
+A8_BOUND = 0.1
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread (see tests/test_adaround.py: two were 40x slower on the shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _settings(method: str, **kw) -> CalibrationSettings:
+    base = dict(method=method, wbits=4, abits=8, steps=4, num_samples=4, batch_size=16, iters=10,
+                extra={"act_iters": 5})
+    base.update(kw)
+    return CalibrationSettings(**base)
+
+
+def calibrate_with_extras(monkeypatch, model, settings):
+    """``calibrate`` plus the dict the method returned (the pipeline keeps only part of it)."""
+    captured: dict = {}
+    real = pipeline._method
+
+    def method(name):
+        fn = real(name)
+
+        def wrapped(*args):
+            captured.update(fn(*args) or {})
+            return captured
+
+        return wrapped
+
+    monkeypatch.setattr(pipeline, "_method", method)
+    return calibrate(model, settings, progress=False), captured
+
+
+@pytest.fixture(scope="module")
+def micro():
+    return micro_model()
+
+
+@pytest.mark.parametrize("make", [tiny_unet2d, tiny_unet_cond])
+def test_temporal_branch_computes_the_table(make):
+    unet = make()
+    timesteps = [999, 500, 20, 0]
+    expected = compute_temporal_features(unet, timesteps)
+    got = TemporalBranch(unet, timesteps).table()
+    assert list(got) == list(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_tiar_lowers_the_temporal_feature_error(micro):
+    """TIAR's learned rounding beats round-to-nearest on sum_i ||g_i(h(t)) - g^_i(h^(t))||^2."""
+    timesteps = sampler_timesteps(DEFAULT_SCHEDULER_CONFIG, 10)
+    targets = TemporalBranch(micro.unet, timesteps).table()
+    branch = TemporalBranch(micro.unet, timesteps).requires_grad_(False)
+    layers = branch.quantize(4, 8)
+    assert "time_embedding.linear_1" not in layers and "time_embedding.linear_2" in layers  # linear_1 stays FP
+    assert len(layers) == 1 + len(targets)
+    init_weight_scales(layers)
+    rtn_error = temporal_error(branch, targets)
+    result = tiar(branch, layers, targets, ReconstructionOptions(iters=300), 300, 0, progress=False)
+    assert result["error_before"] == pytest.approx(rtn_error)
+    assert result["error_after"] < 0.7 * rtn_error
+    assert all(layer.weight_quantizer.weight_int.numel() for layer in layers.values())  # frozen
+
+
+def test_fsc_quantizes_every_step_with_its_own_range(micro):
+    timesteps = sampler_timesteps(DEFAULT_SCHEDULER_CONFIG, 6)
+    branch = TemporalBranch(micro.unet, timesteps).requires_grad_(False)
+    layers = branch.quantize(16, 8)  # activations only: the error below is the per-step A8 error
+    finite_set_calibration(branch, layers)
+    for layer in layers.values():
+        aq = layer.input_quantizer
+        assert aq.step_count.tolist() == [1] * len(timesteps)  # one observation per step, all steps
+        assert torch.isfinite(aq.step_scales()).all() and (aq.step_scales() > 0).all()
+        assert len(set(aq.step_scales().tolist())) > 1  # the ranges do differ between steps
+    fsc_error = temporal_error(branch, TemporalBranch(micro.unet, timesteps).table())
+    # one static scale (the largest step's) instead: coarser for every other step
+    for layer in layers.values():
+        aq = layer.input_quantizer
+        top = aq.step_absmax().max()
+        aq.step_min.fill_(-float(top))
+        aq.step_max.fill_(float(top))
+    static_error = temporal_error(branch, TemporalBranch(micro.unet, timesteps).table())
+    assert fsc_error < static_error
+
+
+def test_per_step_statistics_have_one_entry_per_table_row(monkeypatch, micro):
+    settings = _settings("tfmq", steps=5, temporal_table="quantized")
+    artifact, extras = calibrate_with_extras(monkeypatch, micro, settings)
+    steps = len(artifact.timesteps)
+    assert steps == 5
+    for name in artifact.layers:
+        lo, hi = artifact.layer_tensor(name, "input_step_min"), artifact.layer_tensor(name, "input_step_max")
+        assert lo.shape == hi.shape == (steps,), name
+        assert torch.isfinite(lo).all() and torch.isfinite(hi).all() and (lo <= hi).all(), name
+    tables = artifact.temporal_tables()
+    for resnet, rows in tables.items():
+        assert rows.shape[0] == steps
+        assert torch.equal(extras["tensors"][f"fsc.{resnet}.step_min"], rows.amin(dim=1))
+        assert torch.equal(extras["tensors"][f"fsc.{resnet}.step_max"], rows.amax(dim=1))
+    tib = [k for k in extras["tensors"] if k.startswith("tib.") and k.endswith("input_step_min")]
+    assert tib and all(extras["tensors"][k].shape == (steps,) for k in tib)
+    assert set(extras["timings"]) >= {"method_seconds", "tiar_seconds", "weight_recon_seconds"}
+
+
+def test_temporal_table_choice(micro):
+    fp_table = compute_temporal_features(micro.unet, sampler_timesteps(DEFAULT_SCHEDULER_CONFIG, 4))
+    fp_art = calibrate(micro, _settings("tfmq", temporal_table="fp"), progress=False)
+    q_art = calibrate(micro, _settings("tfmq", temporal_table="quantized"), progress=False)
+    qdiff_art = calibrate(micro, _settings("qdiff"), progress=False)
+    assert fp_art.temporal_table == "fp" and q_art.temporal_table == "quantized"
+    assert qdiff_art.temporal_table == "quantized"  # the baseline always deploys its quantized time path
+    for resnet, rows in fp_table.items():
+        assert torch.equal(fp_art.temporal_tables()[resnet], rows)
+    diff_q = sum(float((q_art.temporal_tables()[r] - rows).pow(2).sum()) for r, rows in fp_table.items())
+    diff_qdiff = sum(float((qdiff_art.temporal_tables()[r] - rows).pow(2).sum()) for r, rows in fp_table.items())
+    assert diff_q > 0 and diff_qdiff > 0
+    with pytest.raises(TfmqError, match="temporal-table"):
+        calibrate(micro, _settings("tfmq", temporal_table="int8"), progress=False)
+
+
+def test_mse_rule_clips_outliers_and_keeps_dense_ranges():
+    bins, limit = 4096, 10.0
+    centres = torch.linspace(-limit, limit, bins + 1)[:-1] + limit / bins
+    # two steps: one narrow Gaussian, one with a single far outlier per 10^5 values
+    narrow = torch.exp(-0.5 * (centres / 0.5) ** 2) * 1e5
+    outlier = narrow.clone()
+    outlier[-1] += 1
+    hist = torch.stack([narrow, outlier]).double()
+    scale = float(mse_static_scale(hist, limit, (-128, 127)))
+    assert scale < 0.5 * limit / 127  # the max rule would keep the outlier and round everything coarsely
+    uniform = torch.ones(2, bins, dtype=torch.float64)
+    assert float(mse_static_scale(uniform, limit, (-128, 127))) > 0.9 * limit / 127
+
+
+def test_mse_rule_in_calibration(micro):
+    max_art = calibrate(micro, _settings("tfmq", static_scale_rule="max"), progress=False)
+    mse_art = calibrate(micro, _settings("tfmq", static_scale_rule="mse"), progress=False)
+    max_scales = {n: float(max_art.layer_tensor(n, "input_scale")) for n in max_art.layers}
+    mse_scales = {n: float(mse_art.layer_tensor(n, "input_scale")) for n in mse_art.layers}
+    assert all(mse_scales[n] <= max_scales[n] * (1 + 1e-6) for n in max_scales)
+    assert any(mse_scales[n] < 0.95 * max_scales[n] for n in max_scales)
+    assert mse_art.static_scale_rule == "mse"
+
+
+@pytest.mark.parametrize("method", ["qdiff", "tfmq"])
+@pytest.mark.parametrize(("abits", "targets", "bound"), [
+    (16, ("tensorrt",), EXACT_BOUND),
+    (8, ("tensorrt", "onnxruntime"), A8_BOUND),
+])
+def test_artifacts_export_and_onnxruntime_agrees_with_simulation(micro, method, abits, targets, bound):
+    artifact = calibrate(micro, _settings(method, abits=abits, temporal_table="quantized"), progress=False)
+    sim = simulation_from_artifact(micro.unet, artifact)
+    gen = torch.Generator().manual_seed(3)
+    sample = torch.randn((3, *micro.sample_shape), generator=gen)
+    rows = torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        expected = sim(sample, rows).numpy()
+    options = ort.SessionOptions()
+    if abits == 16:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    for target in targets:
+        graph = build_onnx(micro, artifact, target)
+        session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        out = session.run(["noise_pred"], {"sample": sample.numpy(), "step_index": rows.numpy()})[0]
+        assert np.isfinite(out).all()
+        assert rel_l2(out, expected) < bound, target
+
+
+def test_bad_options_are_refused(micro):
+    with pytest.raises(TfmqError, match="unknown calibration option"):
+        calibrate(micro, _settings("tfmq", extra={"iterations": 5}), progress=False)
+    with pytest.raises(TfmqError, match="non-negative"):
+        calibrate(micro, _settings("qdiff", extra={"act_iters": -1}), progress=False)
+    with pytest.raises(TfmqError, match="true or false"):
+        calibrate(micro, _settings("qdiff", extra={"split_skip": "yes"}), progress=False)
+    with pytest.raises(TfmqError, match="iters"):
+        calibrate(micro, _settings("tfmq", iters=-3), progress=False)
+
+
+def test_split_skip_quantization_exports_exactly(monkeypatch, micro):
+    """qdiff's split_skip: two scales for the concatenated up-block inputs, rebuilt in the simulation
+    and written as Split -> (Q/DQ -> Conv) x 2 -> Add; teacher-forced, each split layer of the graph
+    computes exactly what the simulated layer computes."""
+    import onnx
+
+    from tfmq_export.export.qdq import onnx_scope
+    from tfmq_export.export.split_qdq import apply_split_qdq
+    from tfmq_export.quant.modules import SplitActQuantizer, install_split_quantizers
+    from tfmq_export.quant.simulate import quant_layers
+
+    settings = _settings("qdiff", extra={"act_iters": 5, "split_skip": True})
+    artifact, extras = calibrate_with_extras(monkeypatch, micro, settings)
+    split = {k.removesuffix(".input_split"): int(v) for k, v in extras["tensors"].items() if k.endswith(".input_split")}
+    assert set(split) == {f"up_blocks.{b}.resnets.{r}.{c}" for b in (0, 1) for r in (0, 1)
+                          for c in ("conv1", "conv_shortcut")}
+    assert split["up_blocks.0.resnets.0.conv1"] == 32  # h (32 channels) comes first, then the skip
+    artifact.tensors.update(extras["tensors"])  # what the pipeline is to do with the method's tensors
+    sim = simulation_from_artifact(micro.unet, artifact)
+    assert sorted(install_split_quantizers(quant_layers(sim), artifact.tensors)) == sorted(split)
+    graph = apply_split_qdq(build_onnx(micro, artifact, "tensorrt"), artifact)
+    onnx.checker.check_model(graph)
+    probes = []
+    for name in split:
+        scope = onnx_scope(name)
+        node = {n.name: n for n in graph.graph.node}
+        probes.append((name, node[f"{scope}input_Split"].input[0], node[f"{scope}split_Add"].output[0]))
+    for _, a, b in probes:
+        graph.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in (a, b))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    sample = torch.randn((2, *micro.sample_shape), generator=torch.Generator().manual_seed(4))
+    names = [t for _, a, b in probes for t in (a, b)]
+    values = dict(zip(names, session.run(names, {"sample": sample.numpy(), "step_index": np.array([0, 3])})))
+    for name, a, b in probes:
+        layer = sim.unet.get_submodule(name)
+        assert isinstance(layer.input_quantizer, SplitActQuantizer)
+        assert float(layer.input_quantizer.scale_split) != float(layer.input_quantizer.scale)
+        with torch.no_grad():
+            expected = layer(torch.from_numpy(values[a])).numpy()
+        assert rel_l2(values[b], expected) < EXACT_BOUND, name
