@@ -94,7 +94,8 @@ def test_nncf_peer_and_explicit_variant(graphs, unet2d_dir, tmp_path):
               "nncf_samples": 1, "progress": False}
     result = bench_to_json(str(unet2d_dir), [graphs["fp32"]], "onnxruntime", [1, 2], 2, 1, None, False, **kwargs)
     labels = [(r["label"], r["batch"]) for r in result["runs"]]
-    assert labels == [(label, b) for b in (1, 2) for label in ("onnxruntime:fp32", "openvino:w8a8", "openvino:nncf-int8")]
+    expected = ("onnxruntime:fp32", "openvino:w8a8", "openvino:nncf-int8")
+    assert labels == [(label, b) for b in (1, 2) for label in expected]
     nncf_row = next(r for r in result["runs"] if r["precision"] == "nncf-int8")
     assert nncf_row["backend"] == "openvino" and nncf_row["images_per_s_basis"].startswith("derived")
     assert 0 < nncf_row["rel_error_vs_reference"] < 0.5

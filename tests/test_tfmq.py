@@ -253,3 +253,25 @@ def test_split_skip_quantization_exports_exactly(monkeypatch, micro):
         with torch.no_grad():
             expected = layer(torch.from_numpy(values[a])).numpy()
         assert rel_l2(values[b], expected) < EXACT_BOUND, name
+
+
+def test_calibration_recipes_are_valid():
+    """Every calib/*.json preset is a CalibrationSettings (+ model, notes) whose options the methods accept."""
+    import json
+    from dataclasses import fields
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "calib").glob("*.json"))
+    names = {p.name for p in recipes}
+    assert {"digits-w8a8.json", "digits-w4a8.json", "ldm-bedroom-w4a8.json", "sd-v1-4-w4a8.json"} <= names
+    known = {f.name for f in fields(CalibrationSettings)}
+    for path in recipes:
+        recipe = json.loads(path.read_text())
+        assert recipe.pop("model") and recipe.pop("notes"), path.name
+        assert set(recipe) <= known, path.name
+        settings = CalibrationSettings(**recipe)
+        options = ReconstructionOptions.from_settings(settings)
+        assert options.iters == settings.iters > 0
+        assert settings.static_scale_rule in ("max", "mse") and settings.temporal_table in ("fp", "quantized")
+    paper = [json.loads(p.read_text()) for p in recipes if not p.name.startswith("digits")]
+    assert all(r["iters"] == 20000 for r in paper)  # the authors' iterations per block

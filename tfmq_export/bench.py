@@ -130,9 +130,24 @@ def peak_memory_mb(variant: Variant, sample_shape: tuple[int, ...], batch: int,
     return float(proc.stdout.strip().splitlines()[-1])
 
 
-def _memory_probe(payload: str) -> None:
+def _peak_rss_mb() -> float:
+    """This process's peak RSS in MB.
+
+    ``VmHWM`` of /proc/self/status where there is one: ``getrusage``'s ``ru_maxrss`` survives
+    ``execve`` on Linux, so a probe forked from a 20 GB bench process would report 20 GB.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     import resource
 
+    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def _memory_probe(payload: str) -> None:
     args = json.loads(payload)
     spec = args["variant"]
     variant = Variant(**{**spec, "timesteps": tuple(spec.get("timesteps", ()))})
@@ -141,7 +156,7 @@ def _memory_probe(payload: str) -> None:
     with make_runner(variant, args["threads"]) as runner:
         runner.infer(*inputs)
         runner.infer(*inputs)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    print(_peak_rss_mb())
 
 
 @dataclass

@@ -114,20 +114,20 @@ def _split_backends(backends: str | list[str]) -> list[str]:
 
 
 def _unique_labels(variants: list[Variant]) -> list[Variant]:
-    """``backend:precision``, refined by export target, then by file name, until labels are unique."""
+    """``backend:precision``; only where that repeats, refined by export target, then by file name."""
     from dataclasses import replace
 
-    def labels(key) -> list[str]:
-        return [v.label or key(v) for v in variants]
-
-    for key in (lambda v: f"{v.backend}:{v.precision}",
-                lambda v: f"{v.backend}:{v.precision}:{v.target or Path(v.path).stem}",
-                lambda v: f"{v.backend}:{v.precision}:{Path(v.path).name}"):
-        names = labels(key)
-        counts = {n: names.count(n) for n in names}
-        if all(c == 1 for c in counts.values()):
-            return [replace(v, label=n) for v, n in zip(variants, names)]
-    return [replace(v, label=f"{v.backend}:{v.precision}:{i}") for i, v in enumerate(variants)]
+    keys = (lambda i, v: f"{v.backend}:{v.precision}",
+            lambda i, v: f"{v.backend}:{v.precision}:{v.target or Path(v.path).stem}",
+            lambda i, v: f"{v.backend}:{v.precision}:{v.path}",
+            lambda i, v: f"{v.backend}:{v.precision}:{i}")
+    labels = [v.label or keys[0](i, v) for i, v in enumerate(variants)]
+    for key in keys[1:]:
+        clashing = {n for n in labels if labels.count(n) > 1}
+        if not clashing:
+            break
+        labels = [key(i, v) if n in clashing and not v.label else n for i, (v, n) in enumerate(zip(variants, labels))]
+    return [replace(v, label=n) for v, n in zip(variants, labels)]
 
 
 def variants_for(
@@ -177,7 +177,9 @@ def variants_for(
     variants: list[Variant] = []
     if "torch" in names:
         variants.append(Variant("torch", "fp32", model, timesteps=steps))
-    variants += [Variant(b, f.precision, str(f.path), timesteps=steps, target=f.target) for b, f in planned]
+    # an FP32 graph has no Q/DQ: its export target changes nothing
+    variants += [Variant(b, f.precision, str(f.path), timesteps=steps, target="" if f.precision == "fp32" else f.target)
+                 for b, f in planned]
     variants += list(extra or [])
     if not variants:
         raise TfmqError("nothing to time: pass --onnx/--variant files, --nncf, or include torch in --backends")

@@ -62,7 +62,15 @@ from tfmq_export.quant.steps import observing_steps
 from tfmq_export.temporal import TemporalTableUNet
 
 #: Iterations per block when ``--iters`` is not given (0): the digits preset (calib/digits-*.json).
-DEFAULT_ITERS = 500
+DEFAULT_ITERS = 300
+
+def default_adaround_lr(iters: int) -> float:
+    """The authors' 1e-3 for budgets of thousands of iterations (they use 20,000); shorter budgets get
+    a larger rate, 3 / iters: Adam moves a variable by about lr per step, and a rounding variable
+    has to travel O(1) to flip. Measured on digits W4A8 with 300 iterations: block loss 0.54x of
+    round-to-nearest at 1e-2 against 0.89x at 1e-3 (100 iterations)."""
+    return max(1e-3, 3.0 / max(iters, 1))
+
 
 # 1. options ------------------------------------------------------------------------------------
 
@@ -79,8 +87,7 @@ class ReconstructionOptions:
     Q-Diffusion's 5,000 to 20,000), ``act_lr`` (4e-5, BRECQ's LSQ rate), ``tiar_iters`` (tfmq;
     default iters), ``split_skip`` (qdiff: two scales for concatenated skip inputs),
     ``keep_checkpoints`` (keep ``.work`` after a successful run), ``adaround_lr`` (Adam rate of the
-    rounding variables: the authors' 1e-3 suits 20,000 iterations; a few hundred need ~1e-2 for
-    the rounding to move at all).
+    rounding variables; default ``default_adaround_lr(iters)``).
     """
 
     iters: int
@@ -96,7 +103,7 @@ class ReconstructionOptions:
     tiar_iters: int | None = None
     split_skip: bool = False
     keep_checkpoints: bool = False
-    adaround_lr: float = 1e-3
+    adaround_lr: float | None = None
     static_scale_rule: str = "max"
     adaround: AdaRoundSettings = field(default_factory=AdaRoundSettings)
 
@@ -125,14 +132,22 @@ class ReconstructionOptions:
                     raise TfmqError(f"calibration option {key} must be true or false, got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise TfmqError(f"calibration option {key} must be a non-negative number, got {value!r}")
-        if extra.get("recon_batch_size", 1) < 1 or extra.get("cache_mb", 1) <= 0 or extra.get("adaround_lr", 1) <= 0:
+        lr = extra.get("adaround_lr")
+        if extra.get("recon_batch_size", 1) < 1 or extra.get("cache_mb", 1) <= 0 or (lr is not None and lr <= 0):
             raise TfmqError("recon_batch_size must be >= 1, cache_mb and adaround_lr > 0")
-        options = cls(iters=settings.iters or DEFAULT_ITERS, seed=settings.seed, capture_batch_size=settings.batch_size,
+        iters = settings.iters or DEFAULT_ITERS
+        options = cls(iters=iters, seed=settings.seed, capture_batch_size=settings.batch_size,
                       static_scale_rule=settings.static_scale_rule,
-                      adaround=AdaRoundSettings(lr=float(extra.get("adaround_lr", 1e-3))), **extra)
+                      adaround=AdaRoundSettings(lr=default_adaround_lr(iters) if lr is None else float(lr)), **extra)
         if options.static_scale_rule not in ("max", "mse"):
             raise TfmqError(f"--static-scale-rule {options.static_scale_rule!r}: choose max or mse")
         return options
+
+    def adaround_for(self, iters: int) -> AdaRoundSettings:
+        """AdaRound settings for a pass of ``iters`` iterations (TIAR may run another budget)."""
+        if self.adaround_lr is not None:
+            return self.adaround
+        return AdaRoundSettings(lr=default_adaround_lr(iters))
 
     @property
     def lsq_iters(self) -> int:
@@ -664,6 +679,7 @@ __all__ = [
     "calibrate_activations",
     "capture_inputs",
     "capture_outputs",
+    "default_adaround_lr",
     "execution_order",
     "reconstruct_block",
     "reconstruct_blocks",

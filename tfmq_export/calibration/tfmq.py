@@ -158,8 +158,9 @@ def tiar(
     adas: dict[str, AdaRound] = {n: attach_adaround(layer) for n, layer in layers.items()
                                  if layer.weight_quantizer.enabled}
     if adas:
-        optimizer = torch.optim.Adam([a.alpha for a in adas.values()], lr=options.adaround.lr)
-        schedule = RegularizerSchedule(iters, options.adaround)
+        settings = options.adaround_for(iters)
+        optimizer = torch.optim.Adam([a.alpha for a in adas.values()], lr=settings.lr)
+        schedule = RegularizerSchedule(iters, settings)
         bar = tqdm(range(iters), desc="TIAR", disable=not progress, leave=False)
         for it in bar:
             feats = branch(rows)
