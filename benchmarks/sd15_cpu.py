@@ -288,6 +288,10 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _batch_loads(result: dict[str, Any]) -> dict[int, list[float]]:
+    return {r["batch"]: r["load_avg_1min_before_after"] for r in result["runs"] if "load_avg_1min_before_after" in r}
+
+
 def _met(value: float | None, goal: float) -> bool | None:
     return None if value is None else value >= goal
 
@@ -321,15 +325,19 @@ def write_report(result: dict[str, Any], command: list[str], extra: dict[str, An
         + ("" if load.get("quiet", True) else
            f" (the machine never got quiet: it was shared with other jobs, waited {load.get('waited_s', 0) // 60} "
            "min, so absolute times are inflated; ratios come from round-robin timing and are fairer)"),
+        "- 1-minute load average before / after each batch's timing: "
+        + "; ".join(f"batch {b}: {la[0]} / {la[1]}" for b, la in _batch_loads(result).items()),
         f"- latents {result['sample_shape'][1]}x{result['sample_shape'][2]}, "
         f"encoder_hidden_states [B, 77, 768], DDIM {result['runs'][0]['sampling_steps']} steps (the temporal "
         "table's rows)",
         "",
         "## Every variant",
         "",
-        "Latency is one UNet call (median / p90 over round-robin iterations). `sampling s` is one full "
-        "DDIM run measured end to end; `images/s` comes from it (see the basis column). `rel. error` is "
-        "the relative L2 error of the UNet output against torch FP32 on the same inputs.",
+        "Latency is one UNet call (median / p90 over round-robin iterations, a 100 ms pause before each "
+        "call). `sampling s` is a full DDIM run (UNet calls + scheduler updates) with the variants taking "
+        "turns step by step; `images/s` = batch / sampling s (measured, see the basis column). `rel. error` "
+        "is the relative L2 error of one UNet output against torch FP32 on the same inputs (step 0, random "
+        "latents and condition).",
         "",
         "| variant | batch | median ms | p90 ms | sampling s | images/s (basis) | peak MB | model MB | rel. error |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -151,3 +151,24 @@ def test_torch_alone_uses_a_25_step_table(unet2d_dir, tmp_path):
     assert result.exit_code == 0, result.output
     (row,) = json.loads(path.read_text())["runs"]
     assert row["sampling_steps"] == 25 and row["rel_error_vs_reference"] == 0.0 and row["peak_mem_mb"] is None
+
+
+def test_lockstep_sampling_is_ddim_sample(graphs):
+    """The bench's step-by-step sampling computes what the shared sampler computes."""
+    import numpy as np
+    import torch
+
+    from tfmq_export.bench import _sample_lockstep
+    from tfmq_export.export.onnx_export import describe_onnx
+    from tfmq_export.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+    from tfmq_export.runtimes.torch_runner import runner_denoiser
+    from tfmq_export.sampling import ddim_sample, initial_noise
+
+    info = describe_onnx(graphs["fp32"])
+    latents = initial_noise(2, info.sample_shape, 0)
+    with OnnxRuntimeRunner(graphs["fp32"], "fp32", threads=1) as runner:
+        expected = ddim_sample(runner_denoiser(runner), info.scheduler_config, 3, latents).numpy()
+        ((seconds, got),) = _sample_lockstep([runner], info.scheduler_config, 3, latents.numpy(), None, 0.0)
+    assert seconds > 0
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert torch.isfinite(torch.from_numpy(got)).all()

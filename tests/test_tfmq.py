@@ -275,3 +275,15 @@ def test_calibration_recipes_are_valid():
         assert settings.static_scale_rule in ("max", "mse") and settings.temporal_table in ("fp", "quantized")
     paper = [json.loads(p.read_text()) for p in recipes if not p.name.startswith("digits")]
     assert all(r["iters"] == 20000 for r in paper)  # the authors' iterations per block
+
+
+def test_bounded_cache_spreads_iterations_over_chunks(monkeypatch, micro):
+    """With a tiny ``cache_mb`` the block inputs are cached chunk by chunk (and activation
+    quantization can be on during reconstruction); every block still gets its iterations."""
+    settings = _settings("tfmq", extra={"cache_mb": 0.02, "recon_batch_size": 4, "recon_act_quant": True})
+    artifact, extras = calibrate_with_extras(monkeypatch, micro, settings)
+    results = extras["report"]["weights"]
+    assert results and all(r["iters"] == settings.iters for r in results)
+    assert max(r["chunks"] for r in results) > 1
+    assert all(np.isfinite(r["loss_after"]) for r in results)
+    assert all(torch.isfinite(t).all() for t in artifact.tensors.values())

@@ -4,7 +4,7 @@ Variants are timed round-robin (one call of each in turn, repeated), so machine 
 of them alike; compare them as ratios from the same run. A short pause between calls (``pause_ms``)
 lets one backend's worker threads stop spinning before the next backend starts: onnxruntime's and
 OpenMP's pools busy-wait after a call, and on a 2-core machine that steals the next variant's
-cores. Full DDIM sampling runs are timed the same way (``sampling_runs``). Peak memory is measured
+cores. Full DDIM sampling runs (``sampling_runs``) take turns step by step. Peak memory is measured
 per variant in a fresh subprocess (a process's peak RSS never goes down, so it cannot be read per
 variant inside one process). JSON follows the CONTRACT in ARCHITECTURE.md, with extra fields.
 """
@@ -100,11 +100,15 @@ def bench_inputs(sample_shape: tuple[int, ...], batch: int, cond_shape: tuple[in
 
 
 def _versions() -> dict[str, str]:
+    """Installed versions of the runtimes (from package metadata: nothing is imported)."""
+    from importlib import metadata
+
     versions = {}
     for name in ("torch", "onnxruntime", "openvino", "nncf", "tensorrt"):
-        module = sys.modules.get(name)
-        if module is not None:
-            versions[name] = str(getattr(module, "__version__", "") or getattr(module, "get_version", str)())
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
     return versions
 
 
@@ -181,19 +185,32 @@ def _pause(ms: float) -> None:
         time.sleep(ms / 1000.0)
 
 
-def _sample_once(runner: Runner, scheduler_config: dict[str, Any], num_steps: int, latents: np.ndarray,
-                 cond: np.ndarray | None) -> tuple[float, np.ndarray]:
-    """One full DDIM run with ``runner`` as the denoiser: (seconds, final latents)."""
+def _sample_lockstep(runners: list[Runner], scheduler_config: dict[str, Any], num_steps: int, latents: np.ndarray,
+                     cond: np.ndarray | None, pause_ms: float) -> list[tuple[float, np.ndarray]]:
+    """Full DDIM sampling with every runner, the runners taking turns step by step.
+
+    Each runner's time is the sum of its own steps (UNet call + scheduler update), so a load spike
+    on the machine costs every variant about the same instead of whichever was sampling then (a
+    10-step run of a slow variant lasts many seconds). The math is ``sampling.ddim_sample``'s:
+    DDIMScheduler, eta 0, ``step_index`` = the row of the temporal table. Returns (seconds, x_0).
+    """
     import torch
 
-    from tfmq_export.runtimes.torch_runner import runner_denoiser
-    from tfmq_export.sampling import ddim_sample
+    from tfmq_export.sampling import make_scheduler
 
-    denoise = runner_denoiser(runner)
-    start = time.perf_counter()
-    out = ddim_sample(denoise, scheduler_config, num_steps, torch.from_numpy(latents),
-                      None if cond is None else torch.from_numpy(cond))
-    return time.perf_counter() - start, out.numpy()
+    schedulers = [make_scheduler(scheduler_config, num_steps) for _ in runners]
+    xs = [torch.from_numpy(latents.copy()) for _ in runners]
+    seconds = [0.0] * len(runners)
+    batch = latents.shape[0]
+    for i, t in enumerate(schedulers[0].timesteps):
+        step_index = np.full(batch, i, dtype=np.int64)
+        for k, (runner, scheduler) in enumerate(zip(runners, schedulers)):
+            _pause(pause_ms)
+            start = time.perf_counter()
+            noise = runner.infer(xs[k].numpy(), step_index, cond)
+            xs[k] = scheduler.step(torch.from_numpy(noise), t, xs[k], eta=0.0).prev_sample
+            seconds[k] += time.perf_counter() - start
+    return [(sec, x.numpy()) for sec, x in zip(seconds, xs)]
 
 
 def run_bench(
@@ -217,11 +234,15 @@ def run_bench(
 ) -> dict[str, Any]:
     """Time every variant at every batch size, round-robin; returns the CONTRACT JSON dict.
 
+    One round calls every (batch, variant) pair once; ``iters`` rounds follow ``warmup`` calls
+    of each pair. Ratios between variants are meaningful within one run; on a shared machine check
+    ``load_avg_1min_before_after`` (other jobs distort multi-threaded kernels unevenly).
+
     Per run: UNet latency per call (median, p90, mean, min), ``images_per_s`` and its basis, peak
     memory, ``model_bytes`` and, when ``reference`` names a variant, ``rel_error_vs_reference``:
     the relative L2 error of the UNet output against that variant on the same inputs (0 for the
     reference itself). With ``sampling_runs`` > 0 (needs ``scheduler_config``), every variant
-    also runs full ``num_steps``-step DDIM sampling that many times, round-robin, and
+    also runs full ``num_steps``-step DDIM sampling that many times, step by step in turns, and
     ``images_per_s`` is measured as batch / median sampling time; otherwise it is derived as
     batch / (num_steps x median UNet latency), the scheduler's own work being negligible next
     to the UNet's. ``torch_model`` is a loaded model for the torch variant (not loaded again).
@@ -249,30 +270,36 @@ def run_bench(
             runner.activate()
             runners.append(runner)
             load_seconds[variant.name] = time.perf_counter() - start
+        inputs = {b: bench_inputs(sample_shape, b, cond_shape, seed) for b in batches}
+        acc = {(v.name, b): _Timings() for v in variants for b in batches}
         for batch in batches:
-            inputs = bench_inputs(sample_shape, batch, cond_shape, seed)
-            acc = {v.name: _Timings() for v in variants}
             for variant, runner in zip(variants, runners):
                 for _ in range(max(warmup, 1)):
-                    acc[variant.name].output = runner.infer(*inputs)
-            # 1. UNet calls, round-robin
-            for _ in tqdm(range(iters), desc=f"UNet calls, batch {batch}", disable=not progress, leave=False):
+                    acc[variant.name, batch].output = runner.infer(*inputs[batch])
+        load_before = os.getloadavg()[0]
+        # 1. UNet calls: every (batch, variant) once per round, so a load change hits all of them
+        for _ in tqdm(range(iters), desc="UNet calls", disable=not progress, leave=False):
+            for batch in batches:
                 for variant, runner in zip(variants, runners):
                     _pause(pause_ms)
-                    runner.infer(*inputs)
-                    acc[variant.name].calls_ms.append(runner.last_inference_ms)
-            # 2. full sampling runs, round-robin
-            latents = inputs[0]
-            for _ in tqdm(range(sampling_runs), desc=f"sampling, batch {batch}", disable=not progress, leave=False):
-                for variant, runner in zip(variants, runners):
-                    _pause(pause_ms)
-                    seconds, final = _sample_once(runner, scheduler_config or {}, num_steps, latents, inputs[2])
-                    acc[variant.name].sampling_s.append(seconds)
-                    acc[variant.name].final = final
-            ref = acc[reference] if reference else None
+                    runner.infer(*inputs[batch])
+                    acc[variant.name, batch].calls_ms.append(runner.last_inference_ms)
+        # 2. full sampling runs, the variants taking turns step by step
+        for _ in tqdm(range(sampling_runs), desc="sampling", disable=not progress, leave=False):
+            for batch in batches:
+                sample, _, cond = inputs[batch]
+                results = _sample_lockstep(runners, scheduler_config or {}, num_steps, sample, cond, pause_ms)
+                for variant, (seconds, final) in zip(variants, results):
+                    acc[variant.name, batch].sampling_s.append(seconds)
+                    acc[variant.name, batch].final = final
+        # the 1-minute load average around the timing: other jobs on the machine show here
+        load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        for batch in batches:
+            ref = acc[reference, batch] if reference else None
             for variant, runner in zip(variants, runners):
-                runs.append(_row(variant, runner, batch, acc[variant.name], ref, num_steps, iters, warmup,
-                                 load_seconds[variant.name]))
+                row = _row(variant, runner, batch, acc[variant.name, batch], ref, num_steps, iters, warmup,
+                           load_seconds[variant.name])
+                runs.append({**row, "load_avg_1min_before_after": load})
     finally:
         for runner in runners:
             runner.deactivate()

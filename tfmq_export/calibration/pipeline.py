@@ -114,6 +114,7 @@ def calibrate(
     total_seconds = time.perf_counter() - started
 
     tensors, records = artifact_tensors(sim)
+    tensors.update(extras.get("tensors", {}))  # method extras: per-step temporal ranges (FSC), split scales
     artifact = CalibrationArtifact(
         method=settings.method if quantized else "fp",
         wbits=settings.wbits,

@@ -64,6 +64,7 @@ from tfmq_export.temporal import TemporalTableUNet
 #: Iterations per block when ``--iters`` is not given (0): the digits preset (calib/digits-*.json).
 DEFAULT_ITERS = 300
 
+
 def default_adaround_lr(iters: int) -> float:
     """The authors' 1e-3 for budgets of thousands of iterations (they use 20,000); shorter budgets get
     a larger rate, 3 / iters: Adam moves a variable by about lr per step, and a rounding variable
@@ -132,6 +133,8 @@ class ReconstructionOptions:
                     raise TfmqError(f"calibration option {key} must be true or false, got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise TfmqError(f"calibration option {key} must be a non-negative number, got {value!r}")
+            elif "float" not in expected and not isinstance(value, int):
+                raise TfmqError(f"calibration option {key} must be a whole number, got {value!r}")
         lr = extra.get("adaround_lr")
         if extra.get("recon_batch_size", 1) < 1 or extra.get("cache_mb", 1) <= 0 or (lr is not None and lr <= 0):
             raise TfmqError("recon_batch_size must be >= 1, cache_mb and adaround_lr > 0")

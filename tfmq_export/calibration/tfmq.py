@@ -275,10 +275,12 @@ def run(
 
     tensors = step_ranges(table)
     for name, layer in tib_layers.items():
-        tensors[f"tib.{name}.input_step_min"] = layer.input_quantizer.step_min.clone()
-        tensors[f"tib.{name}.input_step_max"] = layer.input_quantizer.step_max.clone()
-        tensors[f"tib.{name}.weight_int"] = layer.weight_quantizer.integer_weight(layer.weight).clone()
-        tensors[f"tib.{name}.weight_scale"] = layer.weight_quantizer.scale.clone()
+        if layer.input_quantizer.enabled:
+            tensors[f"tib.{name}.input_step_min"] = layer.input_quantizer.step_min.clone()
+            tensors[f"tib.{name}.input_step_max"] = layer.input_quantizer.step_max.clone()
+        if layer.weight_quantizer.enabled:
+            tensors[f"tib.{name}.weight_int"] = layer.weight_quantizer.integer_weight(layer.weight).clone()
+            tensors[f"tib.{name}.weight_scale"] = layer.weight_quantizer.scale.clone()
     return {
         "timings": {
             "method_seconds": time.perf_counter() - started,
