@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,8 @@ class CalibrationArtifact:
         return meta
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -99,7 +101,7 @@ def _atomic_write_bytes(path: Path, write) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text to ``path`` via a temp file in the same folder and a rename."""
-    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_artifact(artifact: CalibrationArtifact, out_dir: Path) -> None:
@@ -107,7 +109,7 @@ def save_artifact(artifact: CalibrationArtifact, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / JSON_NAME).unlink(missing_ok=True)  # the folder is incomplete until the JSON lands
     tensors = {k: v.detach().contiguous().cpu() for k, v in artifact.tensors.items()}
-    _atomic_write_bytes(out_dir / TENSORS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "tfmq"}))
+    atomic_write(out_dir / TENSORS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "tfmq"}))
     atomic_write_text(out_dir / JSON_NAME, json.dumps(artifact.metadata(), indent=2, sort_keys=True))
 
 

@@ -18,10 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tfmq_export.artifact import atomic_write
 from tfmq_export.errors import TfmqError
 
 CHECKPOINT_JSON = "checkpoint.json"
@@ -36,17 +34,6 @@ UNITS_DIR = "units"
 CHECKPOINT_FORMAT = 1
 
 logger = logging.getLogger(__name__)
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def unit_seed(seed: int, stage: str, name: str) -> int:
@@ -131,12 +118,12 @@ class Checkpoint:
             units_dir = self.work_dir / UNITS_DIR
             units_dir.mkdir(parents=True, exist_ok=True)
             payload = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-            _atomic(units_dir / entry["file"], lambda tmp: save_file(payload, tmp))
+            atomic_write(units_dir / entry["file"], lambda tmp: save_file(payload, tmp))
         self.units.append(entry)
         if self.work_dir is not None:
             state = {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "units": self.units}
             text = json.dumps(state, indent=1, sort_keys=True)
-            _atomic(self.work_dir / CHECKPOINT_JSON, lambda tmp: Path(tmp).write_text(text))
+            atomic_write(self.work_dir / CHECKPOINT_JSON, lambda tmp: Path(tmp).write_text(text))
 
     def clear(self) -> None:
         """Forget every unit (on disk too)."""
