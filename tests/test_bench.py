@@ -172,3 +172,14 @@ def test_lockstep_sampling_is_ddim_sample(graphs):
     assert seconds > 0
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     assert torch.isfinite(torch.from_numpy(got)).all()
+
+
+def test_quiet_rounds_drop_rounds_that_slow_every_variant():
+    import numpy as np
+
+    from tfmq_export.bench import quiet_rounds
+
+    base = np.array([100.0, 200.0, 50.0])
+    times = np.stack([base, base * 1.02, base * 2.5, base * 1.01, base * [1.0, 1.0, 3.0]])
+    # round 2: another job slowed everything; round 4: one variant's own jitter, kept
+    assert quiet_rounds(times).tolist() == [True, True, False, True, True]

@@ -28,7 +28,8 @@ from tfmq_export.errors import TfmqError
 from tfmq_export.runtimes.base import Runner
 
 __all__ = [
-    "BACKENDS", "Variant", "bench_inputs", "machine_info", "make_runner", "peak_memory_mb", "run_bench", "write_json",
+    "BACKENDS", "Variant", "bench_inputs", "machine_info", "make_runner", "peak_memory_mb", "quiet_rounds", "run_bench",
+    "write_json",
 ]
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -173,6 +174,23 @@ class _Timings:
     final: np.ndarray | None = None
 
 
+#: a round counts as quiet when its typical call is at most this much slower than the pairs' fastest
+QUIET_TOLERANCE = 1.15
+
+
+def quiet_rounds(times_ms: np.ndarray, tolerance: float = QUIET_TOLERANCE) -> np.ndarray:
+    """Mask of the rounds that other jobs on the machine did not slow down.
+
+    ``times_ms`` is [rounds, pairs]: one call of every (batch, variant) pair per round. A round's
+    slowdown is the median over pairs of (its time / that pair's fastest time); another job
+    starting on a shared machine slows every pair of the rounds it overlaps, so such rounds stand
+    out as a whole, while one variant's own jitter does not move the median. The rule never looks
+    at a single variant, so it cannot favour one.
+    """
+    slowdown = np.median(times_ms / times_ms.min(axis=0, keepdims=True), axis=1)
+    return slowdown <= tolerance
+
+
 def _rel_error(out: np.ndarray | None, ref: np.ndarray | None) -> float | None:
     if out is None or ref is None:
         return None
@@ -236,7 +254,9 @@ def run_bench(
 
     One round calls every (batch, variant) pair once; ``iters`` rounds follow ``warmup`` calls
     of each pair. Ratios between variants are meaningful within one run; on a shared machine check
-    ``load_avg_1min_before_after`` (other jobs distort multi-threaded kernels unevenly).
+    ``load_avg_1min_before_after`` (other jobs distort multi-threaded kernels unevenly) and
+    ``latency_ms_median_quiet``: the median over the rounds ``quiet_rounds`` kept (every call is
+    also listed, in round order, in ``latency_ms_all``).
 
     Per run: UNet latency per call (median, p90, mean, min), ``images_per_s`` and its basis, peak
     memory, ``model_bytes`` and, when ``reference`` names a variant, ``rel_error_vs_reference``:
@@ -294,12 +314,21 @@ def run_bench(
                     acc[variant.name, batch].final = final
         # the 1-minute load average around the timing: other jobs on the machine show here
         load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        pairs = [(v.name, b) for b in batches for v in variants]
+        quiet = quiet_rounds(np.array([[acc[p].calls_ms[r] for p in pairs] for r in range(iters)]))
         for batch in batches:
             ref = acc[reference, batch] if reference else None
             for variant, runner in zip(variants, runners):
                 row = _row(variant, runner, batch, acc[variant.name, batch], ref, num_steps, iters, warmup,
                            load_seconds[variant.name])
-                runs.append({**row, "load_avg_1min_before_after": load})
+                ms = np.asarray(acc[variant.name, batch].calls_ms)
+                row.update({
+                    "load_avg_1min_before_after": load,
+                    "quiet_rounds": int(quiet.sum()),
+                    "latency_ms_median_quiet": float(np.median(ms[quiet])) if quiet.any() else None,
+                    "latency_ms_all": [round(float(t), 2) for t in ms],
+                })
+                runs.append(row)
     finally:
         for runner in runners:
             runner.deactivate()
