@@ -340,8 +340,9 @@ def write_report(result: dict[str, Any], command: list[str], extra: dict[str, An
         + ("" if load.get("quiet", True) else
            f" (the machine never got quiet: it was shared with other jobs, waited {load.get('waited_s', 0) // 60} "
            "min, so absolute times are inflated; ratios come from round-robin timing and are fairer)"),
-        "- 1-minute load average before / after each batch's timing: "
-        + "; ".join(f"batch {b}: {la[0]} / {la[1]}" for b, la in _batch_loads(result).items()),
+        "- 1-minute load average just before / after the round-robin UNet calls (batches interleaved; the "
+        f"bench's own {machine.get('threads')} threads count about {machine.get('threads')}): "
+        + " / ".join(str(x) for x in next(iter(_batch_loads(result).values()), ["n/a"])),
         f"- latents {result['sample_shape'][1]}x{result['sample_shape'][2]}, "
         f"encoder_hidden_states [B, 77, 768], DDIM {result['runs'][0]['sampling_steps']} steps (the temporal "
         "table's rows)",

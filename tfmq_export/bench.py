@@ -1,7 +1,7 @@
 """Side-by-side UNet benchmarks: several backends and precisions measured in one run.
 
-Variants are timed round-robin (one call of each in turn, repeated), so machine drift hits all
-of them alike; compare them as ratios from the same run. A short pause between calls (``pause_ms``)
+Variants are timed round-robin (each round calls every (batch, variant) pair once), so machine
+drift hits all of them alike; compare them as ratios from the same run. A short pause between calls (``pause_ms``)
 lets one backend's worker threads stop spinning before the next backend starts: onnxruntime's and
 OpenMP's pools busy-wait after a call, and on a 2-core machine that steals the next variant's
 cores. Full DDIM sampling runs (``sampling_runs``) take turns step by step. Peak memory is measured
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -33,7 +32,6 @@ __all__ = [
 ]
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ Variants come from three places:
 * ``--nncf``: the peer a CPU user would reach for, NNCF's INT8 quantization of the FP32 graph, run
   on OpenVINO (``precision`` ``nncf-int8``). Its calibration inputs are the same kind of data
   ours were calibrated on: (x_t, step, condition) at every step of full-precision DDIM
-  trajectories, drawn with the same seeds as ``calibrate`` (noise from ``initial_noise``,
-  conditions ``torch.randn`` for a conditional UNet without prompts).
+  trajectories, with ``calibrate``'s noise (``initial_noise(n, shape, seed)``) and, for a
+  conditional UNet, conditions ``torch.randn(n, 77, D)`` seeded like the ones
+  ``benchmarks/sd15_cpu.py`` calibrates with, so both methods see the same inputs.
 
 TensorRT variants run only where TensorRT and a CUDA GPU are present; elsewhere they are skipped
 with the reason logged and listed under ``skipped`` in the JSON.
@@ -199,9 +200,9 @@ def nncf_calibration_inputs(
 ) -> list[dict[str, np.ndarray]]:
     """Feed dicts (batch 1) of every step of ``trajectories`` FP32 DDIM runs of ``fp32_onnx``.
 
-    The same draw as ``calibrate``: noise ``initial_noise(n, shape, seed)``, conditions
-    ``torch.randn(n, S, D)`` seeded with ``seed``, the graph's own schedule. So NNCF sees the
-    distribution our scales were calibrated on, not an easier or harder one.
+    The same draw as our calibration: noise ``initial_noise(n, shape, seed)`` (as ``calibrate``),
+    conditions ``torch.randn(n, S, D)`` seeded with ``seed`` (as ``benchmarks/sd15_cpu.py``), the
+    graph's own schedule. So NNCF sees the distribution our scales were calibrated on.
     """
     import torch
 
