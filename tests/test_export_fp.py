@@ -59,3 +59,23 @@ def test_contract_inputs_and_metadata(loaded_unet2d):
     assert not any("time_embedding" in name or name.endswith("time_emb_proj.weight") for name in inits)
     tables = [n for n in graph.graph.node if n.op_type == "Gather" and n.input[0].endswith("time_emb_proj.table")]
     assert len(tables) == len([n for n in inits if n.endswith("time_emb_proj.table")]) > 0
+
+
+def test_graph_over_the_protobuf_limit_is_written_with_external_weights(monkeypatch, loaded_unet2d, tmp_path):
+    """Above the limit (2 GB in real life, lowered here) the weights go to ``<name>.onnx.data``, the
+    graph is checked from disk, nothing temporary is left, and onnxruntime runs it unchanged."""
+    from tfmq_export.export import onnx_export
+
+    artifact = calibrate(loaded_unet2d, CalibrationSettings(wbits=16, abits=16, steps=4), progress=False)
+    small = build_onnx(loaded_unet2d, artifact, "onnxruntime")
+    assert not onnx_export.is_large(small)
+    monkeypatch.setattr(onnx_export, "_PROTOBUF_LIMIT", 10_000)
+    assert onnx_export.is_large(small)
+    out = onnx_export.export_onnx(loaded_unet2d, artifact, tmp_path / "unet.onnx", "onnxruntime")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx", "unet.onnx.data"]
+    assert (tmp_path / "unet.onnx").stat().st_size < 0.2 * (tmp_path / "unet.onnx.data").stat().st_size
+    feed = {"sample": np.random.default_rng(0).normal(size=(2, *loaded_unet2d.sample_shape)).astype(np.float32),
+            "step_index": np.array([0, 3], dtype=np.int64)}
+    from_disk = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["noise_pred"], feed)[0]
+    in_memory = _session(small).run(["noise_pred"], feed)[0]
+    assert np.array_equal(from_disk, in_memory)

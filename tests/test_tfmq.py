@@ -168,14 +168,27 @@ def test_mse_rule_clips_outliers_and_keeps_dense_ranges():
     assert float(mse_static_scale(uniform, limit, (-128, 127))) > 0.9 * limit / 127
 
 
-def test_mse_rule_in_calibration(micro):
-    max_art = calibrate(micro, _settings("tfmq", static_scale_rule="max"), progress=False)
-    mse_art = calibrate(micro, _settings("tfmq", static_scale_rule="mse"), progress=False)
+@pytest.mark.parametrize("method", ["minmax", "tfmq"])
+def test_mse_rule_in_calibration(micro, method):
+    max_art = calibrate(micro, _settings(method, static_scale_rule="max"), progress=False)
+    mse_art = calibrate(micro, _settings(method, static_scale_rule="mse"), progress=False)
     max_scales = {n: float(max_art.layer_tensor(n, "input_scale")) for n in max_art.layers}
     mse_scales = {n: float(mse_art.layer_tensor(n, "input_scale")) for n in mse_art.layers}
     assert all(mse_scales[n] <= max_scales[n] * (1 + 1e-6) for n in max_scales)
     assert any(mse_scales[n] < 0.95 * max_scales[n] for n in max_scales)
     assert mse_art.static_scale_rule == "mse"
+    with pytest.raises(TfmqError, match="static-scale-rule"):
+        calibrate(micro, _settings(method, static_scale_rule="p99"), progress=False)
+
+
+def test_default_iteration_budget_is_recorded(monkeypatch, micro):
+    """--iters left out (0) runs the default budget, and the artifact says which number that was."""
+    from tfmq_export.calibration import reconstruction
+
+    monkeypatch.setattr(reconstruction, "DEFAULT_ITERS", 7)
+    artifact, extras = calibrate_with_extras(monkeypatch, micro, _settings("tfmq", iters=0))
+    assert artifact.settings["iters"] == 7
+    assert {r["iters"] for r in extras["report"]["weights"]} == {7}
 
 
 @pytest.mark.parametrize("method", ["qdiff", "tfmq"])
@@ -184,18 +197,22 @@ def test_mse_rule_in_calibration(micro):
     (8, ("tensorrt", "onnxruntime"), A8_BOUND),
 ])
 def test_artifacts_export_and_onnxruntime_agrees_with_simulation(micro, method, abits, targets, bound):
-    artifact = calibrate(micro, _settings(method, abits=abits, temporal_table="quantized"), progress=False)
-    sim = simulation_from_artifact(micro.unet, artifact)
+    split = method == "qdiff" and abits < 16  # qdiff with its split skip inputs, end to end through both targets
+    extra = {"act_iters": 5, "split_skip": split}
+    artifact = calibrate(micro, _settings(method, abits=abits, temporal_table="quantized", extra=extra),
+                         progress=False)
+    assert any(k.endswith(".input_split") for k in artifact.tensors) == split
     gen = torch.Generator().manual_seed(3)
     sample = torch.randn((3, *micro.sample_shape), generator=gen)
     rows = torch.tensor([0, 2, 3])
-    with torch.no_grad():
-        expected = sim(sample, rows).numpy()
     options = ort.SessionOptions()
     if abits == 16:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     for target in targets:
+        with torch.no_grad():
+            expected = simulation_from_artifact(micro.unet, artifact, target)(sample, rows).numpy()
         graph = build_onnx(micro, artifact, target)
+        assert any(n.op_type == "Split" for n in graph.graph.node) == split
         session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
         out = session.run(["noise_pred"], {"sample": sample.numpy(), "step_index": rows.numpy()})[0]
         assert np.isfinite(out).all()
@@ -220,8 +237,7 @@ def test_split_skip_quantization_exports_exactly(monkeypatch, micro):
     import onnx
 
     from tfmq_export.export.qdq import onnx_scope
-    from tfmq_export.export.split_qdq import apply_split_qdq
-    from tfmq_export.quant.modules import SplitActQuantizer, install_split_quantizers
+    from tfmq_export.quant.modules import SplitActQuantizer
     from tfmq_export.quant.simulate import quant_layers
 
     settings = _settings("qdiff", extra={"act_iters": 5, "split_skip": True})
@@ -231,9 +247,10 @@ def test_split_skip_quantization_exports_exactly(monkeypatch, micro):
                           for c in ("conv1", "conv_shortcut")}
     assert split["up_blocks.0.resnets.0.conv1"] == 32  # h (32 channels) comes first, then the skip
     artifact.tensors.update(extras["tensors"])  # what the pipeline is to do with the method's tensors
-    sim = simulation_from_artifact(micro.unet, artifact)
-    assert sorted(install_split_quantizers(quant_layers(sim), artifact.tensors)) == sorted(split)
-    graph = apply_split_qdq(build_onnx(micro, artifact, "tensorrt"), artifact)
+    sim = simulation_from_artifact(micro.unet, artifact)  # installs the split quantizers itself
+    split_in_sim = {n for n, layer in quant_layers(sim).items() if isinstance(layer.input_quantizer, SplitActQuantizer)}
+    assert split_in_sim == set(split)
+    graph = build_onnx(micro, artifact, "tensorrt")  # applies the split Q/DQ and passes the TensorRT lint
     onnx.checker.check_model(graph)
     probes = []
     for name in split:

@@ -3,7 +3,7 @@
 Weights: per output channel, either the plain max (``weight_init="max"``) or the MSE-searched
 range (80 shrinking candidates, |w - w^|^2.4, as the paper initialises). Activations: the input
 range of every quantized layer over the calibration data of all steps, recorded per step
-(``step_min`` / ``step_max``) and turned into one static scale by ``static_scale``.
+(``step_min`` / ``step_max``) and turned into one static scale by a rule (``set_static_scales``: ``max`` or ``mse``).
 It is the baseline every other method is measured against.
 """
 
@@ -13,13 +13,12 @@ import torch
 from tqdm.auto import tqdm
 
 from tfmq_export.calibration.data import CalibrationData
+from tfmq_export.errors import TfmqError
 from tfmq_export.quant import grids
 from tfmq_export.quant.modules import ActMode, ActQuantizer, QuantLayer
 from tfmq_export.quant.simulate import set_act_mode
 from tfmq_export.quant.steps import observing_steps
 from tfmq_export.temporal import TemporalTableUNet
-
-STATIC_SCALE_RULES = ("max",)
 
 
 def init_weight_scales(layers: dict[str, QuantLayer], weight_init: str = "mse") -> None:
@@ -54,26 +53,33 @@ def observe_activations(
             sim(x, step, cond)
 
 
-def static_scale(quantizer: ActQuantizer, rule: str = "max") -> torch.Tensor:
-    """One engine scale from the per-step ranges. ``max``: the largest |x| over all steps, so no
-    step clips (the finite set of steps makes this exact over the calibration data)."""
-    if rule != "max":
-        raise ValueError(f"unknown static scale rule {rule!r}; known: {', '.join(STATIC_SCALE_RULES)}")
+def static_scale(quantizer: ActQuantizer) -> torch.Tensor:
+    """The ``max`` rule's engine scale: the largest |x| over all steps, so no step clips (the
+    finite set of steps makes this exact over the calibration data)."""
     absmax = quantizer.step_absmax()
     absmax = absmax[torch.isfinite(absmax)]
     value = absmax.max() if absmax.numel() else torch.tensor(1.0)
     return grids.absmax_scale(value, quantizer.qrange[1])
 
 
-def set_static_scales(layers: dict[str, QuantLayer], rule: str = "max") -> None:
-    """Derive every enabled activation quantizer's static scale and switch it to quantizing."""
+def set_static_scales(
+    sim: TemporalTableUNet,
+    layers: dict[str, QuantLayer],
+    data: CalibrationData,
+    batch_size: int,
+    rule: str = "max",
+    progress: bool = True,
+) -> None:
+    """One static scale per activation quantizer from its per-step ranges (already observed) by
+    ``rule``; ``mse`` runs the data once more for per-step histograms. Leaves quantizers quantizing."""
+    if rule not in STEP_SCALE_RULES:
+        raise TfmqError(f"--static-scale-rule {rule!r}: choose {' or '.join(STEP_SCALE_RULES)}")
+    quantizers = act_quantizers(layers)
+    hists = collect_step_histograms(sim, quantizers, data, batch_size, progress=progress) if rule == "mse" else None
+    set_static_scales_by_rule(quantizers, rule, hists)
     for layer in layers.values():
-        aq = layer.input_quantizer
-        if aq.enabled:
-            aq.set_scale(static_scale(aq, rule))
-            aq.mode = ActMode.QUANTIZING
-        else:
-            aq.mode = ActMode.DISABLED
+        if not layer.input_quantizer.enabled:
+            layer.input_quantizer.mode = ActMode.DISABLED
 
 
 def calibrate_minmax(
@@ -88,7 +94,7 @@ def calibrate_minmax(
     """Calibrate ``sim`` in place: weights first, then activation ranges with quantized weights."""
     init_weight_scales(layers, weight_init)
     observe_activations(sim, layers, data, batch_size, progress)
-    set_static_scales(layers, rule)
+    set_static_scales(sim, layers, data, batch_size, rule, progress)
 
 
 # --- static scale rules over the finite set of steps (added for qdiff / tfmq) ---------------------
@@ -233,5 +239,5 @@ def set_static_scales_by_rule(
         if rule == "mse" and hists is not None and key in hists and limit is not None:
             aq.set_scale(mse_static_scale(hists[key], limit, aq.qrange))
         else:
-            aq.set_scale(static_scale(aq, "max"))
+            aq.set_scale(static_scale(aq))
         aq.mode = ActMode.QUANTIZING

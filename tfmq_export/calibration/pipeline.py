@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,10 @@ def calibrate(
     """Calibrate ``model`` and (when ``out_dir`` is given) write the artifact there."""
     check_bits(settings.wbits, settings.abits)
     method = _method(settings.method)
+    if settings.method in ("qdiff", "tfmq") and settings.iters == 0:
+        from tfmq_export.calibration.reconstruction import DEFAULT_ITERS
+
+        settings = replace(settings, iters=DEFAULT_ITERS)  # the artifact records the budget actually used
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
 

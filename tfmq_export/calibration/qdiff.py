@@ -18,12 +18,12 @@ temporal branch into a per-step table:
    so the baseline's temporal-feature disturbance reaches the deployed model
    (``temporal_table = "quantized"`` always).
 
-Shortcut splitting (two scales for the concatenated skip inputs of up-block ResBlocks' ``conv1``
-and ``conv_shortcut``) is available with ``split_skip``; the second scales come back in the
-returned ``tensors`` (``{layer}.input_split`` / ``input_scale_split``), the simulation rebuilds
-them with ``quant.modules.install_split_quantizers`` and the graph with
-``export.split_qdq.apply_split_qdq``. It is off by default: the standard artifact and Q/DQ export
-do not carry the second scale until those two calls are wired in.
+Shortcut splitting (Q-Diffusion's default, ``split_skip``, on unless the recipe turns it off): two
+scales for the concatenated skip inputs of up-block ResBlocks' ``conv1`` and ``conv_shortcut``. The
+second scales go into the artifact (``{layer}.input_split`` / ``input_scale_split``); the
+simulation rebuilds them (``quant.modules.install_split_quantizers`` in
+``simulation_from_artifact``) and the export writes them as ``Split -> (Q/DQ -> Conv) x 2 -> Add``
+(``export.split_qdq.apply_split_qdq`` in ``build_onnx``), so the engine runs both halves in INT8.
 """
 
 from __future__ import annotations

@@ -47,12 +47,7 @@ from tfmq_export.calibration.adaround import (
     lp_loss,
 )
 from tfmq_export.calibration.data import CalibrationData
-from tfmq_export.calibration.minmax import (
-    act_quantizers,
-    collect_step_histograms,
-    observe_activations,
-    set_static_scales_by_rule,
-)
+from tfmq_export.calibration.minmax import act_quantizers, observe_activations, set_static_scales
 from tfmq_export.calibration.resume import Checkpoint, unit_seed
 from tfmq_export.errors import TfmqError
 from tfmq_export.models.adapter import UNetAdapter
@@ -102,7 +97,7 @@ class ReconstructionOptions:
     act_iters: int | None = None
     act_lr: float = 4e-5
     tiar_iters: int | None = None
-    split_skip: bool = False
+    split_skip: bool = True
     keep_checkpoints: bool = False
     adaround_lr: float | None = None
     static_scale_rule: str = "max"
@@ -638,14 +633,7 @@ def calibrate_activations(
     if options.act_samples_per_step > 0:
         data = data.per_step_subset(options.act_samples_per_step, options.seed)
     observe_activations(sim, layers, data, options.capture_batch_size, progress)
-    quantizers = act_quantizers(layers)
-    hists = None
-    if rule == "mse":
-        hists = collect_step_histograms(sim, quantizers, data, options.capture_batch_size, progress=progress)
-    set_static_scales_by_rule(quantizers, rule, hists)
-    for layer in layers.values():
-        if not layer.input_quantizer.enabled:
-            layer.input_quantizer.mode = ActMode.DISABLED
+    set_static_scales(sim, layers, data, options.capture_batch_size, rule, progress)
 
 
 def weights_stage(

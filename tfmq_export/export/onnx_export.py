@@ -24,6 +24,7 @@ from tfmq_export import __version__
 from tfmq_export.artifact import CalibrationArtifact
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.qdq import TARGETS, insert_qdq, needs_opset_21
+from tfmq_export.export.split_qdq import apply_split_qdq, split_layers
 from tfmq_export.models.loading import LoadedModel
 from tfmq_export.temporal import TemporalTableUNet
 
@@ -134,24 +135,49 @@ def describe_onnx(path: Path) -> OnnxInfo:
     )
 
 
-def save_onnx_atomic(model: onnx.ModelProto, out_path: Path) -> None:
-    """Write ``model`` to ``out_path`` via a temp name + rename; external data beside it if large."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    large = model.ByteSize() > _PROTOBUF_LIMIT
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    data_name = out_path.name + ".data"
+def is_large(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` must keep its weights in an external file (protobuf's 2 GB limit).
+
+    Why not ``ByteSize()`` alone: protobuf refuses to size a message above 2 GB (EncodeError), which
+    is exactly the FP32 SD-1.5 UNet. The initializers are almost all of a UNet graph, so their sum
+    decides first; ``ByteSize()`` only runs on graphs that are certainly below the limit.
+    """
+    weights = sum(len(t.raw_data) + 4 * (len(t.float_data) + len(t.int32_data)) + 8 * len(t.int64_data)
+                  for t in model.graph.initializer)
+    if weights > _PROTOBUF_LIMIT:
+        return True
     try:
-        if large:
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-        else:
+        return model.ByteSize() > _PROTOBUF_LIMIT
+    except Exception:  # protobuf's EncodeError: too large to size
+        return True
+
+
+def save_onnx_atomic(model: onnx.ModelProto, out_path: Path) -> None:
+    """Write ``model`` to ``out_path`` via a temp name + rename; external data beside it if large.
+
+    A large graph is written into a temporary folder next to ``out_path`` (its weights file must
+    carry the final name, the graph refers to it), checked from there, then both files are renamed.
+    """
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if not is_large(model):
+        tmp = out_path.with_name(f".{out_path.name}.tmp")
+        try:
             buffer = io.BytesIO()
             onnx.save_model(model, buffer)
             tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            os.replace(tmp, out_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return
+    data_name = out_path.name + ".data"
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as folder:
+        staged = Path(folder) / out_path.name
+        onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        onnx.checker.check_model(str(staged))
+        os.replace(Path(folder) / data_name, out_path.parent / data_name)
+        os.replace(staged, out_path)
 
 
 def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = "tensorrt") -> onnx.ModelProto:
@@ -165,8 +191,10 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
         if needs_opset_21(artifact):
             graph = onnx.version_converter.convert_version(graph, 21)
         insert_qdq(graph, artifact, target)
+        if split_layers(artifact):
+            apply_split_qdq(graph, artifact)
     set_metadata(graph, artifact, target, model.sample_shape)
-    if graph.ByteSize() <= _PROTOBUF_LIMIT:
+    if not is_large(graph):  # a > 2 GB graph is checked from its file by onnx.checker in save_onnx_atomic
         onnx.checker.check_model(graph)
     if target == "tensorrt" and artifact.layers:
         from tfmq_export.export.lint import format_violations, lint_tensorrt

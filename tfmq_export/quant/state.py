@@ -12,7 +12,7 @@ import torch
 from tfmq_export.artifact import CalibrationArtifact, LayerRecord
 from tfmq_export.errors import TfmqError
 from tfmq_export.quant import grids
-from tfmq_export.quant.modules import ActMode, QuantConv2d, QuantLayer
+from tfmq_export.quant.modules import ActMode, QuantConv2d, QuantLayer, install_split_quantizers
 from tfmq_export.quant.simulate import quant_layers, quantize_model
 from tfmq_export.temporal import TemporalTableLookup, TemporalTableUNet
 
@@ -112,4 +112,5 @@ def simulation_from_artifact(
         scale = conv_output_scale(name, artifact) if target == "onnxruntime" else None
         if scale is not None:
             layer.register_forward_hook(_quantize_output_hook(scale))
+    install_split_quantizers(layers, artifact.tensors)  # qdiff's split skip inputs (none otherwise)
     return sim.eval()
