@@ -302,7 +302,7 @@ def evaluate(out_dir, methods, bits, num_images, seed, target, doc_path, quiet) 
 @click.option("--quiet", is_flag=True)
 @_friendly
 def demo(out_dir, num_images, quiet) -> None:
-    """The main job on the bundled model: calibrate (minmax W8A8, W4A8), export, sample, bench, report."""
+    """The main job on the bundled model: calibrate (TFMQ W8A8, W4A8), export, sample, bench, report."""
     from tfmq_export.demo import run_demo
 
     report = run_demo(out_dir, num_images=num_images, progress=not quiet)

@@ -42,6 +42,7 @@ __all__ = [
     "machine_info",
     "manifest_path",
     "onnx_metadata",
+    "provenance",
     "sha256_file",
     "staged_dir",
     "unfused_weight_dequantize",
@@ -178,6 +179,22 @@ def load_source_onnx(onnx_path: str | os.PathLike[str]) -> tuple[Path, onnx.Mode
 def utc_now() -> str:
     """Build time for manifests (UTC, seconds)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(src: Path, source_model: onnx.ModelProto, started: float) -> dict[str, Any]:
+    """The manifest fields every engine builder records: where the engine came from, on what
+    machine, how long the build took (``started`` = ``time.perf_counter()`` at its start)."""
+    from tfmq_export import __version__
+
+    return {
+        "source_onnx": str(src),
+        "source_onnx_sha256": sha256_file(src),
+        "source_metadata": onnx_metadata(source_model),
+        "machine": machine_info(),
+        "build_seconds": round(time.perf_counter() - started, 3),
+        "created_utc": utc_now(),
+        "tfmq_export_version": __version__,
+    }
 
 
 # --- the onnxruntime builder ---------------------------------------------------------------------

@@ -27,16 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from tfmq_export import __version__
 from tfmq_export.engine.onnxruntime import (
     commit_staged,
     load_source_onnx,
-    machine_info,
     manifest_path,
-    onnx_metadata,
+    provenance,
     sha256_file,
     staged_dir,
-    utc_now,
 )
 from tfmq_export.errors import TfmqError
 from tfmq_export.runtimes.openvino_runner import contract_input_name
@@ -122,13 +119,7 @@ def build_openvino_engine(
             "backend": "openvino",
             **_ir_manifest(stage, out, model),
             **report,
-            "source_onnx": str(src),
-            "source_onnx_sha256": sha256_file(src),
-            "source_metadata": onnx_metadata(source_model),
-            "machine": machine_info(),
-            "build_seconds": round(time.perf_counter() - start, 3),
-            "created_utc": utc_now(),
-            "tfmq_export_version": __version__,
+            **provenance(src, source_model, start),
         }
         commit_staged(stage, out.parent, manifest["engine_files"], manifest, manifest_path(out).name)
     return manifest
@@ -214,13 +205,7 @@ def quantize_with_nncf(
                 "calibration_items": n_items,
                 "fast_bias_correction": fast_bias_correction,
             },
-            "source_onnx": str(src),
-            "source_onnx_sha256": sha256_file(src),
-            "source_metadata": onnx_metadata(source_model),
-            "machine": machine_info(),
-            "build_seconds": round(time.perf_counter() - start, 3),
-            "created_utc": utc_now(),
-            "tfmq_export_version": __version__,
+            **provenance(src, source_model, start),
         }
         commit_staged(stage, out.parent, manifest["engine_files"], manifest, manifest_path(out).name)
     return manifest

@@ -1,0 +1,127 @@
+"""Calibration cost and quality of each method on the bundled digits model, side by side.
+
+Usage: python benchmarks/calibration_cost.py [--bits w4a8] [--threads 1] [--eval-samples 32]
+       [--json benchmarks/results/calibration_cost_w4a8.json]
+
+Variants (all from the digits recipes in calib/, same data and seed):
+  minmax, qdiff (recipe: activation stage at iters // 4 per block, as Q-Diffusion's 5,000 vs
+  20,000), qdiff-equal (activation stage with the same per-block budget as the weights),
+  tfmq (FP temporal table, the default), tfmq-qtable (--temporal-table quantized).
+
+For each: wall time of ``calibrate`` and its stages, the relative L2 error of the UNet output
+against full precision on held-out trajectories (every step of 32 fresh DDIM trajectories, seed
+1000, through the torch simulation of the artifact), and the relative error of the deployed
+temporal table against the full-precision temporal features. Ratios are within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from tfmq_export.artifact import atomic_write_text
+from tfmq_export.calibration.data import collect_calibration_data
+from tfmq_export.calibration.pipeline import calibrate
+from tfmq_export.evaluate import recipe_settings
+from tfmq_export.models.loading import load_model
+from tfmq_export.quant.state import simulation_from_artifact
+from tfmq_export.temporal import build_table_unet, compute_temporal_features
+
+VARIANTS = {
+    "minmax": ("minmax", {}, {}),
+    "qdiff": ("qdiff", {}, {}),
+    "qdiff-equal": ("qdiff", {}, {"act_iters": None}),  # None: set to the weight budget below
+    "tfmq": ("tfmq", {}, {}),
+    "tfmq-qtable": ("tfmq", {"temporal_table": "quantized"}, {}),
+}
+
+
+def variant_settings(name: str, bits: str):
+    """The recipe's settings for ``bits``, changed as the variant says."""
+    method, fields, extra = VARIANTS[name]
+    settings = recipe_settings(method, bits)
+    merged = dict(settings.extra or {})
+    for key, value in extra.items():
+        merged[key] = settings.iters if value is None else value
+    return replace(settings, **fields, extra=merged or None)
+
+
+@torch.no_grad()
+def output_error(sim: torch.nn.Module, fp: torch.nn.Module, data) -> float:
+    """||sim - fp|| / ||fp|| of the noise prediction over every held-out (x_t, step)."""
+    num = den = 0.0
+    for x, step, _ in data.batches(256):
+        ref = fp(x, step)
+        num += float((sim(x, step) - ref).pow(2).sum())
+        den += float(ref.pow(2).sum())
+    return (num / den) ** 0.5
+
+
+def table_error(artifact, fp_features: dict[str, torch.Tensor]) -> float:
+    """Relative L2 error of the deployed temporal table against the FP temporal features."""
+    tables = artifact.temporal_tables()
+    num = sum(float((tables[k].float() - v).pow(2).sum()) for k, v in fp_features.items())
+    den = sum(float(v.pow(2).sum()) for v in fp_features.values())
+    return (num / den) ** 0.5
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bits", default="w4a8", choices=["w8a8", "w4a8", "w4a16"])
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--eval-samples", type=int, default=32)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model("digits")
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    first = variant_settings(names[0], args.bits)
+    fp = build_table_unet(model.unet, compute_timesteps(model, first.steps)).eval()
+    held_out = collect_calibration_data(lambda x, s, c: fp(x, s), model.scheduler_config, fp.timesteps,
+                                        model.sample_shape, args.eval_samples, 1000, 64, progress=False)
+    fp_features = compute_temporal_features(model.unet, fp.timesteps)
+    rows = []
+    for name in names:
+        settings = variant_settings(name, args.bits)
+        load_before = os.getloadavg()[0]
+        started = time.perf_counter()
+        artifact = calibrate(model, settings, progress=False)
+        seconds = time.perf_counter() - started
+        sim = simulation_from_artifact(model.unet, artifact)
+        row = {"variant": name, "method": settings.method, "bits": args.bits, "iters": settings.iters,
+               "extra": settings.extra, "temporal_table": artifact.temporal_table, "seconds": round(seconds, 1),
+               "stages": {k: round(v, 1) for k, v in artifact.timings.items()},
+               "output_rel_error": output_error(sim, fp, held_out),
+               "table_rel_error": table_error(artifact, fp_features),
+               "load_before": round(load_before, 2)}
+        rows.append(row)
+        print(f"{name:12s} {seconds:7.1f} s  output err {row['output_rel_error']:.5f}  "
+              f"table err {row['table_rel_error']:.5f}", flush=True)
+    by_name = {r["variant"]: r for r in rows}
+    ratios = {f"{a}/{b}": round(by_name[a]["seconds"] / by_name[b]["seconds"], 3)
+              for a, b in (("tfmq", "qdiff"), ("tfmq", "qdiff-equal")) if a in by_name and b in by_name}
+    print("time ratios:", ratios)
+    result = {"command": "python benchmarks/calibration_cost.py --bits " + args.bits
+                         + f" --threads {args.threads} --eval-samples {args.eval_samples}",
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": args.threads,
+              "cpu_count": os.cpu_count(), "rows": rows, "time_ratios": ratios}
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.json, json.dumps(result, indent=2))
+
+
+def compute_timesteps(model, steps: int) -> list[int]:
+    from tfmq_export.sampling import sampler_timesteps
+
+    return sampler_timesteps(model.scheduler_config, steps)
+
+
+if __name__ == "__main__":
+    main()
