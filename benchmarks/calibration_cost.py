@@ -6,7 +6,8 @@ Usage: python benchmarks/calibration_cost.py [--bits w4a8] [--threads 1] [--eval
 Variants (all from the digits recipes in calib/, same data and seed):
   minmax, qdiff (recipe: activation stage at iters // 4 per block, as Q-Diffusion's 5,000 vs
   20,000), qdiff-equal (activation stage with the same per-block budget as the weights),
-  tfmq (FP temporal table, the default), tfmq-qtable (--temporal-table quantized).
+  tfmq (FP temporal table, the default), tfmq-qtable (--temporal-table quantized),
+  tfmq-max (static engine scale by the max rule instead of the recipe's mse rule).
 
 For each: wall time of ``calibrate`` and its stages, the relative L2 error of the UNet output
 against full precision on held-out trajectories (every step of 32 fresh DDIM trajectories, seed
@@ -39,6 +40,7 @@ VARIANTS = {
     "qdiff-equal": ("qdiff", {}, {"act_iters": None}),  # None: set to the weight budget below
     "tfmq": ("tfmq", {}, {}),
     "tfmq-qtable": ("tfmq", {"temporal_table": "quantized"}, {}),
+    "tfmq-max": ("tfmq", {"static_scale_rule": "max"}, {}),
 }
 
 
@@ -63,6 +65,42 @@ def output_error(sim: torch.nn.Module, fp: torch.nn.Module, data) -> float:
     return (num / den) ** 0.5
 
 
+def per_step_simulation(sim: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``sim`` whose plain activation quantizers use their own step's min-max scale (FSC
+    for every quantizer, as the authors' fake-quant code does). A static engine cannot run this;
+    it measures what per-step ranges would be worth."""
+    import copy
+
+    from tfmq_export.quant.modules import ActQuantizer, PerStepActQuantizer
+    from tfmq_export.quant.simulate import quant_layers
+
+    out = copy.deepcopy(sim)
+    for layer in quant_layers(out).values():
+        aq = layer.input_quantizer
+        if type(aq) is ActQuantizer and aq.enabled:
+            per_step = PerStepActQuantizer(aq.bits, aq.step_min.numel())
+            per_step.load_state_dict(aq.state_dict())
+            per_step.step_count.fill_(1)  # the artifact keeps the ranges, not the counts
+            per_step.mode = aq.mode
+            layer.input_quantizer = per_step
+    return out
+
+
+@torch.no_grad()
+def per_step_output_error(sim: torch.nn.Module, fp: torch.nn.Module, data) -> float:
+    """``output_error`` of ``per_step_simulation(sim)`` (the rows are declared for its quantizers)."""
+    from tfmq_export.quant.steps import observing_steps
+
+    per_step = per_step_simulation(sim)
+    num = den = 0.0
+    for x, step, _ in data.batches(256):
+        ref = fp(x, step)
+        with observing_steps(step):
+            num += float((per_step(x, step) - ref).pow(2).sum())
+        den += float(ref.pow(2).sum())
+    return (num / den) ** 0.5
+
+
 def table_error(artifact, fp_features: dict[str, torch.Tensor]) -> float:
     """Relative L2 error of the deployed temporal table against the FP temporal features."""
     tables = artifact.temporal_tables()
@@ -78,6 +116,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-samples", type=int, default=32)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--doc", type=Path, default=None, help="Also write the Markdown table here.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model("digits")
@@ -99,10 +138,12 @@ def main() -> None:
                "extra": settings.extra, "temporal_table": artifact.temporal_table, "seconds": round(seconds, 1),
                "stages": {k: round(v, 1) for k, v in artifact.timings.items()},
                "output_rel_error": output_error(sim, fp, held_out),
+               "per_step_output_rel_error": per_step_output_error(sim, fp, held_out),
                "table_rel_error": table_error(artifact, fp_features),
                "load_before": round(load_before, 2)}
         rows.append(row)
         print(f"{name:12s} {seconds:7.1f} s  output err {row['output_rel_error']:.5f}  "
+              f"per-step {row['per_step_output_rel_error']:.5f}  "
               f"table err {row['table_rel_error']:.5f}", flush=True)
     by_name = {r["variant"]: r for r in rows}
     ratios = {f"{a}/{b}": round(by_name[a]["seconds"] / by_name[b]["seconds"], 3)
@@ -115,6 +156,39 @@ def main() -> None:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.json, json.dumps(result, indent=2))
+    if args.doc is not None:
+        args.doc.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.doc, markdown(result))
+
+
+def markdown(result: dict) -> str:
+    """The table of one run, with its command, for docs/."""
+    lines = [
+        "# Calibration cost and quality per method (bundled digits model)",
+        "",
+        f"Command: `{result['command']}` ({result['created']}, {result['threads']} thread(s), "
+        f"{result['cpu_count']} cores). Output error: relative L2 of the noise prediction against full",
+        "precision over every step of 32 held-out DDIM trajectories (torch simulation of the artifact).",
+        "Table error: relative L2 of the deployed temporal table against the FP temporal features.",
+        "Per-step error: the same simulation with every activation quantizer at its own step's min-max",
+        "scale (what FSC for all quantizers would give; a static engine cannot carry it, see the note).",
+        "",
+        "| variant | method | iters / block | extra | table | seconds | output error | per-step error | table error |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["rows"]:
+        reconstructs = r["method"] != "minmax"  # minmax ignores the preset's iteration options
+        extra = ", ".join(f"{k}={v}" for k, v in (r["extra"] or {}).items()) if reconstructs else "-"
+        iters = r["iters"] if reconstructs else "-"
+        lines.append(f"| {r['variant']} | {r['method']} | {iters} | {extra} | {r['temporal_table']} | "
+                     f"{r['seconds']} | {r['output_rel_error']:.5f} | {r['per_step_output_rel_error']:.5f} | "
+                     f"{r['table_rel_error']:.5f} |")
+    lines += ["", "Stage timings (s) from the artifacts:", ""]
+    for r in result["rows"]:
+        lines.append(f"- {r['variant']}: " + ", ".join(f"{k} {v}" for k, v in r["stages"].items()))
+    if result["time_ratios"]:
+        lines += ["", "Time ratios (same run): " + ", ".join(f"{k} = {v}" for k, v in result["time_ratios"].items())]
+    return "\n".join(lines) + "\n"
 
 
 def compute_timesteps(model, steps: int) -> list[int]:

@@ -9,7 +9,14 @@ import pytest
 from click.testing import CliRunner
 
 from tfmq_export.cli import cli
-from tfmq_export.evaluate import _artifact, paired_rmse, recipe_settings, results_markdown, target_lines
+from tfmq_export.evaluate import (
+    _artifact,
+    _sampled_images,
+    paired_rmse,
+    recipe_settings,
+    results_markdown,
+    target_lines,
+)
 from tfmq_export.models.loading import load_model
 
 
@@ -69,6 +76,14 @@ def test_evaluate_command_end_to_end(tmp_path) -> None:
     reused = _artifact(load_model("digits"), recipe_settings("minmax", "w8a8"), folder, progress=False)
     assert (folder / "artifact.json").stat().st_mtime_ns == stamp  # a second run reuses it, not recalibrates
     assert reused.method == "minmax" and (reused.wbits, reused.abits) == (8, 8)
+    # an interrupted evaluation resumes: the samples of finished rows are reused, not sampled again
+    cache = out / "samples" / "minmax-w8a8-seed0.npz"
+    with np.load(cache) as stored:
+        images = stored["images"]
+    assert images.shape == (300, 1, 16, 16)
+    (out / "onnx" / "minmax-w8a8.onnx").unlink()
+    again = _sampled_images(load_model("digits"), reused, "minmax-w8a8", out, 300, 0, "tensorrt", progress=False)
+    assert np.array_equal(again, images) and not (out / "onnx" / "minmax-w8a8.onnx").exists()
 
 
 def test_evaluate_refuses_bad_options(tmp_path) -> None:

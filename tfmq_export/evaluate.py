@@ -8,6 +8,7 @@ a Markdown table.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from tfmq_export.artifact import atomic_write_text, load_artifact
+from tfmq_export.artifact import atomic_write, atomic_write_text, load_artifact
 from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.onnx_export import export_onnx
@@ -58,13 +59,42 @@ def _artifact(model: LoadedModel, settings: CalibrationSettings, folder: Path, p
     return calibrate(model, settings, folder, progress=progress)
 
 
-def _sample_row(model, artifact, name: str, out_dir: Path, num_images: int, seed: int, target: str,
-                progress: bool) -> tuple[dict[str, Any], np.ndarray]:
-    """Export ``artifact``, sample from the graph with onnxruntime, score; returns the row and images."""
+def _sample_key(artifact, num_images: int, seed: int, target: str) -> str:
+    """Identifies one row's samples: the calibration run (its settings and timings), count, seed, target."""
+    blob = json.dumps([artifact.model_fingerprint, artifact.settings, artifact.timings, num_images, seed, target],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _sampled_images(model, artifact, name: str, out_dir: Path, num_images: int, seed: int, target: str,
+                    progress: bool) -> np.ndarray:
+    """Export ``artifact`` and sample from the graph with onnxruntime, or reuse the samples a previous
+    run of the same calibration, count, seed and target left in ``out_dir/samples`` (so an
+    interrupted evaluation resumes at the row it was on)."""
+    cache = out_dir / "samples" / f"{name}-seed{seed}.npz"
+    key = _sample_key(artifact, num_images, seed, target)
+    if cache.is_file():
+        with np.load(cache) as stored:
+            if str(stored["key"]) == key:
+                return stored["images"]
     onnx_path = export_onnx(model, artifact, out_dir / "onnx" / f"{name}.onnx", target=target)
     info = {"timesteps": artifact.timesteps, "scheduler_config": artifact.scheduler_config,
             "sample_shape": model.sample_shape, "conditional": False}
     images = generate(OnnxRuntimeRunner(onnx_path, name), info, num_images, seed, 250, progress)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
+            np.savez(f, images=images, key=np.array(key))
+
+    atomic_write(cache, write)
+    return images
+
+
+def _sample_row(model, artifact, name: str, out_dir: Path, num_images: int, seed: int, target: str,
+                progress: bool) -> tuple[dict[str, Any], np.ndarray]:
+    """Samples of one setting (see ``_sampled_images``), its grid and its row; returns the row and images."""
+    images = _sampled_images(model, artifact, name, out_dir, num_images, seed, target, progress)
     save_grid(images[:64], out_dir / "grids" / f"{name}-seed{seed}.png")
     row = {"method": artifact.method, "wbits": artifact.wbits, "abits": artifact.abits,
            "fid": digits_fid(images), "num_samples": num_images, "seed": seed, "backend": "onnxruntime",
