@@ -140,12 +140,31 @@ def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images:
                  "backend": "none", "calib_seconds": 0.0, "rmse_vs_fp": None})
     results = {"rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "command": f"tfmq-export evaluate --out {out_dir} --methods {','.join(methods)} "
-                          f"--bits {','.join(bits)} --num-images {num_images} --seed {seed} --target {target}"}
+                          f"--bits {','.join(bits)} --num-images {num_images} --seed {seed} --target {target}"
+                          + (f" --doc {doc_path}" if doc_path is not None else "")}
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     if doc_path is not None:
-        Path(doc_path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(doc_path), results_markdown(results))
+        publish(results, out_dir, Path(doc_path))
     return results
+
+
+def publish(results: dict[str, Any], out_dir: Path, doc_path: Path) -> None:
+    """Write the Markdown at ``doc_path`` with its JSON (``<stem>.json``) and the sample grids
+    (``<stem>-grids/``) beside it, so the document links to files that travel with it."""
+    grid_dir = doc_path.parent / f"{doc_path.stem}-grids"
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    grids = []
+    for row in results["rows"]:
+        if row["method"] == "real":
+            continue
+        name = "fp" if row["method"] == "fp" else f"{row['method']}-w{row['wbits']}a{row['abits']}"
+        source = out_dir / "grids" / f"{name}-seed{row['seed']}.png"
+        if source.is_file():
+            data = source.read_bytes()
+            atomic_write(grid_dir / source.name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+            grids.append(f"{grid_dir.name}/{source.name}")
+    atomic_write_text(doc_path.with_suffix(".json"), json.dumps(results, indent=2))
+    atomic_write_text(doc_path, results_markdown(results, grids))
 
 
 def _row(rows: list[dict[str, Any]], method: str, bits: str) -> dict[str, Any] | None:
@@ -180,7 +199,7 @@ def target_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def results_markdown(results: dict[str, Any]) -> str:
+def results_markdown(results: dict[str, Any], grids: list[str] | None = None) -> str:
     """docs/RESULTS.md: the table and the targets, all from ``results`` (rerunnable, no hand edits)."""
     rows = results["rows"]
     fp = [r["fid"] for r in rows if r["method"] == "fp"]
@@ -208,4 +227,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     targets = target_lines(rows)
     if targets:
         lines += ["", "## Targets (computed from the table)", "", *targets]
+    if grids:
+        lines += ["", "## Samples (first 64 of each setting)", ""]
+        lines += [f"- `{Path(g).stem}`: ![{Path(g).stem}]({g})" for g in grids]
     return "\n".join(lines) + "\n"
