@@ -101,6 +101,16 @@ def per_step_output_error(sim: torch.nn.Module, fp: torch.nn.Module, data) -> fl
     return (num / den) ** 0.5
 
 
+def with_fp_table(model, artifact, fp_features: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The artifact's simulation with the full-precision temporal features as its table: shows how
+    much of a method's error its deployed table is responsible for."""
+    import copy
+
+    swapped = copy.copy(artifact)
+    swapped.tensors = {**artifact.tensors, **{f"temporal.{k}": v.clone() for k, v in fp_features.items()}}
+    return simulation_from_artifact(model.unet, swapped)
+
+
 def table_error(artifact, fp_features: dict[str, torch.Tensor]) -> float:
     """Relative L2 error of the deployed temporal table against the FP temporal features."""
     tables = artifact.temporal_tables()
@@ -115,6 +125,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-samples", type=int, default=32)
+    parser.add_argument("--seeds", default="0", help="Calibration seeds, e.g. 0,1,2 (AdaRound's own spread).")
+    parser.add_argument("--seed-variants", default="qdiff,tfmq", help="Variants run with every seed (others: first).")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--doc", type=Path, default=None, help="Also write the Markdown table here.")
     args = parser.parse_args()
@@ -126,31 +138,44 @@ def main() -> None:
     held_out = collect_calibration_data(lambda x, s, c: fp(x, s), model.scheduler_config, fp.timesteps,
                                         model.sample_shape, args.eval_samples, 1000, 64, progress=False)
     fp_features = compute_temporal_features(model.unet, fp.timesteps)
+    seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    seeded = {v.strip() for v in args.seed_variants.split(",")}
+    jobs = [(name, seed) for seed in seeds for name in names if seed == seeds[0] or name in seeded]
     rows = []
-    for name in names:
-        settings = variant_settings(name, args.bits)
+    for name, seed in jobs:
+        settings = replace(variant_settings(name, args.bits), seed=seed)
         load_before = os.getloadavg()[0]
         started = time.perf_counter()
         artifact = calibrate(model, settings, progress=False)
         seconds = time.perf_counter() - started
         sim = simulation_from_artifact(model.unet, artifact)
-        row = {"variant": name, "method": settings.method, "bits": args.bits, "iters": settings.iters,
+        row = {"variant": name, "seed": seed, "method": settings.method, "bits": args.bits, "iters": settings.iters,
                "extra": settings.extra, "temporal_table": artifact.temporal_table, "seconds": round(seconds, 1),
                "stages": {k: round(v, 1) for k, v in artifact.timings.items()},
                "output_rel_error": output_error(sim, fp, held_out),
+               "fp_table_output_rel_error": output_error(with_fp_table(model, artifact, fp_features), fp, held_out),
                "per_step_output_rel_error": per_step_output_error(sim, fp, held_out),
                "table_rel_error": table_error(artifact, fp_features),
                "load_before": round(load_before, 2)}
         rows.append(row)
-        print(f"{name:12s} {seconds:7.1f} s  output err {row['output_rel_error']:.5f}  "
+        print(f"{name:12s} seed {seed} {seconds:7.1f} s  output err {row['output_rel_error']:.5f}  "
+              f"with FP table {row['fp_table_output_rel_error']:.5f}  "
               f"per-step {row['per_step_output_rel_error']:.5f}  "
               f"table err {row['table_rel_error']:.5f}", flush=True)
-    by_name = {r["variant"]: r for r in rows}
+    means = {}
+    for name in names:
+        errors = [r["output_rel_error"] for r in rows if r["variant"] == name]
+        means[name] = {"seeds": len(errors), "mean_output_rel_error": sum(errors) / len(errors),
+                       "min": min(errors), "max": max(errors)}
+    rows_first = [r for r in rows if r["seed"] == seeds[0]]
+    by_name = {r["variant"]: r for r in rows_first}
     ratios = {f"{a}/{b}": round(by_name[a]["seconds"] / by_name[b]["seconds"], 3)
               for a, b in (("tfmq", "qdiff"), ("tfmq", "qdiff-equal")) if a in by_name and b in by_name}
     print("time ratios:", ratios)
     result = {"command": "python benchmarks/calibration_cost.py --bits " + args.bits
-                         + f" --threads {args.threads} --eval-samples {args.eval_samples}",
+                         + f" --threads {args.threads} --eval-samples {args.eval_samples} --seeds {args.seeds}"
+                         + f" --seed-variants {args.seed_variants}",
+              "mean_over_seeds": means,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": args.threads,
               "cpu_count": os.cpu_count(), "rows": rows, "time_ratios": ratios}
     if args.json is not None:
@@ -173,21 +198,29 @@ def markdown(result: dict) -> str:
         "Per-step error: the same simulation with every activation quantizer at its own step's min-max",
         "scale (what FSC for all quantizers would give; a static engine cannot carry it, see the note).",
         "",
-        "| variant | method | iters / block | extra | table | seconds | output error | per-step error | table error |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "FP-table error: the output error with the FP temporal features swapped in for the deployed table.",
+        "",
+        "| variant | seed | method | iters / block | extra | table | seconds | output error | FP-table error | "
+        "per-step error | table error |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["rows"]:
         reconstructs = r["method"] != "minmax"  # minmax ignores the preset's iteration options
         extra = ", ".join(f"{k}={v}" for k, v in (r["extra"] or {}).items()) if reconstructs else "-"
         iters = r["iters"] if reconstructs else "-"
-        lines.append(f"| {r['variant']} | {r['method']} | {iters} | {extra} | {r['temporal_table']} | "
-                     f"{r['seconds']} | {r['output_rel_error']:.5f} | {r['per_step_output_rel_error']:.5f} | "
-                     f"{r['table_rel_error']:.5f} |")
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['method']} | {iters} | {extra} | {r['temporal_table']} | "
+                     f"{r['seconds']} | {r['output_rel_error']:.5f} | {r['fp_table_output_rel_error']:.5f} | "
+                     f"{r['per_step_output_rel_error']:.5f} | {r['table_rel_error']:.5f} |")
+    lines += ["", "Output error over calibration seeds (mean, min, max):", ""]
+    for name, m in result["mean_over_seeds"].items():
+        lines.append(f"- {name}: {m['mean_output_rel_error']:.5f} ({m['min']:.5f} .. {m['max']:.5f}, "
+                     f"{m['seeds']} seed(s))")
     lines += ["", "Stage timings (s) from the artifacts:", ""]
     for r in result["rows"]:
-        lines.append(f"- {r['variant']}: " + ", ".join(f"{k} {v}" for k, v in r["stages"].items()))
+        lines.append(f"- {r['variant']} (seed {r['seed']}): " + ", ".join(f"{k} {v}" for k, v in r["stages"].items()))
     if result["time_ratios"]:
-        lines += ["", "Time ratios (same run): " + ", ".join(f"{k} = {v}" for k, v in result["time_ratios"].items())]
+        ratios = ", ".join(f"{k} = {v}" for k, v in result["time_ratios"].items())
+        lines += ["", f"Time ratios (first seed, same run): {ratios}"]
     return "\n".join(lines) + "\n"
 
 
