@@ -196,7 +196,7 @@ def markdown(result: dict) -> str:
         "precision over every step of 32 held-out DDIM trajectories (torch simulation of the artifact).",
         "Table error: relative L2 of the deployed temporal table against the FP temporal features.",
         "Per-step error: the same simulation with every activation quantizer at its own step's min-max",
-        "scale (what FSC for all quantizers would give; a static engine cannot carry it, see the note).",
+        "scale (what FSC for all quantizers would give; a static engine cannot carry it, see docs/ANALYSIS.md).",
         "",
         "FP-table error: the output error with the FP temporal features swapped in for the deployed table.",
         "",

@@ -29,8 +29,8 @@ from tfmq_export.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 from tfmq_export.sampling_cli import generate
 
 BIT_SETTINGS = {"w8a8": (8, 8), "w4a8": (4, 8), "w4a16": (4, 16)}
-#: Samples per setting: with 1,000 the FID of full precision alone ranged 14-29 over six seeds;
-#: with 5,000 the spread is about a point (docs/RESULTS.md).
+#: Samples per setting: with 1,000 the FID of full precision alone ranged 13.8-33.1 over ten seeds,
+#: two sets of 5,000 gave 12.1 / 14.0 (``python benchmarks/fid_noise.py``).
 DEFAULT_NUM_IMAGES = 5000
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "calib"
 
@@ -105,7 +105,7 @@ def _sample_row(model, artifact, name: str, out_dir: Path, num_images: int, seed
 
 def paired_rmse(images: np.ndarray, reference: np.ndarray) -> float:
     """Root-mean-square pixel difference (pixels in [-1, 1], clipped) between samples drawn from the
-    same initial noise. Why: FID between two sets of 5,000 digits still moves by about a point from
+    same initial noise. Why: FID between two sets of 5,000 digits still moves by about two points from
     seed to seed, while quantized and full-precision samples from the same x_T differ only by what
     quantization changed, so this separates methods that FID cannot."""
     a, b = (np.clip(x.astype(np.float64), -1.0, 1.0) for x in (images, reference))
