@@ -33,6 +33,17 @@ def tiny_unet_cond():
     ).eval()
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: calibration tests run tiny tensors, and on a shared 2-core machine two
+    OpenMP threads made reconstruction 40x slower (every small op waits for the second thread to be
+    scheduled); one thread also makes float reductions bit-identical between runs (resume tests)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def unet2d_dir(tmp_path_factory) -> Path:
     """A bare UNet2DModel folder (config.json + safetensors)."""

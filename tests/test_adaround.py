@@ -26,15 +26,8 @@ from tfmq_export.models.loading import DEFAULT_SCHEDULER_CONFIG, LoadedModel
 from tfmq_export.quant import grids
 from tfmq_export.quant.modules import QuantLinear
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tensors are tiny, and on a shared 2-core machine two OpenMP threads
-    made reconstruction 40x slower (every small op waits for the second thread to be scheduled)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: one intra-op thread for every test here (fixture in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def micro_model() -> LoadedModel:

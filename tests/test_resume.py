@@ -27,13 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 VOLATILE = ("created", "timings")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread (see tests/test_adaround.py), also for bit-identical float reductions."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: one intra-op thread for every test here (fixture in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _settings(method: str) -> CalibrationSettings:

@@ -33,13 +33,8 @@ EXACT_BOUND = 1e-5
 A8_BOUND = 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread (see tests/test_adaround.py: two were 40x slower on the shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: one intra-op thread for every test here (fixture in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _settings(method: str, **kw) -> CalibrationSettings:

@@ -282,23 +282,13 @@ def _collate(calls: list[tuple[tuple[Any, ...], dict[str, Any]]], sizes: list[in
 def capture_inputs(model: TemporalTableUNet, name: str, batches: Iterable[tuple]) -> CapturedCalls:
     """The call arguments of block ``name`` in ``model`` (forwards stop at the block)."""
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-    sizes: list[int] = []
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         calls.append((args, dict(kwargs)))
         raise _StopForward
 
     handle = model.unet.get_submodule(name).register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for x, step, cond in batches:
-            sizes.append(x.shape[0])
-            try:
-                _forward(model, x, step, cond)
-            except _StopForward:
-                continue
-            raise TfmqError(f"block {name} was not called by the UNet")
-    finally:
-        handle.remove()
+    sizes = _run_to_block(model, name, batches, handle)
     return _collate(calls, sizes, name)
 
 
@@ -313,9 +303,17 @@ def capture_outputs(model: TemporalTableUNet, name: str, batches: Iterable[tuple
         outputs.append(output.detach())
         raise _StopForward
 
-    handle = model.unet.get_submodule(name).register_forward_hook(hook)
+    _run_to_block(model, name, batches, model.unet.get_submodule(name).register_forward_hook(hook))
+    return torch.cat(outputs)
+
+
+def _run_to_block(model: TemporalTableUNet, name: str, batches: Iterable[tuple], handle: Any) -> list[int]:
+    """Run every batch up to block ``name``, whose hook (``handle``) records and stops the pass;
+    returns the batch sizes and removes the hook."""
+    sizes: list[int] = []
     try:
         for x, step, cond in batches:
+            sizes.append(x.shape[0])
             try:
                 _forward(model, x, step, cond)
             except _StopForward:
@@ -323,7 +321,7 @@ def capture_outputs(model: TemporalTableUNet, name: str, batches: Iterable[tuple
             raise TfmqError(f"block {name} was not called by the UNet")
     finally:
         handle.remove()
-    return torch.cat(outputs)
+    return sizes
 
 
 class TargetCache:
