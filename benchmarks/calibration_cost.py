@@ -7,7 +7,8 @@ Variants (all from the digits recipes in calib/, same data and seed):
   minmax, qdiff (recipe: activation stage at iters // 4 per block, as Q-Diffusion's 5,000 vs
   20,000), qdiff-equal (activation stage with the same per-block budget as the weights),
   tfmq (FP temporal table, the default), tfmq-qtable (--temporal-table quantized),
-  tfmq-max (static engine scale by the max rule instead of the recipe's mse rule).
+  tfmq-max (static engine scale by the max rule instead of the recipe's mse rule),
+  tfmq-steps (per-step factors: every activation on its step's min-max grid, deployable).
 
 For each: wall time of ``calibrate`` and its stages, the relative L2 error of the UNet output
 against full precision on held-out trajectories (every step of 32 fresh DDIM trajectories, seed
@@ -41,6 +42,7 @@ VARIANTS = {
     "tfmq": ("tfmq", {}, {}),
     "tfmq-qtable": ("tfmq", {"temporal_table": "quantized"}, {}),
     "tfmq-max": ("tfmq", {"static_scale_rule": "max"}, {}),
+    "tfmq-steps": ("tfmq", {}, {"step_factors": True}),
 }
 
 

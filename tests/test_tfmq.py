@@ -3,6 +3,8 @@ methods' artifacts export to ONNX graphs that onnxruntime runs like the simulati
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -299,3 +301,43 @@ def test_bounded_cache_spreads_iterations_over_chunks(monkeypatch, micro):
     assert max(r["chunks"] for r in results) > 1
     assert all(np.isfinite(r["loss_after"]) for r in results)
     assert all(torch.isfinite(t).all() for t in artifact.tensors.values())
+
+
+def test_step_factors_export_and_match_the_simulation(micro):
+    """tfmq's step_factors: every activation quantizer on its own step's min-max grid around one
+    static scale; the graph (Mul(1/r_t) -> Q/DQ -> layer -> Mul(r_t) -> bias) computes the simulation,
+    for both targets."""
+    import onnx
+
+    from tfmq_export.quant.modules import StepFactorActQuantizer
+    from tfmq_export.quant.simulate import quant_layers
+
+    artifact = calibrate(micro, _settings("tfmq", extra={"step_factors": True}), progress=False)
+    factors = {k: v for k, v in artifact.tensors.items() if k.endswith(".input_step_factor")}
+    assert factors and all(v.numel() == len(artifact.timesteps) for v in factors.values())
+    assert any(float(v.max() / v.min()) > 1.5 for v in factors.values())  # the steps' ranges differ
+    sim = simulation_from_artifact(micro.unet, artifact)
+    installed = [q for q in quant_layers(sim).values() if isinstance(q.input_quantizer, StepFactorActQuantizer)]
+    assert len(installed) == len(factors)
+    plain = copy.copy(artifact)
+    plain.tensors = {k: v for k, v in artifact.tensors.items() if k not in factors}
+    sample = torch.randn((3, *micro.sample_shape), generator=torch.Generator().manual_seed(3))
+    rows = torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        expected = sim(sample, rows).numpy()
+        static = simulation_from_artifact(micro.unet, plain)(sample, rows).numpy()
+    assert rel_l2(expected, static) > 1e-3  # the factors change what is computed
+    graph = build_onnx(micro, artifact, "tensorrt")  # passes the TensorRT lint
+    onnx.checker.check_model(graph)
+    assert sum(n.op_type == "Mul" and "step_factor" in n.name for n in graph.graph.node) == 2 * len(factors)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(["noise_pred"], {"sample": sample.numpy(), "step_index": rows.numpy()})[0]
+    assert rel_l2(out, expected) < A8_BOUND
+    assert rel_l2(out, expected) < rel_l2(static, expected)
+    # --target onnxruntime: the same factors, no output Q/DQ on factored layers (they run in float there)
+    graph = build_onnx(micro, artifact, "onnxruntime")
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(["noise_pred"], {"sample": sample.numpy(), "step_index": rows.numpy()})[0]
+    with torch.no_grad():
+        expected = simulation_from_artifact(micro.unet, artifact, "onnxruntime")(sample, rows).numpy()
+    assert rel_l2(out, expected) < A8_BOUND

@@ -98,6 +98,8 @@ class TemporalTableUNet(nn.Module):
             proj.resnet.skip_time_act = True
         self.unet.time_proj = _StepIndexPassthrough()
         self.unet.time_embedding = _EmbeddingPassthrough()
+        #: True when quantizers inside need the table row of every sample (per-step factors)
+        self.declares_steps = False
 
     @property
     def num_steps(self) -> int:
@@ -105,6 +107,16 @@ class TemporalTableUNet(nn.Module):
 
     def forward(
         self, sample: torch.Tensor, step_index: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.declares_steps:
+            from tfmq_export.quant.steps import observing_steps
+
+            with observing_steps(step_index):
+                return self._forward(sample, step_index, encoder_hidden_states)
+        return self._forward(sample, step_index, encoder_hidden_states)
+
+    def _forward(
+        self, sample: torch.Tensor, step_index: torch.Tensor, encoder_hidden_states: torch.Tensor | None
     ) -> torch.Tensor:
         if self.is_conditional:
             if encoder_hidden_states is None:

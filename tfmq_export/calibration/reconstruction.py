@@ -82,6 +82,8 @@ class ReconstructionOptions:
     ``act_iters`` (qdiff's activation-scale iterations per block; default iters // 4, the ratio of
     Q-Diffusion's 5,000 to 20,000), ``act_lr`` (4e-5, BRECQ's LSQ rate), ``tiar_iters`` (tfmq;
     default iters), ``split_skip`` (qdiff: two scales for concatenated skip inputs),
+    ``step_factors`` (tfmq: every activation quantizer keeps its per-step min-max range, deployed
+    as per-step factors around one static scale; ``quant.modules.StepFactorActQuantizer``),
     ``keep_checkpoints`` (keep ``.work`` after a successful run), ``adaround_lr`` (Adam rate of the
     rounding variables; default ``default_adaround_lr(iters)``).
     """
@@ -98,13 +100,15 @@ class ReconstructionOptions:
     act_lr: float = 4e-5
     tiar_iters: int | None = None
     split_skip: bool = True
+    step_factors: bool = False
     keep_checkpoints: bool = False
     adaround_lr: float | None = None
     static_scale_rule: str = "max"
     adaround: AdaRoundSettings = field(default_factory=AdaRoundSettings)
 
     EXTRA_KEYS = ("recon_batch_size", "recon_samples", "act_samples_per_step", "cache_mb", "recon_act_quant",
-                  "act_iters", "act_lr", "tiar_iters", "split_skip", "keep_checkpoints", "adaround_lr")
+                  "act_iters", "act_lr", "tiar_iters", "split_skip", "step_factors", "keep_checkpoints",
+                  "adaround_lr")
 
     @classmethod
     def from_settings(cls, settings: Any) -> ReconstructionOptions:

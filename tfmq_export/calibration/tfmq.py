@@ -52,7 +52,14 @@ from tfmq_export.calibration.reconstruction import (
 from tfmq_export.calibration.resume import Checkpoint, run_fingerprint, unit_seed
 from tfmq_export.errors import TfmqError
 from tfmq_export.models.adapter import UNetAdapter
-from tfmq_export.quant.modules import ActMode, PerStepActQuantizer, QuantLayer, make_quant_layer
+from tfmq_export.quant.modules import (
+    ActMode,
+    ActQuantizer,
+    PerStepActQuantizer,
+    QuantLayer,
+    make_quant_layer,
+    step_factors,
+)
 from tfmq_export.quant.simulate import set_act_mode
 from tfmq_export.quant.steps import observing_steps
 from tfmq_export.temporal import TemporalTableLookup, TemporalTableUNet
@@ -274,6 +281,10 @@ def run(
         checkpoint.remove()
 
     tensors = step_ranges(table)
+    if options.step_factors and settings.abits < 16:  # FSC for every activation, deployable as factors
+        tensors.update({f"{name}.input_step_factor": step_factors(layer.input_quantizer)
+                        for name, layer in layers.items()
+                        if type(layer.input_quantizer) is ActQuantizer and layer.input_quantizer.enabled})
     for name, layer in tib_layers.items():
         if layer.input_quantizer.enabled:
             tensors[f"tib.{name}.input_step_min"] = layer.input_quantizer.step_min.clone()

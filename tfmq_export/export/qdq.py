@@ -140,16 +140,72 @@ def _qdq_pair(g: _Graph, tensor: str, prefix: str, scale: float, target: str) ->
     return [q, dq]
 
 
+def _tensor_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Rank of every tensor shape inference can name (the factors broadcast over all but dim 0)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    return {vi.name: len(vi.type.tensor_type.shape.dim) for vi in infos if vi.type.tensor_type.HasField("shape")}
+
+
+def _step_factor_nodes(g: _Graph, node: onnx.NodeProto, layer: str, artifact: CalibrationArtifact,
+                       ranks: dict[str, int]) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
+    """Per-step factors around one layer (see ``quant.modules.StepFactorActQuantizer``): returns the
+    nodes before it (``x * 1/r[step]``, placed ahead of its Q/DQ) and after it (``* r[step]``, then
+    the bias, which is taken out of a Conv so that it is not scaled)."""
+    if node.op_type not in ("Conv", "MatMul"):
+        raise TfmqError(f"layer {layer}: per-step factors support Conv and MatMul, not {node.op_type}")
+    x, out = node.input[0], node.output[0]
+    rank = ranks.get(x)
+    if rank is None:
+        raise TfmqError(f"layer {layer}: the rank of its input is unknown; cannot place per-step factors")
+    scope = onnx_scope(layer)
+    factors = artifact.layer_tensor(layer, "input_step_factor").numpy().astype(np.float32)
+    shape = g.add_init(f"{scope}step_factor_shape", np.array([-1] + [1] * (rank - 1), dtype=np.int64))
+    nodes: dict[str, list[onnx.NodeProto]] = {"inv": [], "fwd": []}
+    for kind, values in (("inv", 1.0 / factors), ("fwd", factors)):
+        table = g.add_init(f"{layer}.input_step_factor_{kind}", values.astype(np.float32))
+        nodes[kind] += [
+            helper.make_node("Gather", [table, "step_index"], [f"{scope}step_factor_{kind}_rows"], axis=0,
+                             name=f"{scope}step_factor_{kind}_Gather"),
+            helper.make_node("Reshape", [f"{scope}step_factor_{kind}_rows", shape], [f"{scope}step_factor_{kind}"],
+                             name=f"{scope}step_factor_{kind}_Reshape"),
+        ]
+    scaled_in = f"{scope}input_unscaled"
+    nodes["inv"].append(helper.make_node("Mul", [x, f"{scope}step_factor_inv"], [scaled_in],
+                                         name=f"{scope}step_factor_inv_Mul"))
+    node.input[0] = scaled_in
+    raw = f"{scope}output_unscaled"
+    node.output[0] = raw
+    after: list[onnx.NodeProto] = []
+    bias = node.input[2] if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] else None
+    scaled_out = out if bias is None else f"{scope}output_scaled"
+    after.append(helper.make_node("Mul", [raw, f"{scope}step_factor_fwd"], [scaled_out],
+                                  name=f"{scope}step_factor_fwd_Mul"))
+    if bias is not None:
+        del node.input[2]
+        values = numpy_helper.to_array(g.inits[bias]).astype(np.float32)
+        b = g.add_init(f"{layer}.bias_broadcast", values.reshape(1, -1, *([1] * (rank - 2))))
+        after.append(helper.make_node("Add", [scaled_out, b], [out], name=f"{scope}bias_Add"))
+        g.drop_init_if_unused(bias)
+    return nodes["fwd"] + nodes["inv"], after
+
+
 def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: str) -> onnx.ModelProto:
     """Insert the artifact's Q/DQ into ``model`` (in place) and return it, topologically sorted."""
     if target not in TARGETS:
         raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
     g = _Graph(model)
+    factored = [layer for layer in artifact.layers if f"{layer}.input_step_factor" in artifact.tensors]
+    ranks = _tensor_ranks(model) if factored else {}
     new_nodes: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to place before it
     after_nodes: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to place after it
     for layer, record in artifact.layers.items():
         node = _find_layer_node(model, layer, g.inits)
         before: list[onnx.NodeProto] = []
+        factor_nodes: tuple[list[onnx.NodeProto], list[onnx.NodeProto]] | None = None
+        if layer in factored:
+            factor_nodes = _step_factor_nodes(g, node, layer, artifact, ranks)
+            before += factor_nodes[0]
         if record.abits < 16:
             scale = float(artifact.layer_tensor(layer, "input_scale"))
             pair = _qdq_pair(g, node.input[0], f"{onnx_scope(layer)}input", scale, target)
@@ -158,7 +214,10 @@ def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: st
         if record.wbits < 16:
             before += _insert_weight_dq(g, node, layer, artifact, target)
         new_nodes[node.name] = before
-        out_scale = conv_output_scale(layer, artifact) if target == "onnxruntime" else None
+        if factor_nodes is not None:
+            after_nodes[node.name] = factor_nodes[1]
+        # a factored layer's output is rescaled per step, so it gets no output Q/DQ (no QLinearConv)
+        out_scale = conv_output_scale(layer, artifact) if target == "onnxruntime" and layer not in factored else None
         if out_scale is not None:
             out = node.output[0]
             if any(o.name == out for o in model.graph.output):

@@ -309,3 +309,64 @@ def install_split_quantizers(layers: dict[str, QuantLayer], tensors: dict[str, t
         layer.input_quantizer = new
         done.append(name)
     return done
+
+
+class StepFactorActQuantizer(ActQuantizer):
+    """FSC for every activation in a static engine: quantize ``x / r_t`` with the one static scale,
+    multiply the result by ``r_t``, where ``r_t = (step t's min-max scale) / static scale``.
+
+    So step t is quantized on its own min-max grid, as the authors' fake-quant code does, while
+    the Q/DQ scale stays a build-time constant. The graph carries ``r_t`` and ``1 / r_t`` as
+    per-step tables gathered by ``step_index``: ``Mul(x, 1/r_t) -> Q/DQ -> Conv/MatMul (no bias)
+    -> Mul(r_t) -> Add(bias)`` (``export.qdq``); the layer is linear, so that equals this module
+    followed by the layer. Needs the rows declared (``observing_steps``).
+    """
+
+    def __init__(self, bits: int, num_steps: int) -> None:
+        super().__init__(bits, num_steps)
+        self.register_buffer("step_factor", torch.ones(num_steps))
+        self.register_buffer("step_factor_inv", torch.ones(num_steps))
+
+    def set_step_factors(self, factors: torch.Tensor) -> None:
+        factors = factors.detach().float().reshape(-1)
+        if factors.numel() != self.step_factor.numel() or not bool((torch.isfinite(factors) & (factors > 0)).all()):
+            raise ValueError(f"step factors must be {self.step_factor.numel()} positive finite values")
+        self.step_factor.copy_(factors)
+        self.step_factor_inv.copy_(1.0 / factors)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or self.mode is not ActMode.QUANTIZING:
+            return super().forward(x)
+        steps = current_steps()
+        if steps is None or steps.numel() != x.shape[0]:
+            raise ValueError("per-step factors need observing_steps(step_index), one row per sample")
+        shape = (-1, *([1] * (x.dim() - 1)))
+        steps = steps.to(self.step_factor.device)
+        inv = self.step_factor_inv[steps].reshape(shape).to(x.dtype)
+        return super().forward(x * inv) * self.step_factor[steps].reshape(shape).to(x.dtype)
+
+
+def step_factors(quantizer: ActQuantizer) -> torch.Tensor:
+    """``r_t`` of a calibrated quantizer: each step's min-max scale over the static scale (1 for a
+    step that was never observed)."""
+    per_step = torch.clamp(quantizer.step_absmax(), min=1e-8) / quantizer.qrange[1]
+    factors = per_step / quantizer.scale.detach().float()
+    return torch.where(torch.isfinite(factors), factors, torch.ones_like(factors)).float()
+
+
+def install_step_factor_quantizers(layers: dict[str, QuantLayer], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Swap in a ``StepFactorActQuantizer`` (same state) for every layer with ``{name}.input_step_factor``
+    in ``tensors``; returns their names (for ``simulation_from_artifact``)."""
+    installed: list[str] = []
+    for name, layer in layers.items():
+        key = f"{name}.input_step_factor"
+        if key not in tensors:
+            continue
+        old = layer.input_quantizer
+        new = StepFactorActQuantizer(old.bits, old.step_min.numel())
+        new.load_state_dict(old.state_dict(), strict=False)
+        new.set_step_factors(tensors[key])
+        new.mode = old.mode
+        layer.input_quantizer = new
+        installed.append(name)
+    return installed

@@ -12,7 +12,13 @@ import torch
 from tfmq_export.artifact import CalibrationArtifact, LayerRecord
 from tfmq_export.errors import TfmqError
 from tfmq_export.quant import grids
-from tfmq_export.quant.modules import ActMode, QuantConv2d, QuantLayer, install_split_quantizers
+from tfmq_export.quant.modules import (
+    ActMode,
+    QuantConv2d,
+    QuantLayer,
+    install_split_quantizers,
+    install_step_factor_quantizers,
+)
 from tfmq_export.quant.simulate import quant_layers, quantize_model
 from tfmq_export.temporal import TemporalTableLookup, TemporalTableUNet
 
@@ -109,8 +115,11 @@ def simulation_from_artifact(
         )
     for name, layer in layers.items():
         load_layer_state(name, layer, artifact)
-        scale = conv_output_scale(name, artifact) if target == "onnxruntime" else None
+        factored = f"{name}.input_step_factor" in artifact.tensors  # no output Q/DQ there (export.qdq)
+        scale = conv_output_scale(name, artifact) if target == "onnxruntime" and not factored else None
         if scale is not None:
             layer.register_forward_hook(_quantize_output_hook(scale))
     install_split_quantizers(layers, artifact.tensors)  # qdiff's split skip inputs (none otherwise)
+    if install_step_factor_quantizers(layers, artifact.tensors):  # tfmq's per-step factors
+        sim.declares_steps = True
     return sim.eval()
