@@ -73,7 +73,7 @@ def per_step_simulation(sim: torch.nn.Module) -> torch.nn.Module:
     it measures what per-step ranges would be worth."""
     import copy
 
-    from tfmq_export.quant.modules import ActQuantizer, PerStepActQuantizer
+    from tfmq_export.quant.modules import ActQuantizer, PerStepActQuantizer, swap_input_quantizer
     from tfmq_export.quant.simulate import quant_layers
 
     out = copy.deepcopy(sim)
@@ -81,10 +81,8 @@ def per_step_simulation(sim: torch.nn.Module) -> torch.nn.Module:
         aq = layer.input_quantizer
         if type(aq) is ActQuantizer and aq.enabled:
             per_step = PerStepActQuantizer(aq.bits, aq.step_min.numel())
-            per_step.load_state_dict(aq.state_dict())
+            swap_input_quantizer(layer, per_step)
             per_step.step_count.fill_(1)  # the artifact keeps the ranges, not the counts
-            per_step.mode = aq.mode
-            layer.input_quantizer = per_step
     return out
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from tfmq_export.errors import TfmqError
 from tfmq_export.models.adapter import UNetAdapter
+from tfmq_export.quant.steps import observing_steps
 
 
 @torch.no_grad()
@@ -109,8 +110,6 @@ class TemporalTableUNet(nn.Module):
         self, sample: torch.Tensor, step_index: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
     ) -> torch.Tensor:
         if self.declares_steps:
-            from tfmq_export.quant.steps import observing_steps
-
             with observing_steps(step_index):
                 return self._forward(sample, step_index, encoder_hidden_states)
         return self._forward(sample, step_index, encoder_hidden_states)

@@ -13,7 +13,6 @@ import torch
 from tqdm.auto import tqdm
 
 from tfmq_export.calibration.data import CalibrationData
-from tfmq_export.errors import TfmqError
 from tfmq_export.quant import grids
 from tfmq_export.quant.modules import ActMode, ActQuantizer, QuantLayer
 from tfmq_export.quant.simulate import set_act_mode
@@ -72,8 +71,6 @@ def set_static_scales(
 ) -> None:
     """One static scale per activation quantizer from its per-step ranges (already observed) by
     ``rule``; ``mse`` runs the data once more for per-step histograms. Leaves quantizers quantizing."""
-    if rule not in STEP_SCALE_RULES:
-        raise TfmqError(f"--static-scale-rule {rule!r}: choose {' or '.join(STEP_SCALE_RULES)}")
     quantizers = act_quantizers(layers)
     hists = collect_step_histograms(sim, quantizers, data, batch_size, progress=progress) if rule == "mse" else None
     set_static_scales_by_rule(quantizers, rule, hists)

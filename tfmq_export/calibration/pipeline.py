@@ -76,6 +76,10 @@ def calibrate(
 ) -> CalibrationArtifact:
     """Calibrate ``model`` and (when ``out_dir`` is given) write the artifact there."""
     check_bits(settings.wbits, settings.abits)
+    from tfmq_export.calibration.minmax import STEP_SCALE_RULES
+
+    if settings.static_scale_rule not in STEP_SCALE_RULES:  # before minutes of data collection
+        raise TfmqError(f"--static-scale-rule {settings.static_scale_rule!r}: choose {' or '.join(STEP_SCALE_RULES)}")
     method = _method(settings.method)
     if settings.method in ("qdiff", "tfmq") and settings.iters == 0:
         from tfmq_export.calibration.reconstruction import DEFAULT_ITERS

@@ -141,8 +141,6 @@ class ReconstructionOptions:
         options = cls(iters=iters, seed=settings.seed, capture_batch_size=settings.batch_size,
                       static_scale_rule=settings.static_scale_rule,
                       adaround=AdaRoundSettings(lr=default_adaround_lr(iters) if lr is None else float(lr)), **extra)
-        if options.static_scale_rule not in ("max", "mse"):
-            raise TfmqError(f"--static-scale-rule {options.static_scale_rule!r}: choose max or mse")
         return options
 
     def adaround_for(self, iters: int) -> AdaRoundSettings:

@@ -301,14 +301,21 @@ def install_split_quantizers(layers: dict[str, QuantLayer], tensors: dict[str, t
             continue
         old = layer.input_quantizer
         new = SplitActQuantizer(old.bits, old.step_min.numel(), int(tensors[key]))
-        new.load_state_dict(old.state_dict(), strict=False)
         new.second.set_scale(tensors[f"{name}.input_scale_split"])
         new.second.step_min.copy_(tensors[f"{name}.input_split_step_min"])
         new.second.step_max.copy_(tensors[f"{name}.input_split_step_max"])
-        new.mode = old.mode
-        layer.input_quantizer = new
+        swap_input_quantizer(layer, new)
         done.append(name)
     return done
+
+
+def swap_input_quantizer(layer: QuantLayer, new: ActQuantizer) -> None:
+    """Give ``layer`` the input quantizer ``new``, carrying over the old one's state (scale, per-step
+    ranges; buffers only ``new`` has are kept) and mode."""
+    old = layer.input_quantizer
+    new.load_state_dict(old.state_dict(), strict=False)
+    new.mode = old.mode
+    layer.input_quantizer = new
 
 
 class StepFactorActQuantizer(ActQuantizer):
@@ -364,9 +371,7 @@ def install_step_factor_quantizers(layers: dict[str, QuantLayer], tensors: dict[
             continue
         old = layer.input_quantizer
         new = StepFactorActQuantizer(old.bits, old.step_min.numel())
-        new.load_state_dict(old.state_dict(), strict=False)
         new.set_step_factors(tensors[key])
-        new.mode = old.mode
-        layer.input_quantizer = new
+        swap_input_quantizer(layer, new)
         installed.append(name)
     return installed
