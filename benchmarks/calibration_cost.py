@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-from tfmq_export.artifact import atomic_write_text
 from tfmq_export.calibration.data import collect_calibration_data
 from tfmq_export.calibration.pipeline import calibrate
-from tfmq_export.evaluate import recipe_settings
+from tfmq_export.io import atomic_write_text
 from tfmq_export.models.loading import load_model
 from tfmq_export.quant.state import simulation_from_artifact
 from tfmq_export.temporal import build_table_unet, compute_temporal_features
+from tfmq_export.workflows.evaluate import recipe_settings
 
 VARIANTS = {
     "minmax": ("minmax", {}, {}),

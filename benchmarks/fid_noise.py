@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tfmq_export.artifact import atomic_write_text
+from tfmq_export.io import atomic_write_text
 from tfmq_export.metrics.fid import digits_fid
 from tfmq_export.models.loading import load_model
 from tfmq_export.sampling import sample_images, sampler_timesteps

@@ -152,9 +152,10 @@ def export_fp32_large(args: argparse.Namespace, work: Path) -> None:
 
 def build_engines(work: Path, graphs: dict[str, Path], args: argparse.Namespace) -> dict[str, Path]:
     """OpenVINO IR of every graph, onnxruntime optimised graphs of the W8A8 ones, the NNCF peer."""
-    from tfmq_export.bench_cli import ensure_nncf_engine
-    from tfmq_export.engine.onnxruntime import build_onnxruntime_engine, manifest_path
-    from tfmq_export.engine.openvino import build_openvino_engine
+    from tfmq_export.backends.manifest import manifest_path
+    from tfmq_export.backends.onnxruntime.build import build_onnxruntime_engine
+    from tfmq_export.backends.openvino.build import build_openvino_engine
+    from tfmq_export.workflows.bench.plan import ensure_nncf_engine
 
     engines: dict[str, Path] = {}
     for key, onnx_path in graphs.items():
@@ -373,7 +374,7 @@ def write_report(result: dict[str, Any], command: list[str], extra: dict[str, An
     key = _key(result)
     quiet = min((r.get("quiet_rounds") or 0) for r in result["runs"])
     basis = (f"quiet-round medians ({quiet} of {result['runs'][0]['iters']} rounds quiet: rounds in which other "
-             "jobs slowed every variant are left out, see `tfmq_export.bench.quiet_rounds`)"
+             "jobs slowed every variant are left out, see `tfmq_export.workflows.bench.timing.quiet_rounds`)"
              if key == "latency_ms_median_quiet" else "medians over all rounds")
     lines += ["", "## Targets", "", f"Speed-ups are ratios of {basis}; `all rounds` gives the ratio of the plain "
               "medians.", "", "| batch | ratio | goal | measured | all rounds | met |",
@@ -414,7 +415,7 @@ def write_report(result: dict[str, Any], command: list[str], extra: dict[str, An
 
 def engine_facts(graphs: dict[str, Path]) -> dict[str, Any]:
     """Fusion counts (onnxruntime) and int8 coverage (OpenVINO) from the engines' manifests."""
-    from tfmq_export.engine.onnxruntime import manifest_path
+    from tfmq_export.backends.manifest import manifest_path
 
     fusion, openvino = {}, {}
     for onnx_path in graphs.values():

@@ -87,7 +87,7 @@ def test_fp32_weights_are_about_four_times_the_w8a8_ones(bench_json):
 
 def test_nncf_peer_and_explicit_variant(graphs, unet2d_dir, tmp_path):
     """--nncf builds NNCF's INT8 IR from the FP32 graph (then reuses it); --variant times one file."""
-    from tfmq_export.bench_cli import bench_to_json, ensure_nncf_engine
+    from tfmq_export.workflows.bench.plan import bench_to_json, ensure_nncf_engine
 
     xml = tmp_path / "peer.xml"
     kwargs = {"variant_specs": [f"openvino={graphs['w8a8']}"], "nncf": True, "nncf_engine": xml,
@@ -107,8 +107,8 @@ def test_nncf_peer_and_explicit_variant(graphs, unet2d_dir, tmp_path):
 
 
 def test_tensorrt_is_skipped_with_a_reason_without_a_gpu(graphs, unet2d_dir):
-    from tfmq_export.bench_cli import bench_to_json
-    from tfmq_export.engine.tensorrt import check_tensorrt_available
+    from tfmq_export.backends.tensorrt.build import check_tensorrt_available
+    from tfmq_export.workflows.bench.plan import bench_to_json
 
     if check_tensorrt_available() is None:
         pytest.skip("TensorRT and a GPU are present")
@@ -158,11 +158,11 @@ def test_lockstep_sampling_is_ddim_sample(graphs):
     import numpy as np
     import torch
 
-    from tfmq_export.bench import _sample_lockstep
+    from tfmq_export.backends.onnxruntime.runner import OnnxRuntimeRunner
+    from tfmq_export.backends.torch.runner import runner_denoiser
     from tfmq_export.export.onnx_export import describe_onnx
-    from tfmq_export.runtimes.onnxruntime_runner import OnnxRuntimeRunner
-    from tfmq_export.runtimes.torch_runner import runner_denoiser
     from tfmq_export.sampling import ddim_sample, initial_noise
+    from tfmq_export.workflows.bench.timing import _sample_lockstep
 
     info = describe_onnx(graphs["fp32"])
     latents = initial_noise(2, info.sample_shape, 0)
@@ -177,7 +177,7 @@ def test_lockstep_sampling_is_ddim_sample(graphs):
 def test_quiet_rounds_drop_rounds_that_slow_every_variant():
     import numpy as np
 
-    from tfmq_export.bench import quiet_rounds
+    from tfmq_export.workflows.bench.timing import quiet_rounds
 
     base = np.array([100.0, 200.0, 50.0])
     times = np.stack([base, base * 1.02, base * 2.5, base * 1.01, base * [1.0, 1.0, 3.0]])

@@ -19,16 +19,17 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
-from tfmq_export.engine.onnxruntime import build_onnxruntime_engine, manifest_path
-from tfmq_export.engine.openvino import build_openvino_engine, quantize_with_nncf
-from tfmq_export.engine.tensorrt import build_tensorrt_engine, check_tensorrt_available, profile_shapes
+from tfmq_export.backends.compare import compare_runners
+from tfmq_export.backends.manifest import manifest_path
+from tfmq_export.backends.onnxruntime.build import build_onnxruntime_engine
+from tfmq_export.backends.onnxruntime.runner import OnnxRuntimeRunner
+from tfmq_export.backends.openvino.build import build_openvino_engine, quantize_with_nncf
+from tfmq_export.backends.openvino.runner import OpenVINORunner
+from tfmq_export.backends.tensorrt.build import build_tensorrt_engine, check_tensorrt_available, profile_shapes
+from tfmq_export.backends.tensorrt.runner import TensorRTRunner
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.lint import lint_tensorrt
 from tfmq_export.models.sd15 import SD15_UNET_CONFIG, SD15_UNET_PARAMETERS, load_sd15_config
-from tfmq_export.runtimes.compare import compare_runners
-from tfmq_export.runtimes.onnxruntime_runner import OnnxRuntimeRunner
-from tfmq_export.runtimes.openvino_runner import OpenVINORunner
-from tfmq_export.runtimes.tensorrt_runner import TensorRTRunner
 
 T, C, H, W, F, S, D = 5, 4, 8, 8, 8, 6, 8  # table rows, channels, latent size, features, tokens, ctx dim
 

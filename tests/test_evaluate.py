@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from tfmq_export.cli import cli
-from tfmq_export.evaluate import (
+from tfmq_export.models.loading import load_model
+from tfmq_export.workflows.evaluate import (
     _artifact,
     _sampled_images,
     paired_rmse,
@@ -17,7 +18,6 @@ from tfmq_export.evaluate import (
     results_markdown,
     target_lines,
 )
-from tfmq_export.models.loading import load_model
 
 
 def test_paired_rmse_measures_the_pixel_difference_of_clipped_images() -> None:

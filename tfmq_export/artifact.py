@@ -14,10 +14,7 @@ Both are written with temp file + rename, the JSON last, so a folder with a read
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from tfmq_export import __version__
 from tfmq_export.errors import TfmqError
+from tfmq_export.io import atomic_write, atomic_write_text
 
 FORMAT_VERSION = 1
 JSON_NAME = "artifact.json"
@@ -85,23 +83,6 @@ class CalibrationArtifact:
         meta.pop("tensors")
         meta["format_version"] = FORMAT_VERSION
         return meta
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to ``path`` via a temp file in the same folder and a rename."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_artifact(artifact: CalibrationArtifact, out_dir: Path) -> None:

@@ -164,15 +164,15 @@ def build_engine(onnx_path, out_path, backend, min_batch, opt_batch, max_batch, 
     if not Path(onnx_path).is_file():
         raise TfmqError(f"{onnx_path} does not exist")
     if backend == "onnxruntime":
-        from tfmq_export.engine.onnxruntime import build_onnxruntime_engine
+        from tfmq_export.backends.onnxruntime.build import build_onnxruntime_engine
 
         manifest = build_onnxruntime_engine(onnx_path, out_path)
     elif backend == "openvino":
-        from tfmq_export.engine.openvino import build_openvino_engine
+        from tfmq_export.backends.openvino.build import build_openvino_engine
 
         manifest = build_openvino_engine(onnx_path, out_path)
     else:
-        from tfmq_export.engine.tensorrt import build_tensorrt_engine
+        from tfmq_export.backends.tensorrt.build import build_tensorrt_engine
 
         manifest = build_tensorrt_engine(onnx_path, out_path, min_batch=min_batch, opt_batch=opt_batch,
                                          max_batch=max_batch, timing_cache=timing_cache)
@@ -212,7 +212,7 @@ def sample(source, out_path, backend, num_images, seed, batch_size, json_path, m
     Example:
       tfmq-export sample engines/digits-w8a8.onnx --out samples.png --num-images 64
     """
-    from tfmq_export.sampling_cli import sample_to_files
+    from tfmq_export.workflows.sample import sample_to_files
 
     summary = sample_to_files(source, out_path, backend, num_images, seed, batch_size, json_path, model)
     click.echo(json.dumps(summary))
@@ -254,7 +254,7 @@ def bench(model, onnx_paths, variant_specs, backends, nncf, nncf_engine, nncf_sa
       tfmq-export bench sd15-arch --onnx fp32.onnx --variant openvino=w8a8.xml --nncf --backends torch,openvino \\
           --latent-size 32 --threads 2 --batch 1 --batch 2 --sampling-runs 1 --json bench.json
     """
-    from tfmq_export.bench_cli import bench_to_json, format_row
+    from tfmq_export.workflows.bench.plan import bench_to_json, format_row
 
     result = bench_to_json(model, list(onnx_paths), backends, list(batches), iters, threads, json_path,
                            not no_memory, latent_size, variant_specs=list(variant_specs), warmup=warmup,
@@ -283,7 +283,7 @@ def evaluate(out_dir, methods, bits, num_images, seed, target, doc_path, quiet) 
     Example:
       tfmq-export evaluate --out runs/eval --doc docs/RESULTS.md
     """
-    from tfmq_export.evaluate import results_markdown, run_evaluate
+    from tfmq_export.workflows.evaluate import results_markdown, run_evaluate
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in method_list if m not in ("minmax", "qdiff", "tfmq")]
@@ -303,7 +303,7 @@ def evaluate(out_dir, methods, bits, num_images, seed, target, doc_path, quiet) 
 @_friendly
 def demo(out_dir, num_images, quiet) -> None:
     """The main job on the bundled model: calibrate (TFMQ W8A8, W4A8), export, sample, bench, report."""
-    from tfmq_export.demo import run_demo
+    from tfmq_export.workflows.demo import run_demo
 
     report = run_demo(out_dir, num_images=num_images, progress=not quiet)
     click.echo(report)

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from tfmq_export.artifact import atomic_write
 from tfmq_export.errors import TfmqError
+from tfmq_export.io import atomic_write
 
 CHECKPOINT_JSON = "checkpoint.json"
 UNITS_DIR = "units"

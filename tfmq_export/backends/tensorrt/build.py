@@ -38,17 +38,9 @@ from typing import Any
 import onnx
 
 from tfmq_export import __version__
-from tfmq_export.engine.onnxruntime import (
-    commit_staged,
-    load_source_onnx,
-    machine_info,
-    manifest_path,
-    onnx_metadata,
-    sha256_file,
-    staged_dir,
-    utc_now,
-)
+from tfmq_export.backends.manifest import load_source_onnx, manifest_path, onnx_metadata
 from tfmq_export.errors import TfmqError
+from tfmq_export.io import commit_staged, machine_info, sha256_file, staged_dir, utc_now
 
 __all__ = ["build_tensorrt_engine", "check_tensorrt_available", "gpu_name", "profile_shapes"]
 

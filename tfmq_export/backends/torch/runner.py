@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tfmq_export.runtimes.base import Runner
+from tfmq_export.backends.base import Runner
 from tfmq_export.temporal import TemporalTableUNet
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from tfmq_export.backends.base import Runner
 from tfmq_export.errors import TfmqError
-from tfmq_export.runtimes.base import Runner
 
 __all__ = ["OnnxRuntimeRunner", "feed_for", "onnx_model_bytes"]
 

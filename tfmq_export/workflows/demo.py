@@ -12,15 +12,15 @@ import json
 import time
 from pathlib import Path
 
-from tfmq_export.artifact import atomic_write_text
+from tfmq_export.backends.onnxruntime.runner import OnnxRuntimeRunner
 from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
-from tfmq_export.evaluate import paired_rmse, recipe_settings
 from tfmq_export.export.onnx_export import export_onnx
 from tfmq_export.images import save_grid
+from tfmq_export.io import atomic_write_text
 from tfmq_export.metrics.fid import digits_fid, real_floor_fid
 from tfmq_export.models.loading import load_model
-from tfmq_export.runtimes.onnxruntime_runner import OnnxRuntimeRunner
-from tfmq_export.sampling_cli import generate
+from tfmq_export.workflows.evaluate import paired_rmse, recipe_settings
+from tfmq_export.workflows.sample import generate
 
 
 def demo_settings() -> dict[str, CalibrationSettings]:
@@ -34,7 +34,7 @@ def demo_settings() -> dict[str, CalibrationSettings]:
 
 def run_demo(out_dir: Path, num_images: int = 1000, seed: int = 0, progress: bool = True) -> str:
     """Run the whole flow into ``out_dir`` and return the Markdown report (also written there)."""
-    from tfmq_export.bench_cli import bench_to_json
+    from tfmq_export.workflows.bench.plan import bench_to_json
 
     out_dir = Path(out_dir)
     model = load_model("digits")

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from tfmq_export.bench import BACKENDS, Variant, run_bench, write_json
 from tfmq_export.errors import TfmqError
+from tfmq_export.workflows.bench.timing import BACKENDS, Variant, run_bench, write_json
 
 __all__ = [
     "bench_to_json", "ensure_nncf_engine", "format_row", "nncf_calibration_inputs", "parse_variant", "variants_for",
@@ -71,7 +71,7 @@ def _facts_from_metadata(path: Path, meta: dict[str, str], precision: str | None
 
 def describe_model_file(path: Path) -> GraphFacts:
     """Facts of an exported ``.onnx`` (its metadata) or an engine (the manifest beside it)."""
-    from tfmq_export.engine.onnxruntime import manifest_path
+    from tfmq_export.backends.manifest import manifest_path
     from tfmq_export.export.onnx_export import describe_onnx
 
     path = Path(path)
@@ -160,7 +160,7 @@ def variants_for(
         skipped.append({"label": "tensorrt", "backend": "tensorrt", "path": "",
                         "reason": "TensorRT runs built plans: pass --variant tensorrt=FILE.plan"})
     if any(b == "tensorrt" for b, _ in planned):
-        from tfmq_export.engine.tensorrt import check_tensorrt_available
+        from tfmq_export.backends.tensorrt.build import check_tensorrt_available
 
         reason = check_tensorrt_available()
         if reason is not None:
@@ -206,9 +206,9 @@ def nncf_calibration_inputs(
     """
     import torch
 
+    from tfmq_export.backends.onnxruntime.runner import OnnxRuntimeRunner
+    from tfmq_export.backends.torch.runner import runner_denoiser
     from tfmq_export.export.onnx_export import describe_onnx
-    from tfmq_export.runtimes.onnxruntime_runner import OnnxRuntimeRunner
-    from tfmq_export.runtimes.torch_runner import runner_denoiser
     from tfmq_export.sampling import ddim_sample, initial_noise
 
     if trajectories < 1:
@@ -250,9 +250,10 @@ def ensure_nncf_engine(
     The recipe (source graph hash, trajectories, latent shape, condition shape, seed) is written
     beside the IR as ``*.nncf.json``; any difference rebuilds, so a stale peer is never timed.
     """
-    from tfmq_export.engine.onnxruntime import manifest_path, sha256_file
-    from tfmq_export.engine.openvino import quantize_with_nncf
+    from tfmq_export.backends.manifest import manifest_path
+    from tfmq_export.backends.openvino.build import quantize_with_nncf
     from tfmq_export.export.onnx_export import describe_onnx
+    from tfmq_export.io import sha256_file
 
     info = describe_onnx(Path(fp32_onnx))
     if info.precision != "fp32":

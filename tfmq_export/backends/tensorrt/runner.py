@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from tfmq_export.backends.base import Runner
+from tfmq_export.backends.onnxruntime.runner import feed_for
 from tfmq_export.errors import TfmqError
-from tfmq_export.runtimes.base import Runner
-from tfmq_export.runtimes.onnxruntime_runner import feed_for
 
 __all__ = ["TensorRTRunner"]
 
@@ -73,7 +73,7 @@ class TensorRTRunner(Runner):
 
     def as_polygraphy_runner(self) -> Any:
         """A Polygraphy ``TrtRunner`` over this plan (inactive; for ``Comparator``)."""
-        from tfmq_export.engine.tensorrt import check_tensorrt_available
+        from tfmq_export.backends.tensorrt.build import check_tensorrt_available
 
         reason = check_tensorrt_available()
         if reason is not None:

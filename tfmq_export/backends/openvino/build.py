@@ -27,16 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from tfmq_export.engine.onnxruntime import (
-    commit_staged,
-    load_source_onnx,
-    manifest_path,
-    provenance,
-    sha256_file,
-    staged_dir,
-)
+from tfmq_export.backends.manifest import load_source_onnx, manifest_path, provenance
+from tfmq_export.backends.openvino.runner import contract_input_name
 from tfmq_export.errors import TfmqError
-from tfmq_export.runtimes.openvino_runner import contract_input_name
+from tfmq_export.io import commit_staged, sha256_file, staged_dir
 
 __all__ = ["build_openvino_engine", "quantize_with_nncf"]
 

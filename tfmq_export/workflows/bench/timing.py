@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from tfmq_export.backends.base import Runner
 from tfmq_export.errors import TfmqError
-from tfmq_export.runtimes.base import Runner
 
 __all__ = [
     "BACKENDS", "Variant", "bench_inputs", "machine_info", "make_runner", "peak_memory_mb", "quiet_rounds", "run_bench",
@@ -63,20 +63,20 @@ def make_runner(variant: Variant, threads: int | None, model: Any = None) -> Run
     default the torch variant loads ``variant.path``.
     """
     if variant.backend == "onnxruntime":
-        from tfmq_export.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+        from tfmq_export.backends.onnxruntime.runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(variant.path, variant.precision, threads=threads)
     if variant.backend == "openvino":
-        from tfmq_export.runtimes.openvino_runner import OpenVINORunner
+        from tfmq_export.backends.openvino.runner import OpenVINORunner
 
         return OpenVINORunner(variant.path, variant.precision, threads=threads)
     if variant.backend == "tensorrt":
-        from tfmq_export.runtimes.tensorrt_runner import TensorRTRunner
+        from tfmq_export.backends.tensorrt.runner import TensorRTRunner
 
         return TensorRTRunner(variant.path, variant.precision)
     if variant.backend == "torch":
+        from tfmq_export.backends.torch.runner import TorchRunner
         from tfmq_export.models.loading import load_model
-        from tfmq_export.runtimes.torch_runner import TorchRunner
         from tfmq_export.sampling import sampler_timesteps
         from tfmq_export.temporal import TemporalTableUNet, compute_temporal_features
 
@@ -113,7 +113,7 @@ def _versions() -> dict[str, str]:
 
 def machine_info(threads: int | None) -> dict[str, Any]:
     """What a CPU timing depends on: the CPU and its int8 ISA, cores, threads, load, versions."""
-    from tfmq_export.engine.onnxruntime import machine_info as engine_machine_info
+    from tfmq_export.io import machine_info as engine_machine_info
 
     info = engine_machine_info()
     return {**info, "cores": info["cpu_count"], "threads": threads, "load_avg": list(os.getloadavg()),
@@ -125,7 +125,7 @@ def peak_memory_mb(variant: Variant, sample_shape: tuple[int, ...], batch: int,
     """Peak RSS (MB) of a fresh process that loads the variant and runs it twice."""
     payload = json.dumps({"variant": asdict(variant), "sample_shape": list(sample_shape), "batch": batch,
                           "cond_shape": None if cond_shape is None else list(cond_shape), "threads": threads})
-    code = "import sys; from tfmq_export.bench import _memory_probe; _memory_probe(sys.argv[1])"
+    code = "import sys; from tfmq_export.workflows.bench.timing import _memory_probe; _memory_probe(sys.argv[1])"
     proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -390,7 +390,7 @@ def _row(variant: Variant, runner: Runner, batch: int, acc: _Timings, ref: _Timi
 
 def write_json(result: dict[str, Any], path: Path) -> None:
     """Write the bench JSON atomically (a crashed run leaves the previous file whole)."""
-    from tfmq_export.artifact import atomic_write_text
+    from tfmq_export.io import atomic_write_text
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(path), json.dumps(result, indent=2) + "\n")

@@ -18,15 +18,16 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from tfmq_export.artifact import atomic_write, atomic_write_text, load_artifact
+from tfmq_export.artifact import load_artifact
+from tfmq_export.backends.onnxruntime.runner import OnnxRuntimeRunner
 from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.onnx_export import export_onnx
 from tfmq_export.images import save_grid
+from tfmq_export.io import atomic_write, atomic_write_text
 from tfmq_export.metrics.fid import digits_fid, real_floor_fid
 from tfmq_export.models.loading import LoadedModel, load_model
-from tfmq_export.runtimes.onnxruntime_runner import OnnxRuntimeRunner
-from tfmq_export.sampling_cli import generate
+from tfmq_export.workflows.sample import generate
 
 BIT_SETTINGS = {"w8a8": (8, 8), "w4a8": (4, 8), "w4a16": (4, 16)}
 #: Samples per setting: with 1,000 the FID of full precision alone ranged 13.8-33.1 over ten seeds,

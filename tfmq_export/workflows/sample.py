@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from tfmq_export.backends.base import Runner
+from tfmq_export.backends.torch.runner import TorchRunner, runner_denoiser
 from tfmq_export.errors import TfmqError
 from tfmq_export.images import save_grid
-from tfmq_export.runtimes.base import Runner
-from tfmq_export.runtimes.torch_runner import TorchRunner, runner_denoiser
 from tfmq_export.sampling import sample_images
 
 
@@ -53,11 +53,11 @@ def runner_for(source: Path, backend: str, model: str | None = None) -> tuple[Ru
             "sample_shape": described.sample_shape, "conditional": described.conditional,
             "precision": described.precision, "method": described.method, "fingerprint": described.fingerprint}
     if backend == "onnxruntime":
-        from tfmq_export.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+        from tfmq_export.backends.onnxruntime.runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(source, described.precision), info
     if backend == "openvino":
-        from tfmq_export.runtimes.openvino_runner import OpenVINORunner
+        from tfmq_export.backends.openvino.runner import OpenVINORunner
 
         return OpenVINORunner(source, described.precision), info
     raise TfmqError(f"--backend {backend} cannot run {source}; use onnxruntime or openvino for ONNX files")
@@ -97,7 +97,7 @@ def sample_to_files(source: Path, out_path: Path, backend: str, num_images: int,
 
         summary["digits_fid"] = digits_fid(images)
     if json_path is not None:
-        from tfmq_export.artifact import atomic_write_text
+        from tfmq_export.io import atomic_write_text
 
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(json_path), json.dumps(summary, indent=2))

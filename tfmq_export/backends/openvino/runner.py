@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from tfmq_export.backends.base import Runner
+from tfmq_export.backends.onnxruntime.runner import feed_for, onnx_model_bytes
 from tfmq_export.errors import TfmqError
-from tfmq_export.runtimes.base import Runner
-from tfmq_export.runtimes.onnxruntime_runner import feed_for, onnx_model_bytes
 
 __all__ = ["OpenVINORunner", "contract_input_name"]
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from tfmq_export.backends.base import Runner
 from tfmq_export.errors import TfmqError
-from tfmq_export.runtimes.base import Runner
 
 __all__ = ["compare_runners"]
 

@@ -1,0 +1,1 @@
+"""onnxruntime: the optimised Q/DQ graph (build) and its session (runner)."""

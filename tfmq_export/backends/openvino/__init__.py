@@ -1,0 +1,1 @@
+"""OpenVINO: IR conversion (build), compiled-model runner, and the NNCF INT8 peer."""

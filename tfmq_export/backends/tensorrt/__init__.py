@@ -1,0 +1,1 @@
+"""TensorRT: plans built through polygraphy (build) and run with CUDA events (runner)."""

@@ -1,0 +1,1 @@
+"""torch: the full-precision UNet or the quantization simulation, behind the Runner interface."""

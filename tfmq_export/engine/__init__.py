@@ -1,1 +1,0 @@
-"""Engine builders: onnxruntime optimised models, OpenVINO IR, TensorRT plans, each with a manifest."""

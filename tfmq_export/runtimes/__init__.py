@@ -1,1 +1,0 @@
-"""Runners with one interface for torch, onnxruntime, OpenVINO and TensorRT."""

@@ -1,0 +1,1 @@
+"""``tfmq-export bench``: plan the variants, time them side by side, report."""
