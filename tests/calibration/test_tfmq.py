@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import rel_l2, tiny_unet2d, tiny_unet_cond
-from tests.test_adaround import micro_model
+from tests.calibration.test_adaround import micro_model
 from tfmq_export.calibration import pipeline
 from tfmq_export.calibration.minmax import init_weight_scales, mse_static_scale
 from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
@@ -275,7 +275,7 @@ def test_calibration_recipes_are_valid():
     from dataclasses import fields
     from pathlib import Path
 
-    recipes = sorted((Path(__file__).resolve().parents[1] / "calib").glob("*.json"))
+    recipes = sorted((Path(__file__).resolve().parents[2] / "calib").glob("*.json"))
     names = {p.name for p in recipes}
     assert {"digits-w8a8.json", "digits-w4a8.json", "ldm-bedroom-w4a8.json", "sd-v1-4-w4a8.json"} <= names
     known = {f.name for f in fields(CalibrationSettings)}

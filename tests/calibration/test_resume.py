@@ -15,13 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_adaround import micro_model
+from tests.calibration.test_adaround import micro_model
 from tfmq_export.artifact import JSON_NAME, TENSORS_NAME
 from tfmq_export.calibration import reconstruction
 from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
 from tfmq_export.calibration.resume import CHECKPOINT_JSON, Checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: Artifact metadata that legitimately differs between two runs.
 VOLATILE = ("created", "timings")
@@ -107,8 +107,8 @@ _CHILD = """
 import sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {repo!r})
-from tests.test_adaround import micro_model
-from tests.test_resume import _settings
+from tests.calibration.test_adaround import micro_model
+from tests.calibration.test_resume import _settings
 from tfmq_export.calibration.pipeline import calibrate
 settings = _settings("tfmq")
 settings.iters = 150  # slow enough to be killed mid-way
