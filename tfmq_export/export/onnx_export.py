@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import tempfile
 import warnings
@@ -22,6 +21,15 @@ import torch
 
 from tfmq_export import __version__
 from tfmq_export.artifact import CalibrationArtifact
+from tfmq_export.contract import (
+    INPUT_CONDITIONS,
+    INPUT_SAMPLE,
+    META_SAMPLE_SHAPE,
+    OUTPUT_NOISE_PRED,
+    UNET_INPUTS,
+    GraphMetadata,
+    parse_metadata,
+)
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.qdq import TARGETS, insert_qdq, needs_opset_21
 from tfmq_export.export.split_qdq import apply_split_qdq, split_layers
@@ -45,19 +53,19 @@ def example_inputs(model: LoadedModel, batch: int = 2, seq_len: int = 8) -> tupl
 
 def trace_to_onnx(table_unet: TemporalTableUNet, inputs: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
     """Trace the full-precision table UNet; batch (and sequence length) are dynamic."""
-    names = ["sample", "step_index", "encoder_hidden_states"][: len(inputs)]
+    names = list(UNET_INPUTS[: len(inputs)])
     dynamic: dict[str, dict[int, str]] = {name: {0: "batch"} for name in names}
-    dynamic["sample"].update({2: "height", 3: "width"})
+    dynamic[INPUT_SAMPLE].update({2: "height", 3: "width"})
     if len(inputs) == 3:
-        dynamic["encoder_hidden_states"][1] = "sequence"
-    dynamic["noise_pred"] = {0: "batch", 2: "height", 3: "width"}
+        dynamic[INPUT_CONDITIONS][1] = "sequence"
+    dynamic[OUTPUT_NOISE_PRED] = {0: "batch", 2: "height", 3: "width"}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = os.path.join(tmp, "unet.onnx")
         with torch.no_grad():
             torch.onnx.export(
                 table_unet.eval(), inputs, path, dynamo=False, opset_version=BASE_OPSET,
-                input_names=names, output_names=["noise_pred"], dynamic_axes=dynamic,
+                input_names=names, output_names=[OUTPUT_NOISE_PRED], dynamic_axes=dynamic,
                 do_constant_folding=True,
             )
         return onnx.load(path)  # loads external data too, before the folder goes
@@ -65,18 +73,12 @@ def trace_to_onnx(table_unet: TemporalTableUNet, inputs: tuple[torch.Tensor, ...
 
 def set_metadata(model: onnx.ModelProto, artifact: CalibrationArtifact, target: str,
                  sample_shape: tuple[int, ...]) -> None:
-    values = {
-        "tfmq.sample_shape": json.dumps(list(sample_shape)),
-        "tfmq.timesteps": json.dumps(artifact.timesteps),
-        "tfmq.wbits": str(artifact.wbits),
-        "tfmq.abits": str(artifact.abits),
-        "tfmq.method": artifact.method,
-        "tfmq.version": __version__,
-        "tfmq.target": target,
-        "tfmq.model_fingerprint": artifact.model_fingerprint,
-        "tfmq.temporal_table": artifact.temporal_table,
-        "tfmq.scheduler_config": json.dumps(artifact.scheduler_config, sort_keys=True),
-    }
+    """Write the contract's ``tfmq.*`` metadata (replacing any) and the producer fields."""
+    values = GraphMetadata(
+        timesteps=artifact.timesteps, scheduler_config=artifact.scheduler_config, sample_shape=tuple(sample_shape),
+        wbits=artifact.wbits, abits=artifact.abits, method=artifact.method, target=target,
+        fingerprint=artifact.model_fingerprint, temporal_table=artifact.temporal_table, version=__version__,
+    ).to_props()
     del model.metadata_props[:]
     for key, value in values.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
@@ -86,13 +88,6 @@ def set_metadata(model: onnx.ModelProto, artifact: CalibrationArtifact, target: 
 
 def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
-
-
-def precision_label(wbits: int, abits: int) -> str:
-    """Bench/CLI name of a bit setting: fp32, w8a8, w4a8, w4a16, w8a16."""
-    if wbits >= 16 and abits >= 16:
-        return "fp32"
-    return f"w{wbits}a{abits}"
 
 
 @dataclass
@@ -119,19 +114,19 @@ def describe_onnx(path: Path) -> OnnxInfo:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise TfmqError(f"{path} is not a readable ONNX file: {exc}") from exc
-    meta = read_metadata(model)
-    if "tfmq.timesteps" not in meta or "tfmq.scheduler_config" not in meta:
-        raise TfmqError(f"{path} was not exported by tfmq-export (no tfmq.* metadata)")
+    meta = parse_metadata(read_metadata(model), str(path))
+    if meta.sample_shape is None:
+        raise TfmqError(f"{path} has damaged tfmq.* metadata (no {META_SAMPLE_SHAPE})")
     return OnnxInfo(
         path=path,
-        timesteps=json.loads(meta["tfmq.timesteps"]),
-        scheduler_config=json.loads(meta["tfmq.scheduler_config"]),
-        sample_shape=tuple(json.loads(meta["tfmq.sample_shape"])),
-        conditional=any(i.name == "encoder_hidden_states" for i in model.graph.input),
-        precision=precision_label(int(meta["tfmq.wbits"]), int(meta["tfmq.abits"])),
-        method=meta.get("tfmq.method", ""),
-        target=meta.get("tfmq.target", ""),
-        fingerprint=meta.get("tfmq.model_fingerprint", ""),
+        timesteps=meta.timesteps,
+        scheduler_config=meta.scheduler_config,
+        sample_shape=meta.sample_shape,
+        conditional=any(i.name == INPUT_CONDITIONS for i in model.graph.input),
+        precision=meta.precision,
+        method=meta.method,
+        target=meta.target,
+        fingerprint=meta.fingerprint,
     )
 
 

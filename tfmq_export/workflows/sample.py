@@ -33,7 +33,7 @@ def runner_for(source: Path, backend: str, model: str | None = None) -> tuple[Ru
         if backend != "torch":
             raise TfmqError(f"{source} is an artifact folder: sample it with --backend torch, or export it first")
         from tfmq_export.artifact import load_artifact
-        from tfmq_export.export.onnx_export import precision_label
+        from tfmq_export.contract import precision_label
         from tfmq_export.models.loading import load_model_for_artifact
         from tfmq_export.quant.state import simulation_from_artifact
 

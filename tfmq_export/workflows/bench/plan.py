@@ -54,7 +54,7 @@ class GraphFacts:
 
 
 def _facts_from_metadata(path: Path, meta: dict[str, str], precision: str | None = None) -> GraphFacts:
-    from tfmq_export.export.onnx_export import precision_label
+    from tfmq_export.contract import precision_label
 
     try:
         return GraphFacts(
