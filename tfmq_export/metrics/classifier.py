@@ -202,7 +202,7 @@ def load_digits_classifier(path: Path = DEFAULT_CLASSIFIER_PATH) -> DigitsClassi
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
         raise TfmqError(f"digits classifier {path} (or its {meta_path.name}) is missing; train it with "
-                        "`python -m tfmq_export.models.train_digits --out DIR`.")
+                        "`tfmq-export train-digits --out DIR`.")
     try:
         from safetensors.torch import load_file
 

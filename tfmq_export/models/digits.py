@@ -208,11 +208,11 @@ def _check_folder(path: Path, files: tuple[str, ...]) -> None:
     """Refuse a folder that lacks the files a loader needs, naming the first missing one."""
     if not path.is_dir():
         raise TfmqError(f"digits model folder {path} does not exist; train it with "
-                        "`python -m tfmq_export.models.train_digits --out DIR`.")
+                        "`tfmq-export train-digits --out DIR`.")
     for name in files:
         if not (path / name).is_file():
             raise TfmqError(f"digits model folder {path} has no {name}; it is incomplete, retrain it with "
-                            "`python -m tfmq_export.models.train_digits --out DIR`.")
+                            "`tfmq-export train-digits --out DIR`.")
 
 
 def load_digits_unet(path: Path = DIGITS_DIR) -> UNet2DModel:

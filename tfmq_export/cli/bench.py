@@ -1,0 +1,55 @@
+"""``tfmq-export bench``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tfmq_export.cli.errors import friendly
+
+
+@click.command("bench")
+@click.argument("model", default="digits")
+@click.option("--onnx", "onnx_paths", multiple=True, type=click.Path(path_type=Path),
+              help="Exported graph(s) to time on every ONNX backend of --backends (precision from metadata).")
+@click.option("--variant", "variant_specs", multiple=True, metavar="BACKEND=FILE",
+              help="One backend on one file: .onnx, OpenVINO .xml or TensorRT .plan (engines need their manifest).")
+@click.option("--backends", default="torch,onnxruntime", show_default=True,
+              help="Comma-separated: torch (runs MODEL in FP32), onnxruntime, openvino, tensorrt.")
+@click.option("--nncf", is_flag=True, help="Also time NNCF's INT8 quantization of the FP32 --onnx graph on OpenVINO.")
+@click.option("--nncf-engine", type=click.Path(path_type=Path), default=None,
+              help="Where the NNCF IR is built or reused (default: beside the FP32 graph).")
+@click.option("--nncf-samples", type=int, default=4, show_default=True, help="FP32 trajectories NNCF calibrates on.")
+@click.option("--batch", "batches", multiple=True, type=int, default=(1,), show_default=True)
+@click.option("--iters", type=int, default=10, show_default=True, help="Timed UNet calls per variant and batch.")
+@click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--sampling-runs", type=int, default=0, show_default=True,
+              help="Full DDIM sampling runs per variant and batch (0: images/s derived from the UNet latency).")
+@click.option("--pause-ms", type=float, default=0.0, show_default=True,
+              help="Idle time between calls, so one backend's spinning threads do not slow the next.")
+@click.option("--threads", type=int, default=None, help="Threads per backend (default: all cores).")
+@click.option("--latent-size", type=int, default=None, help="Sample height/width (default: the graphs' own).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option("--no-memory", is_flag=True, help="Skip the per-variant peak-memory subprocesses.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@friendly
+def bench(model, onnx_paths, variant_specs, backends, nncf, nncf_engine, nncf_samples, batches, iters, warmup,
+          sampling_runs, pause_ms, threads, latent_size, seed, json_path, no_memory, quiet) -> None:
+    """Time UNet calls of several backends/precisions side by side (round-robin) and write JSON.
+
+    \b
+    Examples:
+      tfmq-export bench digits --onnx fp32.onnx --onnx w8a8.onnx --backends torch,onnxruntime --json bench.json
+      tfmq-export bench sd15-arch --onnx fp32.onnx --variant openvino=w8a8.xml --nncf --backends torch,openvino \\
+          --latent-size 32 --threads 2 --batch 1 --batch 2 --sampling-runs 1 --json bench.json
+    """
+    from tfmq_export.workflows.bench.plan import bench_to_json, format_row
+
+    result = bench_to_json(model, list(onnx_paths), backends, list(batches), iters, threads, json_path,
+                           not no_memory, latent_size, variant_specs=list(variant_specs), warmup=warmup,
+                           sampling_runs=sampling_runs, pause_ms=pause_ms, seed=seed, nncf=nncf,
+                           nncf_engine=nncf_engine, nncf_samples=nncf_samples, progress=not quiet)
+    for row in result["runs"]:
+        click.echo(format_row(row))

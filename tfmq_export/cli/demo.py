@@ -1,0 +1,22 @@
+"""``tfmq-export demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tfmq_export.cli.errors import friendly
+
+
+@click.command("demo")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--num-images", type=int, default=1000, show_default=True)
+@click.option("--quiet", is_flag=True)
+@friendly
+def demo(out_dir, num_images, quiet) -> None:
+    """The main job on the bundled model: calibrate (TFMQ W8A8, W4A8), export, sample, bench, report."""
+    from tfmq_export.workflows.demo import run_demo
+
+    report = run_demo(out_dir, num_images=num_images, progress=not quiet)
+    click.echo(report)

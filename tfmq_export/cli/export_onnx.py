@@ -1,0 +1,32 @@
+"""``tfmq-export export-onnx``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tfmq_export.cli.errors import friendly
+
+
+@click.command("export-onnx")
+@click.argument("artifact_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
+@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True)
+@click.option("--model", default=None, help="The model the artifact was calibrated on (default: recorded in it).")
+@friendly
+def export_onnx_cmd(artifact_dir, out_path, target, model) -> None:
+    """Export the calibrated UNet of ARTIFACT_DIR as a Q/DQ ONNX graph with the temporal table.
+
+    \b
+    Example:
+      tfmq-export export-onnx calib/out/w8a8 --out engines/digits-w8a8.onnx --target tensorrt
+    """
+    from tfmq_export.artifact import load_artifact
+    from tfmq_export.export.onnx_export import export_onnx
+    from tfmq_export.models.loading import load_model_for_artifact
+
+    artifact = load_artifact(artifact_dir)
+    loaded = load_model_for_artifact(artifact, model)
+    export_onnx(loaded, artifact, out_path, target)
+    click.echo(f"wrote {out_path} ({target}, {artifact.method} W{artifact.wbits}A{artifact.abits})")

@@ -1,0 +1,35 @@
+"""``tfmq-export sample``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from tfmq_export.cli.errors import friendly
+
+
+@click.command("sample")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="PNG grid to write.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "torch"]), default="onnxruntime",
+              show_default=True, help="torch runs the simulation of an artifact folder.")
+@click.option("--num-images", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=250, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write a JSON summary (and digits-FID for the digits model).")
+@click.option("--model", default=None, help="Model of an artifact folder (torch backend).")
+@friendly
+def sample(source, out_path, backend, num_images, seed, batch_size, json_path, model) -> None:
+    """Sample images with the shared DDIM loop from an exported ONNX file or an artifact folder.
+
+    \b
+    Example:
+      tfmq-export sample engines/digits-w8a8.onnx --out samples.png --num-images 64
+    """
+    from tfmq_export.workflows.sample import sample_to_files
+
+    summary = sample_to_files(source, out_path, backend, num_images, seed, batch_size, json_path, model)
+    click.echo(json.dumps(summary))

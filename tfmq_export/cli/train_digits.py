@@ -1,0 +1,56 @@
+"""``tfmq-export train-digits``: reproduce the shipped ``digits`` model (UNet + FID classifier).
+
+Prints the settings first so a log records how the weights were made.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from tfmq_export.cli.errors import friendly
+
+
+@click.command("train-digits")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder to write unet/, scheduler/ and classifier.* into (default: the bundled assets/digits).")
+@click.option("--iters", type=click.IntRange(min=1), default=3000, show_default=True,
+              help="UNet training iterations.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=1.5e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for both networks.")
+@click.option("--classifier-epochs", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="torch.set_num_threads; results are reproducible for a fixed thread count.")
+@click.option("--skip-unet", is_flag=True, help="Train only the classifier.")
+@friendly
+def train_digits(out_dir: Path, iters: int, batch_size: int, lr: float, seed: int, classifier_epochs: int,
+                 threads: int, skip_unet: bool) -> None:
+    """Train the digits UNet and its FID classifier.
+
+    \b
+    Example:
+      tfmq-export train-digits --out /tmp/digits --iters 200
+    """
+    import torch
+
+    from tfmq_export.metrics.classifier import train_digits_classifier
+    from tfmq_export.models.digits import DIGITS_DIR, train_digits_unet
+
+    out_dir = DIGITS_DIR if out_dir is None else out_dir
+    torch.set_num_threads(threads)
+    settings = {"out": str(out_dir), "iters": iters, "batch_size": batch_size, "lr": lr, "seed": seed,
+                "classifier_epochs": classifier_epochs, "threads": threads, "skip_unet": skip_unet}
+    click.echo("train_digits settings: " + json.dumps(settings))
+    start = time.perf_counter()
+    if not skip_unet:
+        record = train_digits_unet(out_dir, iters=iters, batch_size=batch_size, seed=seed, lr=lr,
+                                   num_threads=threads)
+        click.echo("unet: " + json.dumps(record))
+    record = train_digits_classifier(out_dir / "classifier.safetensors", seed=seed, epochs=classifier_epochs)
+    click.echo("classifier: " + json.dumps(record))
+    click.echo(f"total training time: {time.perf_counter() - start:.0f} s")
+
