@@ -16,14 +16,13 @@ place where this target computes something the simulation does not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tfmq_export.artifact import CalibrationArtifact
 from tfmq_export.errors import TfmqError
+from tfmq_export.export.graph import GraphIndex
 from tfmq_export.quant.state import conv_output_scale
 
 TARGETS = ("tensorrt", "onnxruntime")
@@ -39,32 +38,6 @@ def onnx_scope(layer: str, root: str = "unet") -> str:
         else:
             parts.append(part)
     return "/" + "/".join([root, *parts]) + "/"
-
-
-@dataclass
-class _Graph:
-    """Index of a graph for surgery: initializers by name, consumers of every tensor."""
-
-    model: onnx.ModelProto
-
-    def __post_init__(self) -> None:
-        self.inits = {t.name: t for t in self.model.graph.initializer}
-
-    def consumers(self, tensor: str) -> list[onnx.NodeProto]:
-        return [n for n in self.model.graph.node if tensor in n.input]
-
-    def add_init(self, name: str, array: np.ndarray, data_type: int | None = None) -> str:
-        if data_type is None:
-            tensor = numpy_helper.from_array(array, name)
-        else:  # int4: onnx packs two values per byte
-            tensor = helper.make_tensor(name, data_type, list(array.shape), array.flatten().tolist())
-        self.model.graph.initializer.append(tensor)
-        self.inits[name] = tensor
-        return name
-
-    def drop_init_if_unused(self, name: str) -> None:
-        if name in self.inits and not self.consumers(name):
-            self.model.graph.initializer.remove(self.inits.pop(name))
 
 
 def _find_layer_node(model: onnx.ModelProto, layer: str, inits: dict) -> onnx.NodeProto:
@@ -88,8 +61,8 @@ def _weight_layout(node: onnx.NodeProto) -> int:
     return 1  # MatMul B is [K, N]
 
 
-def _insert_weight_dq(g: _Graph, node: onnx.NodeProto, layer: str, artifact: CalibrationArtifact,
-                      target: str) -> list[onnx.NodeProto]:
+def _insert_weight_dq(g: GraphIndex, node: onnx.NodeProto, layer: str,
+                      artifact: CalibrationArtifact) -> list[onnx.NodeProto]:
     record = artifact.layers[layer]
     q = artifact.layer_tensor(layer, "weight_int").numpy().astype(np.int8)
     scale = artifact.layer_tensor(layer, "weight_scale").numpy().astype(np.float32)
@@ -108,9 +81,7 @@ def _insert_weight_dq(g: _Graph, node: onnx.NodeProto, layer: str, artifact: Cal
         k = q.shape[0] if axis == 1 else q.shape[1]
         block_axis = 0 if axis == 1 else 1
         s = scale.reshape(1, -1) if axis == 1 else scale.reshape(-1, 1)
-        zp = helper.make_tensor(f"{layer}.weight_zero_point", TensorProto.INT4, list(s.shape), [0] * s.size)
-        g.model.graph.initializer.append(zp)
-        g.inits[zp.name] = zp
+        g.add_init(f"{layer}.weight_zero_point", np.zeros(s.shape, dtype=np.int8), TensorProto.INT4)
         s_name = g.add_init(f"{layer}.weight_scale", s)
         attrs = {"axis": block_axis, "block_size": int(k)}
     else:
@@ -122,12 +93,12 @@ def _insert_weight_dq(g: _Graph, node: onnx.NodeProto, layer: str, artifact: Cal
         name=f"{onnx_scope(layer)}weight_DequantizeLinear", **attrs,
     )
     old_name = node.input[1]
-    node.input[1] = dq.output[0]
+    g.set_input(node, 1, dq.output[0])
     g.drop_init_if_unused(old_name)
     return [dq]
 
 
-def _qdq_pair(g: _Graph, tensor: str, prefix: str, scale: float, target: str) -> list[onnx.NodeProto]:
+def _qdq_pair(g: GraphIndex, tensor: str, prefix: str, scale: float, target: str) -> list[onnx.NodeProto]:
     """QuantizeLinear -> DequantizeLinear on ``tensor``; returns the nodes (output ``{prefix}_dq``)."""
     s_name = g.add_init(f"{prefix}_scale", np.array(scale, dtype=np.float32))
     if target == "onnxruntime":
@@ -147,7 +118,7 @@ def _tensor_ranks(model: onnx.ModelProto) -> dict[str, int]:
     return {vi.name: len(vi.type.tensor_type.shape.dim) for vi in infos if vi.type.tensor_type.HasField("shape")}
 
 
-def _step_factor_nodes(g: _Graph, node: onnx.NodeProto, layer: str, artifact: CalibrationArtifact,
+def _step_factor_nodes(g: GraphIndex, node: onnx.NodeProto, layer: str, artifact: CalibrationArtifact,
                        ranks: dict[str, int]) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
     """Per-step factors around one layer (see ``quant.modules.StepFactorActQuantizer``): returns the
     nodes before it (``x * 1/r[step]``, placed ahead of its Q/DQ) and after it (``* r[step]``, then
@@ -173,16 +144,16 @@ def _step_factor_nodes(g: _Graph, node: onnx.NodeProto, layer: str, artifact: Ca
     scaled_in = f"{scope}input_unscaled"
     nodes["inv"].append(helper.make_node("Mul", [x, f"{scope}step_factor_inv"], [scaled_in],
                                          name=f"{scope}step_factor_inv_Mul"))
-    node.input[0] = scaled_in
+    g.set_input(node, 0, scaled_in)
     raw = f"{scope}output_unscaled"
-    node.output[0] = raw
+    g.set_output(node, 0, raw)
     after: list[onnx.NodeProto] = []
     bias = node.input[2] if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] else None
     scaled_out = out if bias is None else f"{scope}output_scaled"
     after.append(helper.make_node("Mul", [raw, f"{scope}step_factor_fwd"], [scaled_out],
                                   name=f"{scope}step_factor_fwd_Mul"))
     if bias is not None:
-        del node.input[2]
+        g.drop_last_input(node)
         values = numpy_helper.to_array(g.inits[bias]).astype(np.float32)
         b = g.add_init(f"{layer}.bias_broadcast", values.reshape(1, -1, *([1] * (rank - 2))))
         after.append(helper.make_node("Add", [scaled_out, b], [out], name=f"{scope}bias_Add"))
@@ -194,7 +165,7 @@ def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: st
     """Insert the artifact's Q/DQ into ``model`` (in place) and return it, topologically sorted."""
     if target not in TARGETS:
         raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
-    g = _Graph(model)
+    g = GraphIndex(model)
     factored = [layer for layer in artifact.layers if f"{layer}.input_step_factor" in artifact.tensors]
     ranks = _tensor_ranks(model) if factored else {}
     new_nodes: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to place before it
@@ -209,10 +180,10 @@ def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: st
         if record.abits < 16:
             scale = float(artifact.layer_tensor(layer, "input_scale"))
             pair = _qdq_pair(g, node.input[0], f"{onnx_scope(layer)}input", scale, target)
-            node.input[0] = pair[1].output[0]
+            g.set_input(node, 0, pair[1].output[0])
             before += pair
         if record.wbits < 16:
-            before += _insert_weight_dq(g, node, layer, artifact, target)
+            before += _insert_weight_dq(g, node, layer, artifact)
         new_nodes[node.name] = before
         if factor_nodes is not None:
             after_nodes[node.name] = factor_nodes[1]
@@ -224,8 +195,8 @@ def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: st
                 raise TfmqError(f"layer {layer}: output Q/DQ on a graph output is not supported")
             users = g.consumers(out)
             pair = _qdq_pair(g, out, f"{onnx_scope(layer)}output", out_scale, target)
-            for user in users:
-                user.input[:] = [pair[1].output[0] if i == out else i for i in user.input]
+            for user, index in users:
+                g.set_input(user, index, pair[1].output[0])
             after_nodes[node.name] = pair
     ordered: list[onnx.NodeProto] = []
     for node in model.graph.node:

@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper
 
 from tfmq_export.artifact import CalibrationArtifact
 from tfmq_export.errors import TfmqError
+from tfmq_export.export.graph import GraphIndex
 from tfmq_export.export.qdq import onnx_scope
 
 
@@ -34,8 +35,8 @@ def split_layers(artifact: CalibrationArtifact) -> dict[str, int]:
     }
 
 
-def _node(model: onnx.ModelProto, name: str, layer: str) -> onnx.NodeProto:
-    found = [n for n in model.graph.node if n.name == name]
+def _node(g: GraphIndex, name: str, layer: str) -> onnx.NodeProto:
+    found = g.nodes_named(name)
     if len(found) != 1:
         raise TfmqError(f"layer {layer}: expected one node {name} in the Q/DQ graph, found {len(found)}")
     return found[0]
@@ -43,21 +44,21 @@ def _node(model: onnx.ModelProto, name: str, layer: str) -> onnx.NodeProto:
 
 def apply_split_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact) -> onnx.ModelProto:
     """Rewrite every split layer's ``Q/DQ -> Conv`` as ``Split -> (Q/DQ -> Conv) x 2 -> Add`` (in place)."""
-    inits = {t.name: t for t in model.graph.initializer}
+    g = GraphIndex(model)
     for layer, split in split_layers(artifact).items():
         record = artifact.layers.get(layer)
         if record is None or record.kind != "conv" or record.wbits >= 16 or record.abits >= 16:
             raise TfmqError(f"layer {layer}: split quantization needs a quantized Conv (W and A)")
         scope = onnx_scope(layer)
-        q = _node(model, f"{scope}input_QuantizeLinear", layer)
-        dq = _node(model, f"{scope}input_DequantizeLinear", layer)
-        wdq = _node(model, f"{scope}weight_DequantizeLinear", layer)
-        conv = next((n for n in model.graph.node if n.op_type == "Conv" and n.input[0] == dq.output[0]), None)
+        q = _node(g, f"{scope}input_QuantizeLinear", layer)
+        dq = _node(g, f"{scope}input_DequantizeLinear", layer)
+        wdq = _node(g, f"{scope}weight_DequantizeLinear", layer)
+        conv = next((n for n, i in g.consumers(dq.output[0]) if n.op_type == "Conv" and i == 0), None)
         if conv is None or conv.input[1] != wdq.output[0]:
             raise TfmqError(f"layer {layer}: no Conv reads the input and weight DequantizeLinear")
         if any(a.name == "group" and a.i != 1 for a in conv.attribute):
             raise TfmqError(f"layer {layer}: split quantization of a grouped convolution is not supported")
-        weight = numpy_helper.to_array(inits[wdq.input[0]])
+        weight = numpy_helper.to_array(g.inits[wdq.input[0]])
         channels = weight.shape[1]
         if not 0 < split < channels:
             raise TfmqError(f"layer {layer}: split channel {split} outside (0, {channels})")
@@ -101,8 +102,8 @@ def apply_split_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact) -> on
         position = sum(1 for n in nodes[:first] if id(n) not in old)
         del model.graph.node[:]
         model.graph.node.extend(kept[:position] + new + kept[position:])
-        if not any(wdq.input[0] in n.input for n in model.graph.node):
-            model.graph.initializer.remove(inits.pop(wdq.input[0]))
+        g = GraphIndex(model)  # extend() copied every node: index the graph's own objects again
+        g.drop_init_if_unused(wdq.input[0])
     return model
 
 
