@@ -20,24 +20,69 @@ from tfmq_export.models.adapter import UNetAdapter
 from tfmq_export.quant.steps import observing_steps
 
 
+class TemporalBranch(nn.Module):
+    """The TIB alone: table rows -> {resnet: g_i(h(t))} for the sampler's timesteps.
+
+    Notation (TFMQ-DM): t a sampler timestep (a table row), h(t) the time MLP's output, g_i(.) =
+    nonlinearity -> ``time_emb_proj`` of ResBlock i. Holds the UNet's ``time_proj``,
+    ``time_embedding`` and every ResBlock's nonlinearity + ``time_emb_proj`` (copies by default,
+    so calibration can swap quantized layers in; ``copy_modules=False`` computes with the UNet's
+    own modules). ``time_proj`` replaces the UNet's sinusoidal embedding module (a UNet whose
+    ``time_proj`` was wrapped, as qdiff's live branch does, passes the inner one). The one
+    implementation of the temporal features: the table, TIAR's targets and qdiff's quantized
+    table all come from ``forward``.
+    """
+
+    def __init__(self, unet: nn.Module, timesteps: Sequence[int] | torch.Tensor, copy_modules: bool = True,
+                 time_proj: nn.Module | None = None) -> None:
+        super().__init__()
+        take = copy.deepcopy if copy_modules else (lambda module: module)
+        projections = UNetAdapter(unet).temporal_projections()
+        self.time_proj = take(unet.time_proj if time_proj is None else time_proj)
+        self.time_embedding = take(unet.time_embedding)
+        self.resnet_names = [p.resnet_name for p in projections]
+        self.acts = nn.ModuleList(
+            nn.Identity() if p.resnet.skip_time_act else take(p.resnet.nonlinearity) for p in projections
+        )
+        self.projs = nn.ModuleList(take(p.resnet.time_emb_proj) for p in projections)
+        values = timesteps.tolist() if torch.is_tensor(timesteps) else list(timesteps)
+        self.register_buffer("timesteps", torch.as_tensor(values, dtype=torch.long).reshape(-1))
+        #: UNet name of every Linear layer here -> (parent module, attribute), for swapping layers
+        self.linear_slots: dict[str, tuple[nn.Module, str]] = {
+            f"time_embedding.{attr}": (self.time_embedding, attr)
+            for attr, module in self.time_embedding.named_children() if isinstance(module, nn.Linear)
+        }
+        self.linear_slots.update({f"{name}.time_emb_proj": (self.projs, str(i))
+                                  for i, name in enumerate(self.resnet_names)})
+
+    @property
+    def num_steps(self) -> int:
+        return self.timesteps.numel()
+
+    def forward(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{resnet: g_i(h(t)) [len(rows), C]} for the table rows ``rows`` (declared for per-step
+        quantizers inside)."""
+        rows = rows.long().reshape(-1)
+        with observing_steps(rows):
+            param = next(self.parameters())
+            t_emb = self.time_proj(self.timesteps[rows.to(self.timesteps.device)]).to(param.dtype)
+            emb = self.time_embedding(t_emb)
+            return {name: proj(act(emb)).float() for name, act, proj in zip(self.resnet_names, self.acts, self.projs)}
+
+    def table(self) -> dict[str, torch.Tensor]:
+        """Every row: {resnet: [T, C]} (on the CPU)."""
+        with torch.no_grad():
+            return {k: v.cpu() for k, v in self(torch.arange(self.num_steps)).items()}
+
+
 @torch.no_grad()
 def compute_temporal_features(unet: nn.Module, timesteps: Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
     """{resnet name: g_i(h(t)) for every t} as [T, C] (or [T, 2C] for scale-shift ResBlocks).
 
     Runs the UNet's own TIB modules, so a UNet whose TIB layers were swapped for quantized
-    ones yields the quantized table (``--temporal-table quantized``).
+    ones yields the quantized table.
     """
-    adapter = UNetAdapter(unet)
-    t = torch.as_tensor(list(timesteps) if not torch.is_tensor(timesteps) else timesteps).reshape(-1)
-    param = next(unet.parameters())
-    t_emb = unet.time_proj(t.to(param.device)).to(param.dtype)
-    emb = unet.time_embedding(t_emb)
-    features: dict[str, torch.Tensor] = {}
-    for proj in adapter.temporal_projections():
-        resnet = proj.resnet
-        x = emb if resnet.skip_time_act else resnet.nonlinearity(emb)
-        features[proj.resnet_name] = resnet.time_emb_proj(x).float().cpu()
-    return features
+    return TemporalBranch(unet, timesteps, copy_modules=False).table()
 
 
 class _StepIndexPassthrough(nn.Module):
@@ -50,7 +95,8 @@ class _StepIndexPassthrough(nn.Module):
 class _EmbeddingPassthrough(nn.Module):
     """Stands in for ``time_embedding``: the MLP is folded into the tables."""
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ARG002
+        # diffusers calls time_embedding(t_emb, timestep_cond); there is no condition to fold here
         return x
 
 
@@ -127,3 +173,12 @@ class TemporalTableUNet(nn.Module):
 def build_table_unet(unet: nn.Module, timesteps: Sequence[int]) -> TemporalTableUNet:
     """The full-precision table UNet for the given sampler timesteps."""
     return TemporalTableUNet(unet, compute_temporal_features(unet, timesteps), timesteps)
+
+
+__all__ = [
+    "TemporalBranch",
+    "TemporalTableLookup",
+    "TemporalTableUNet",
+    "build_table_unet",
+    "compute_temporal_features",
+]

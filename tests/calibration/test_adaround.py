@@ -20,7 +20,8 @@ from tfmq_export.calibration.adaround import (
     lp_loss,
     rectified_sigmoid,
 )
-from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+from tfmq_export.calibration.pipeline import calibrate
+from tfmq_export.config import CalibrationSettings
 from tfmq_export.export.onnx_export import build_onnx
 from tfmq_export.models.loading import DEFAULT_SCHEDULER_CONFIG, LoadedModel
 from tfmq_export.quant import grids

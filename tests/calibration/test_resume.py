@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 from tests.calibration.test_adaround import micro_model
 from tfmq_export.artifact import JSON_NAME, TENSORS_NAME
 from tfmq_export.calibration import reconstruction
-from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+from tfmq_export.calibration.pipeline import calibrate
 from tfmq_export.calibration.resume import CHECKPOINT_JSON, Checkpoint
+from tfmq_export.config import CalibrationSettings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,19 +10,21 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tests.conftest import rel_l2, tiny_unet2d, tiny_unet_cond
 from tests.calibration.test_adaround import micro_model
-from tfmq_export.calibration import pipeline
-from tfmq_export.calibration.minmax import init_weight_scales, mse_static_scale
-from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+from tests.conftest import rel_l2, tiny_unet2d, tiny_unet_cond
+from tfmq_export import config
+from tfmq_export.calibration.activations import mse_static_scale
+from tfmq_export.calibration.pipeline import calibrate, run_calibration
 from tfmq_export.calibration.reconstruction import ReconstructionOptions
-from tfmq_export.calibration.tfmq import TemporalBranch, finite_set_calibration, temporal_error, tiar
+from tfmq_export.calibration.tfmq import finite_set_calibration, quantize_branch, temporal_error, tiar
+from tfmq_export.calibration.weights import init_weight_scales
+from tfmq_export.config import CalibrationSettings
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.onnx_export import build_onnx
 from tfmq_export.models.loading import DEFAULT_SCHEDULER_CONFIG
 from tfmq_export.quant.state import simulation_from_artifact
 from tfmq_export.sampling import sampler_timesteps
-from tfmq_export.temporal import compute_temporal_features
+from tfmq_export.temporal import TemporalBranch, compute_temporal_features
 
 #: W4A16: no activation rounding, so the tensorrt-target graph computes the simulation's function up
 #: to float accumulation order (integers, scales and the table are checked exactly by this bound).
@@ -46,22 +48,10 @@ def _settings(method: str, **kw) -> CalibrationSettings:
     return CalibrationSettings(**base)
 
 
-def calibrate_with_extras(monkeypatch, model, settings):
-    """``calibrate`` plus the dict the method returned (the pipeline keeps only part of it)."""
-    captured: dict = {}
-    real = pipeline._method
-
-    def method(name):
-        fn = real(name)
-
-        def wrapped(*args):
-            captured.update(fn(*args) or {})
-            return captured
-
-        return wrapped
-
-    monkeypatch.setattr(pipeline, "_method", method)
-    return calibrate(model, settings, progress=False), captured
+def calibrate_with_result(model, settings):
+    """``calibrate`` plus the ``MethodResult`` the method returned (kept by ``run_calibration``)."""
+    run = run_calibration(model, settings, progress=False)
+    return run.artifact, run.result
 
 
 @pytest.fixture(scope="module")
@@ -84,21 +74,21 @@ def test_tiar_lowers_the_temporal_feature_error(micro):
     timesteps = sampler_timesteps(DEFAULT_SCHEDULER_CONFIG, 10)
     targets = TemporalBranch(micro.unet, timesteps).table()
     branch = TemporalBranch(micro.unet, timesteps).requires_grad_(False)
-    layers = branch.quantize(4, 8)
+    layers = quantize_branch(branch, 4, 8)
     assert "time_embedding.linear_1" not in layers and "time_embedding.linear_2" in layers  # linear_1 stays FP
     assert len(layers) == 1 + len(targets)
     init_weight_scales(layers)
     rtn_error = temporal_error(branch, targets)
-    result = tiar(branch, layers, targets, ReconstructionOptions(iters=300), 300, 0, progress=False)
-    assert result["error_before"] == pytest.approx(rtn_error)
-    assert result["error_after"] < 0.7 * rtn_error
+    result, _ = tiar(branch, layers, targets, ReconstructionOptions(iters=300), 300, 0, progress=False)
+    assert result.error_before == pytest.approx(rtn_error)
+    assert result.error_after < 0.7 * rtn_error
     assert all(layer.weight_quantizer.weight_int.numel() for layer in layers.values())  # frozen
 
 
 def test_fsc_quantizes_every_step_with_its_own_range(micro):
     timesteps = sampler_timesteps(DEFAULT_SCHEDULER_CONFIG, 6)
     branch = TemporalBranch(micro.unet, timesteps).requires_grad_(False)
-    layers = branch.quantize(16, 8)  # activations only: the error below is the per-step A8 error
+    layers = quantize_branch(branch, 16, 8)  # activations only: the error below is the per-step A8 error
     finite_set_calibration(branch, layers)
     for layer in layers.values():
         aq = layer.input_quantizer
@@ -116,9 +106,9 @@ def test_fsc_quantizes_every_step_with_its_own_range(micro):
     assert fsc_error < static_error
 
 
-def test_per_step_statistics_have_one_entry_per_table_row(monkeypatch, micro):
+def test_per_step_statistics_have_one_entry_per_table_row(micro):
     settings = _settings("tfmq", steps=5, temporal_table="quantized")
-    artifact, extras = calibrate_with_extras(monkeypatch, micro, settings)
+    artifact, extras = calibrate_with_result(micro, settings)
     steps = len(artifact.timesteps)
     assert steps == 5
     for name in artifact.layers:
@@ -128,11 +118,11 @@ def test_per_step_statistics_have_one_entry_per_table_row(monkeypatch, micro):
     tables = artifact.temporal_tables()
     for resnet, rows in tables.items():
         assert rows.shape[0] == steps
-        assert torch.equal(extras["tensors"][f"fsc.{resnet}.step_min"], rows.amin(dim=1))
-        assert torch.equal(extras["tensors"][f"fsc.{resnet}.step_max"], rows.amax(dim=1))
-    tib = [k for k in extras["tensors"] if k.startswith("tib.") and k.endswith("input_step_min")]
-    assert tib and all(extras["tensors"][k].shape == (steps,) for k in tib)
-    assert set(extras["timings"]) >= {"method_seconds", "tiar_seconds", "weight_recon_seconds"}
+        assert torch.equal(extras.tensors[f"fsc.{resnet}.step_min"], rows.amin(dim=1))
+        assert torch.equal(extras.tensors[f"fsc.{resnet}.step_max"], rows.amax(dim=1))
+    tib = [k for k in extras.tensors if k.startswith("tib.") and k.endswith("input_step_min")]
+    assert tib and all(extras.tensors[k].shape == (steps,) for k in tib)
+    assert set(extras.timings) >= {"method_seconds", "tiar_seconds", "weight_recon_seconds"}
 
 
 def test_temporal_table_choice(micro):
@@ -180,12 +170,10 @@ def test_mse_rule_in_calibration(micro, method):
 
 def test_default_iteration_budget_is_recorded(monkeypatch, micro):
     """--iters left out (0) runs the default budget, and the artifact says which number that was."""
-    from tfmq_export.calibration import reconstruction
-
-    monkeypatch.setattr(reconstruction, "DEFAULT_ITERS", 7)
-    artifact, extras = calibrate_with_extras(monkeypatch, micro, _settings("tfmq", iters=0))
+    monkeypatch.setattr(config, "DEFAULT_ITERS", 7)
+    artifact, extras = calibrate_with_result(micro, _settings("tfmq", iters=0))
     assert artifact.settings["iters"] == 7
-    assert {r["iters"] for r in extras["report"]["weights"]} == {7}
+    assert {r.iters for r in extras.weights} == {7}
 
 
 @pytest.mark.parametrize("method", ["qdiff", "tfmq"])
@@ -227,7 +215,7 @@ def test_bad_options_are_refused(micro):
         calibrate(micro, _settings("tfmq", iters=-3), progress=False)
 
 
-def test_split_skip_quantization_exports_exactly(monkeypatch, micro):
+def test_split_skip_quantization_exports_exactly(micro):
     """qdiff's split_skip: two scales for the concatenated up-block inputs, rebuilt in the simulation
     and written as Split -> (Q/DQ -> Conv) x 2 -> Add; teacher-forced, each split layer of the graph
     computes exactly what the simulated layer computes."""
@@ -238,12 +226,12 @@ def test_split_skip_quantization_exports_exactly(monkeypatch, micro):
     from tfmq_export.quant.simulate import quant_layers
 
     settings = _settings("qdiff", extra={"act_iters": 5, "split_skip": True})
-    artifact, extras = calibrate_with_extras(monkeypatch, micro, settings)
-    split = {k.removesuffix(".input_split"): int(v) for k, v in extras["tensors"].items() if k.endswith(".input_split")}
+    artifact, extras = calibrate_with_result(micro, settings)
+    split = {k.removesuffix(".input_split"): int(v) for k, v in extras.tensors.items() if k.endswith(".input_split")}
     assert set(split) == {f"up_blocks.{b}.resnets.{r}.{c}" for b in (0, 1) for r in (0, 1)
                           for c in ("conv1", "conv_shortcut")}
     assert split["up_blocks.0.resnets.0.conv1"] == 32  # h (32 channels) comes first, then the skip
-    artifact.tensors.update(extras["tensors"])  # what the pipeline is to do with the method's tensors
+    artifact.tensors.update(extras.tensors)  # what the pipeline is to do with the method's tensors
     sim = simulation_from_artifact(micro.unet, artifact)  # installs the split quantizers itself
     split_in_sim = {n for n, layer in quant_layers(sim).items() if isinstance(layer.input_quantizer, SplitActQuantizer)}
     assert split_in_sim == set(split)
@@ -270,12 +258,15 @@ def test_split_skip_quantization_exports_exactly(monkeypatch, micro):
 
 
 def test_calibration_recipes_are_valid():
-    """Every calib/*.json preset is a CalibrationSettings (+ model, notes) whose options the methods accept."""
+    """Every shipped recipe (tfmq_export/recipes/*.json, package data) is a CalibrationSettings (+ model,
+    notes) whose options the methods accept."""
     import json
     from dataclasses import fields
     from pathlib import Path
 
-    recipes = sorted((Path(__file__).resolve().parents[2] / "calib").glob("*.json"))
+    import tfmq_export.recipes
+
+    recipes = sorted(Path(tfmq_export.recipes.__file__).parent.glob("*.json"))
     names = {p.name for p in recipes}
     assert {"digits-w8a8.json", "digits-w4a8.json", "ldm-bedroom-w4a8.json", "sd-v1-4-w4a8.json"} <= names
     known = {f.name for f in fields(CalibrationSettings)}
@@ -284,6 +275,7 @@ def test_calibration_recipes_are_valid():
         assert recipe.pop("model") and recipe.pop("notes"), path.name
         assert set(recipe) <= known, path.name
         settings = CalibrationSettings(**recipe)
+        assert settings == config.settings_from(config.load_recipe(path.stem))  # by name, strictly checked
         options = ReconstructionOptions.from_settings(settings)
         assert options.iters == settings.iters > 0
         assert settings.static_scale_rule in ("max", "mse") and settings.temporal_table in ("fp", "quantized")
@@ -291,15 +283,15 @@ def test_calibration_recipes_are_valid():
     assert all(r["iters"] == 20000 for r in paper)  # the authors' iterations per block
 
 
-def test_bounded_cache_spreads_iterations_over_chunks(monkeypatch, micro):
+def test_bounded_cache_spreads_iterations_over_chunks(micro):
     """With a tiny ``cache_mb`` the block inputs are cached chunk by chunk (and activation
     quantization can be on during reconstruction); every block still gets its iterations."""
     settings = _settings("tfmq", extra={"cache_mb": 0.02, "recon_batch_size": 4, "recon_act_quant": True})
-    artifact, extras = calibrate_with_extras(monkeypatch, micro, settings)
-    results = extras["report"]["weights"]
-    assert results and all(r["iters"] == settings.iters for r in results)
-    assert max(r["chunks"] for r in results) > 1
-    assert all(np.isfinite(r["loss_after"]) for r in results)
+    artifact, extras = calibrate_with_result(micro, settings)
+    results = extras.weights
+    assert results and all(r.iters == settings.iters for r in results)
+    assert max(r.chunks for r in results) > 1
+    assert all(np.isfinite(r.loss_after) for r in results)
     assert all(torch.isfinite(t).all() for t in artifact.tensors.values())
 
 

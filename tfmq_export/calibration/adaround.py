@@ -8,7 +8,7 @@ Notation (AdaRound paper, eqs. 21-24; BRECQ uses the same):
 - hard integers q = clamp(floor(w / s) + [V >= 0], qmin, qmax), frozen at the end,
 - rounding regulariser f_reg = sum(1 - |2 h(V) - 1|^beta) (eq. 24), weight 0.01, off for the first
   20% of the iterations, beta annealed linearly 20 -> 2 over the rest (the TFMQ-DM / Q-Diffusion /
-  BRECQ settings, see docs TFMQ.md).
+  BRECQ settings).
 
 The grid is the one ``WeightQuantizer`` uses ([-127, 127] for 8 bit, [-8, 7] for 4 bit), so the
 frozen integers are exactly what the artifact and the exported DequantizeLinear carry.
@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tfmq_export.errors import TfmqError
 from tfmq_export.quant import grids
+from tfmq_export.quant.grids import QuantizerError
 from tfmq_export.quant.modules import QuantLayer, WeightQuantizer
 
 #: Stretch of the rectified sigmoid (AdaRound eq. 23).
@@ -42,9 +44,9 @@ class AdaRoundSettings:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.warmup < 1.0:
-            raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
+            raise QuantizerError(f"warmup must be in [0, 1), got {self.warmup}")
         if self.lr <= 0 or self.reg_weight < 0:
-            raise ValueError("lr must be positive and reg_weight non-negative")
+            raise QuantizerError("lr must be positive and reg_weight non-negative")
 
 
 class RegularizerSchedule:
@@ -119,9 +121,9 @@ def attach_adaround(layer: QuantLayer) -> AdaRound:
     """
     wq = layer.weight_quantizer
     if not wq.enabled or not wq.is_calibrated:
-        raise ValueError("AdaRound needs an enabled weight quantizer with calibrated scales")
+        raise QuantizerError("AdaRound needs an enabled weight quantizer with calibrated scales")
     if wq.weight_int.numel():
-        raise ValueError("this layer's integer weights are already frozen")
+        raise QuantizerError("this layer's integer weights are already frozen")
     qmin, qmax = wq.qrange
     ada = AdaRound(layer.weight, grids.channel_view(wq.scale, layer.weight), qmin, qmax).to(layer.weight.device)
     wq.rounding = ada
@@ -160,9 +162,8 @@ def lp_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def check_finite(value: torch.Tensor, where: str) -> None:
+    """Stop with one line naming ``where`` when a reconstruction loss is NaN or Inf."""
     if not math.isfinite(float(value)):
-        from tfmq_export.errors import TfmqError
-
         raise TfmqError(f"{where}: the reconstruction loss became {float(value)}; lower the learning rate")
 
 

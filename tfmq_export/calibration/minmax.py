@@ -1,82 +1,27 @@
-"""The ``minmax`` baseline: per-channel weight ranges and activation ranges over all steps.
+"""``--method minmax``: per-channel weight ranges and activation ranges over all steps, the baseline.
 
 Weights: per output channel, either the plain max (``weight_init="max"``) or the MSE-searched
 range (80 shrinking candidates, |w - w^|^2.4, as the paper initialises). Activations: the input
 range of every quantized layer over the calibration data of all steps, recorded per step
-(``step_min`` / ``step_max``) and turned into one static scale by a rule (``set_static_scales``: ``max`` or ``mse``).
-It is the baseline every other method is measured against.
+(``step_min`` / ``step_max``) and turned into one static scale by a rule (``max`` or ``mse``,
+``calibration.activations``). Every other method is measured against it.
 """
 
 from __future__ import annotations
 
-import torch
-from tqdm.auto import tqdm
+import time
+from pathlib import Path
 
+from tfmq_export.calibration.activations import observe_activations, set_static_scales
 from tfmq_export.calibration.data import CalibrationData
-from tfmq_export.quant import grids
-from tfmq_export.quant.modules import ActMode, ActQuantizer, QuantLayer
-from tfmq_export.quant.simulate import set_act_mode
-from tfmq_export.quant.steps import observing_steps
+from tfmq_export.calibration.result import MethodResult
+from tfmq_export.calibration.weights import init_weight_scales
+from tfmq_export.config import CalibrationSettings
+from tfmq_export.models.loading import LoadedModel
+from tfmq_export.quant.modules import QuantLayer
 from tfmq_export.temporal import TemporalTableUNet
 
-
-def init_weight_scales(layers: dict[str, QuantLayer], weight_init: str = "mse") -> None:
-    """Set every enabled weight quantizer's per-channel scale."""
-    for layer in layers.values():
-        wq = layer.weight_quantizer
-        if not wq.enabled:
-            continue
-        if weight_init == "mse":
-            scale = grids.mse_weight_scale(layer.weight, wq.bits)
-        elif weight_init == "max":
-            absmax = layer.weight.detach().reshape(layer.weight.shape[0], -1).abs().amax(dim=1)
-            scale = grids.absmax_scale(absmax, wq.qrange[1])
-        else:
-            raise ValueError(f"unknown weight_init {weight_init!r}")
-        wq.set_scale(scale)
-
-
-@torch.no_grad()
-def observe_activations(
-    sim: TemporalTableUNet,
-    layers: dict[str, QuantLayer],
-    data: CalibrationData,
-    batch_size: int,
-    progress: bool = True,
-) -> None:
-    """Run the calibration data through ``sim`` and record per-step input ranges of every layer."""
-    set_act_mode(layers, ActMode.OBSERVING)
-    for x, step, cond in tqdm(list(data.batches(batch_size)), desc="activation ranges", disable=not progress,
-                              leave=False):
-        with observing_steps(step):
-            sim(x, step, cond)
-
-
-def static_scale(quantizer: ActQuantizer) -> torch.Tensor:
-    """The ``max`` rule's engine scale: the largest |x| over all steps, so no step clips (the
-    finite set of steps makes this exact over the calibration data)."""
-    absmax = quantizer.step_absmax()
-    absmax = absmax[torch.isfinite(absmax)]
-    value = absmax.max() if absmax.numel() else torch.tensor(1.0)
-    return grids.absmax_scale(value, quantizer.qrange[1])
-
-
-def set_static_scales(
-    sim: TemporalTableUNet,
-    layers: dict[str, QuantLayer],
-    data: CalibrationData,
-    batch_size: int,
-    rule: str = "max",
-    progress: bool = True,
-) -> None:
-    """One static scale per activation quantizer from its per-step ranges (already observed) by
-    ``rule``; ``mse`` runs the data once more for per-step histograms. Leaves quantizers quantizing."""
-    quantizers = act_quantizers(layers)
-    hists = collect_step_histograms(sim, quantizers, data, batch_size, progress=progress) if rule == "mse" else None
-    set_static_scales_by_rule(quantizers, rule, hists)
-    for layer in layers.values():
-        if not layer.input_quantizer.enabled:
-            layer.input_quantizer.mode = ActMode.DISABLED
+__all__ = ["calibrate_minmax", "run"]
 
 
 def calibrate_minmax(
@@ -94,147 +39,17 @@ def calibrate_minmax(
     set_static_scales(sim, layers, data, batch_size, rule, progress)
 
 
-# --- static scale rules over the finite set of steps (added for qdiff / tfmq) ---------------------
-
-#: Rules ``set_static_scales_by_rule`` knows. ``max``: as ``static_scale``. ``mse``: the scale that
-#: minimises the quantization error summed over the sampler's steps (each step weighted equally, as
-#: sampling runs every step once), from per-step histograms of the quantizer inputs.
-STEP_SCALE_RULES = ("max", "mse")
-
-#: Histogram resolution: with 4096 bins over [-absmax, absmax] a bin is at most a third of the
-#: smallest candidate step (21% of the range / 127), so bin centres estimate the rounding error well.
-HISTOGRAM_BINS = 4096
-
-#: Suffix of the second-half quantizer of a split (concatenated skip) input in ``act_quantizers``.
-SPLIT_SUFFIX = "#split"
-
-
-def act_quantizers(layers: dict[str, QuantLayer]) -> dict[str, ActQuantizer]:
-    """{key: quantizer} of every enabled activation quantizer; a split input contributes its two
-    halves (``name`` and ``name#split``)."""
-    from tfmq_export.quant.modules import SplitActQuantizer
-
-    out: dict[str, ActQuantizer] = {}
-    for name, layer in layers.items():
-        aq = layer.input_quantizer
-        if not aq.enabled:
-            continue
-        out[name] = aq
-        if isinstance(aq, SplitActQuantizer):
-            out[name + SPLIT_SUFFIX] = aq.second
-    return out
-
-
-def _observed_absmax(aq: ActQuantizer) -> float | None:
-    absmax = aq.step_absmax()
-    absmax = absmax[torch.isfinite(absmax)]
-    return max(float(absmax.max()), 1e-8) if absmax.numel() else None
-
-
-@torch.no_grad()
-def collect_step_histograms(
+def run(
     sim: TemporalTableUNet,
-    quantizers: dict[str, ActQuantizer],
+    layers: dict[str, QuantLayer],
     data: CalibrationData,
-    batch_size: int,
-    bins: int = HISTOGRAM_BINS,
+    settings: CalibrationSettings,
+    model: LoadedModel,  # noqa: ARG001 - the methods' common signature (qdiff and tfmq read the FP UNet)
+    work_dir: Path | None = None,  # noqa: ARG001 - nothing to checkpoint: one pass over the data
     progress: bool = True,
-) -> dict[str, torch.Tensor]:
-    """{key: counts [T, bins]} of every quantizer's input values, per table row.
-
-    The range of each histogram is the quantizer's observed |x| maximum over all steps
-    (``step_min`` / ``step_max`` must be recorded first, e.g. by ``observe_activations``). Values
-    are counted before quantization; quantizers are switched off meanwhile and restored after.
-    """
-    from tfmq_export.quant.modules import SplitActQuantizer
-
-    num_steps = len(data.timesteps)
-    hists: dict[str, torch.Tensor] = {}
-    handles = []
-    saved = {key: aq.mode for key, aq in quantizers.items()}
-
-    def hook(key: str, limit: float, split: int | None):
-        def fn(module: torch.nn.Module, args: tuple) -> None:
-            x = args[0].detach().float()
-            if split is not None:
-                x = x[:, :split]
-            rows = current_steps_or_fail(x.shape[0])
-            idx = ((x.reshape(x.shape[0], -1) + limit) * (bins / (2 * limit))).long().clamp_(0, bins - 1)
-            idx += (rows.to(idx.device) * bins)[:, None]
-            hists[key] += torch.bincount(idx.flatten(), minlength=num_steps * bins).reshape(num_steps, bins).cpu()
-
-        return fn
-
-    try:
-        for key, aq in quantizers.items():
-            aq.mode = ActMode.DISABLED
-            limit = _observed_absmax(aq)
-            if limit is None:
-                continue
-            hists[key] = torch.zeros(num_steps, bins, dtype=torch.float64)
-            split = aq.split if isinstance(aq, SplitActQuantizer) else None
-            # a disabled quantizer returns early, so hook the module call itself (pre-hook)
-            handles.append(aq.register_forward_pre_hook(hook(key, limit, split)))
-        for x, step, cond in tqdm(list(data.batches(batch_size)), desc="activation histograms",
-                                  disable=not progress, leave=False):
-            with observing_steps(step):
-                sim(x, step, cond)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for key, aq in quantizers.items():
-            aq.mode = saved[key]
-    return hists
-
-
-def current_steps_or_fail(batch: int) -> torch.Tensor:
-    """The declared table rows of a batch; histograms need one row per batch element."""
-    from tfmq_export.quant.steps import current_steps
-
-    steps = current_steps()
-    if steps is None or steps.numel() != batch:
-        raise ValueError("per-step histograms need observing_steps(step_index) with one row per batch element")
-    return steps
-
-
-def mse_static_scale(
-    hist: torch.Tensor, absmax: float, qrange: tuple[int, int], num_candidates: int = 80
-) -> torch.Tensor:
-    """The per-tensor scale minimising sum_t E_t[(x - x^)^2] over the steps t.
-
-    ``hist`` [T, bins] counts values on [-absmax, absmax]; each step's error is the mean over its
-    own values, so every step weighs the same. Candidates shrink the max-rule range in 1% steps
-    (the paper's weight search, applied to activations).
-    """
-    qmin, qmax = qrange
-    bins = hist.shape[1]
-    edges = torch.linspace(-absmax, absmax, bins + 1, dtype=torch.float64)
-    centres = 0.5 * (edges[1:] + edges[:-1])
-    totals = hist.sum(dim=1, keepdim=True)
-    weights = (hist / totals.clamp(min=1)).sum(dim=0)
-    best_err, best = float("inf"), absmax / qmax
-    for i in range(num_candidates):
-        scale = max(absmax * (1.0 - 0.01 * i), 1e-8) / qmax
-        err = float((weights * (centres - torch.clamp(torch.round(centres / scale), qmin, qmax) * scale).pow(2)).sum())
-        if err < best_err:
-            best_err, best = err, scale
-    return torch.tensor(best, dtype=torch.float32)
-
-
-def set_static_scales_by_rule(
-    quantizers: dict[str, ActQuantizer], rule: str, hists: dict[str, torch.Tensor] | None = None
-) -> None:
-    """Set every quantizer's static scale by ``rule`` (one of ``STEP_SCALE_RULES``) and switch it to
-    quantizing. ``mse`` needs ``hists`` from ``collect_step_histograms``; a quantizer that saw no
-    data keeps the ``max`` rule's fallback."""
-    if rule not in STEP_SCALE_RULES:
-        raise ValueError(f"unknown static scale rule {rule!r}; known: {', '.join(STEP_SCALE_RULES)}")
-    if rule == "mse" and hists is None:
-        raise ValueError("the mse rule needs per-step histograms (collect_step_histograms)")
-    for key, aq in quantizers.items():
-        limit = _observed_absmax(aq)
-        if rule == "mse" and hists is not None and key in hists and limit is not None:
-            aq.set_scale(mse_static_scale(hists[key], limit, aq.qrange))
-        else:
-            aq.set_scale(static_scale(aq))
-        aq.mode = ActMode.QUANTIZING
+) -> MethodResult:
+    """The method as ``pipeline.calibrate`` calls it."""
+    started = time.perf_counter()
+    calibrate_minmax(sim, layers, data, settings.batch_size, settings.weight_init, settings.static_scale_rule,
+                     progress)
+    return MethodResult(timings={"method_seconds": time.perf_counter() - started})

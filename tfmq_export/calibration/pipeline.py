@@ -1,71 +1,53 @@
 """One calibration run: data, simulation, the chosen method, the artifact.
 
 ``calibrate`` is what ``tfmq-export calibrate`` calls. Methods live in their own modules
-(``minmax``, ``qdiff``, ``tfmq``); this module only wires them to data and the artifact.
+(``minmax``, ``qdiff``, ``tfmq``), each a ``run`` function returning a ``MethodResult``; this
+module only wires them to data and the artifact, and refuses non-finite values on the way
+(model weights, calibration data, every artifact tensor) with one line naming the tensor.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from tfmq_export import config
 from tfmq_export.artifact import CalibrationArtifact, save_artifact
+from tfmq_export.calibration import minmax, qdiff, tfmq
 from tfmq_export.calibration.data import CalibrationData, collect_calibration_data
+from tfmq_export.calibration.result import MethodResult
+from tfmq_export.config import CalibrationSettings
 from tfmq_export.errors import TfmqError
 from tfmq_export.models.loading import LoadedModel
 from tfmq_export.quant.modules import QuantLayer
-from tfmq_export.quant.simulate import check_bits, quantize_model
+from tfmq_export.quant.simulate import quantize_model
 from tfmq_export.quant.state import artifact_tensors
 from tfmq_export.sampling import sampler_timesteps
 from tfmq_export.temporal import TemporalTableUNet, build_table_unet
 
+__all__ = ["METHODS", "CalibrationRun", "CalibrationSettings", "MethodFn", "calibrate", "run_calibration"]
+
+#: fn(sim, layers, data, settings, model, work_dir, progress) -> MethodResult; calibrates ``sim`` in place
+MethodFn = Callable[
+    [TemporalTableUNet, dict[str, QuantLayer], CalibrationData, CalibrationSettings, LoadedModel, Path | None, bool],
+    MethodResult,
+]
+
+#: method name -> its module's ``run``
+METHODS: dict[str, MethodFn] = {"minmax": minmax.run, "qdiff": qdiff.run, "tfmq": tfmq.run}
+
 
 @dataclass
-class CalibrationSettings:
-    """Everything that decides a calibration result; written into the artifact."""
+class CalibrationRun:
+    """A finished calibration: the artifact (as written) and the method's full result."""
 
-    method: str = "minmax"
-    wbits: int = 8
-    abits: int = 8
-    steps: int = 25
-    num_samples: int = 64
-    iters: int = 0
-    seed: int = 0
-    batch_size: int = 64
-    weight_init: str = "mse"
-    static_scale_rule: str = "max"
-    temporal_table: str = "fp"
-    extra: dict[str, Any] | None = None
-
-
-#: method name -> fn(sim, layers, data, settings, fp_unet, work_dir, progress) -> dict of timings/extras
-MethodFn = Callable[..., dict[str, Any] | None]
-
-
-def _minmax(sim, layers, data, settings, fp_model, work_dir, progress) -> None:
-    from tfmq_export.calibration.minmax import calibrate_minmax
-
-    calibrate_minmax(sim, layers, data, settings.batch_size, settings.weight_init, settings.static_scale_rule,
-                     progress)
-
-
-def _method(name: str) -> MethodFn:
-    if name == "minmax":
-        return _minmax
-    if name in ("qdiff", "tfmq"):
-        import importlib
-
-        try:
-            module = importlib.import_module(f"tfmq_export.calibration.{name}")
-        except ModuleNotFoundError as exc:
-            raise TfmqError(f"--method {name} is not available in this build") from exc
-        return module.run
-    raise TfmqError(f"unknown --method {name!r} (choose minmax, qdiff or tfmq)")
+    artifact: CalibrationArtifact
+    result: MethodResult
 
 
 def calibrate(
@@ -75,16 +57,21 @@ def calibrate(
     progress: bool = True,
 ) -> CalibrationArtifact:
     """Calibrate ``model`` and (when ``out_dir`` is given) write the artifact there."""
-    check_bits(settings.wbits, settings.abits)
-    from tfmq_export.calibration.minmax import STEP_SCALE_RULES
+    return run_calibration(model, settings, out_dir, progress).artifact
 
-    if settings.static_scale_rule not in STEP_SCALE_RULES:  # before minutes of data collection
-        raise TfmqError(f"--static-scale-rule {settings.static_scale_rule!r}: choose {' or '.join(STEP_SCALE_RULES)}")
-    method = _method(settings.method)
-    if settings.method in ("qdiff", "tfmq") and settings.iters == 0:
-        from tfmq_export.calibration.reconstruction import DEFAULT_ITERS
 
-        settings = replace(settings, iters=DEFAULT_ITERS)  # the artifact records the budget actually used
+def run_calibration(
+    model: LoadedModel,
+    settings: CalibrationSettings,
+    out_dir: Path | None = None,
+    progress: bool = True,
+) -> CalibrationRun:
+    """``calibrate``, also handing back the method's result (per-block losses, TIAR, timings)."""
+    settings.validate()  # before minutes of data collection (fields may have changed since construction)
+    method = METHODS[settings.method]
+    if settings.reconstructs and settings.iters == 0:
+        settings = replace(settings, iters=config.DEFAULT_ITERS)  # the artifact records the budget actually used
+    check_finite_weights(model.unet)
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
 
@@ -93,9 +80,8 @@ def calibrate(
     fp_sim = build_table_unet(model.unet, timesteps).eval()
 
     # 2. full-precision trajectories, every step kept
-    quantized = not (settings.wbits >= 16 and settings.abits >= 16)
     data: CalibrationData | None = None
-    if quantized:
+    if settings.quantized:
         if model.is_conditional and model.conditions is None:
             raise TfmqError("a conditional UNet needs --conditions FILE.npy (encoder_hidden_states [N, S, D])")
         data = collect_calibration_data(
@@ -109,22 +95,23 @@ def calibrate(
             model.conditions,
             progress,
         )
+        check_finite_data(data)
     data_seconds = time.perf_counter() - started
 
     # 3. simulation + method
-    sim = _fresh_sim(fp_sim)
-    layers: dict[str, QuantLayer] = {}
-    extras: dict[str, Any] = {}
-    if quantized:
+    sim = copy.deepcopy(fp_sim)  # the method quantizes its own copy of the full-precision table UNet
+    result = MethodResult()
+    if settings.quantized:
         layers = quantize_model(sim, settings.wbits, settings.abits)
         work_dir = None if out_dir is None else Path(out_dir) / ".work"
-        extras = method(sim, layers, data, settings, model, work_dir, progress) or {}
+        result = method(sim, layers, data, settings, model, work_dir, progress)
     total_seconds = time.perf_counter() - started
 
     tensors, records = artifact_tensors(sim)
-    tensors.update(extras.get("tensors", {}))  # method extras: per-step temporal ranges (FSC), split scales
+    tensors.update(result.tensors)  # method extras: per-step temporal ranges (FSC), split scales
+    check_finite_tensors(tensors)
     artifact = CalibrationArtifact(
-        method=settings.method if quantized else "fp",
+        method=settings.method if settings.quantized else "fp",
         wbits=settings.wbits,
         abits=settings.abits,
         timesteps=timesteps,
@@ -134,18 +121,46 @@ def calibrate(
         model_fingerprint=model.fingerprint(),
         layers=records,
         tensors=tensors,
-        settings={**{k: v for k, v in asdict(settings).items() if v is not None}, "model_source": model.source},
-        timings={"data_seconds": data_seconds, "calib_seconds": total_seconds, **extras.get("timings", {})},
+        settings={**settings.record(), "model_source": model.source},
+        timings={"data_seconds": data_seconds, "calib_seconds": total_seconds, **result.timings},
         static_scale_rule=settings.static_scale_rule,
-        temporal_table=extras.get("temporal_table", settings.temporal_table),
+        temporal_table=result.temporal_table or settings.temporal_table,
     )
     if out_dir is not None:
         save_artifact(artifact, Path(out_dir))
-    return artifact
+    return CalibrationRun(artifact, result)
 
 
-def _fresh_sim(fp_sim: TemporalTableUNet) -> TemporalTableUNet:
-    """A separate copy of the full-precision table UNet for the method to quantize."""
-    import copy
+# --- non-finite values stop the run, naming the tensor ---------------------------------------------
 
-    return copy.deepcopy(fp_sim)
+
+def check_finite_weights(unet: torch.nn.Module) -> None:
+    """Refuse a UNet with NaN or Inf weights (it would calibrate into noise)."""
+    for name, tensor in unet.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise TfmqError(f"model weight {name} holds NaN or Inf values; the model cannot be calibrated")
+
+
+def check_finite_data(data: CalibrationData) -> None:
+    """Refuse calibration data with NaN or Inf values, naming the first bad step."""
+    for label, values in (("x_t", data.samples), ("condition", data.conditions)):
+        if values is None:
+            continue
+        bad = ~torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
+        if bad.any():
+            row = int(data.step_index[bad.nonzero()[0, 0]])
+            raise TfmqError(f"calibration data: {label} at step {row} (timestep {data.timesteps[row]}) is not finite; "
+                            "the full-precision model or the conditions produce NaN/Inf")
+
+
+def check_finite_tensors(tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse an artifact tensor with NaN or Inf values (per-step ranges may be +-inf for a step
+    that was never observed, never NaN)."""
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            continue
+        ranges = key.endswith(("step_min", "step_max"))
+        bad = torch.isnan(tensor).any() if ranges else not torch.isfinite(tensor).all()
+        if bad:
+            raise TfmqError(f"calibration produced non-finite values in {key}; lower the learning rates or check "
+                            "the model")

@@ -7,7 +7,8 @@ temporal branch into a per-step table:
 
 1. the temporal branch comes back as live modules (timestep -> time MLP -> every ResBlock's
    ``time_emb_proj``), and its Linear layers ``time_embedding.linear_2`` and every
-   ``time_emb_proj`` are quantized (``linear_1`` stays FP, as in the papers' code);
+   ``time_emb_proj`` are quantized (``linear_1`` stays FP, as in the papers' code:
+   ``models.adapter.TIB_KEEP_FP``);
 2. block reconstruction (AdaRound, BRECQ) over everything in execution order: ``linear_2`` as a
    block of its own, each ``time_emb_proj`` inside its ResBlock, whose output mixes t with the
    image; data uniform over the steps (every step of the calibration trajectories);
@@ -16,10 +17,12 @@ temporal branch into a per-step table:
    block, default iters // 4 like its 5,000 vs 20,000);
 4. the table is computed from the quantized temporal branch (quantized weights and activations),
    so the baseline's temporal-feature disturbance reaches the deployed model
-   (``temporal_table = "quantized"`` always).
+   (``temporal_table = "quantized"`` always; the table is ``temporal.TemporalBranch`` run on the
+   live modules).
 
 Shortcut splitting (Q-Diffusion's default, ``split_skip``, on unless the recipe turns it off): two
 scales for the concatenated skip inputs of up-block ResBlocks' ``conv1`` and ``conv_shortcut``. The
+split points come from the adapter (``UNetAdapter.concat_skip_splits``); the
 second scales go into the artifact (``{layer}.input_split`` / ``input_scale_split``); the
 simulation rebuilds them (``quant.modules.install_split_quantizers`` in
 ``simulation_from_artifact``) and the export writes them as ``Split -> (Q/DQ -> Conv) x 2 -> Add``
@@ -30,33 +33,40 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from tfmq_export.calibration.data import CalibrationData
-from tfmq_export.calibration.minmax import init_weight_scales
-from tfmq_export.calibration.reconstruction import (
+from tfmq_export.calibration.activations import calibrate_activations
+from tfmq_export.calibration.block_io import (
     Block,
-    BlockResult,
-    ReconstructionOptions,
-    Stage,
     adapter_blocks,
-    calibrate_activations,
     execution_order,
-    reconstruct_blocks,
+    forward_declared,
     uniform_subset,
-    weights_stage,
 )
+from tfmq_export.calibration.data import CalibrationData
+from tfmq_export.calibration.reconstruction import ReconstructionOptions, Stage, reconstruct_blocks, weights_stage
+from tfmq_export.calibration.result import BlockResult, MethodResult
 from tfmq_export.calibration.resume import Checkpoint, run_fingerprint
+from tfmq_export.calibration.weights import init_weight_scales
+from tfmq_export.config import CalibrationSettings
 from tfmq_export.models.adapter import UNetAdapter, replace_submodule
+from tfmq_export.models.loading import LoadedModel
 from tfmq_export.quant.modules import QuantLayer, SplitActQuantizer, make_quant_layer, split_tensors
-from tfmq_export.quant.steps import observing_steps
-from tfmq_export.temporal import TemporalTableUNet, build_table_unet
+from tfmq_export.temporal import TemporalBranch, TemporalTableUNet, build_table_unet
 
-#: Kept in full precision inside the temporal branch (the papers' released code).
-TIB_KEEP_FP = ("time_embedding.linear_1",)
+__all__ = [
+    "StepToTimestep",
+    "attach_live_temporal_branch",
+    "enable_split_skip",
+    "fold_temporal_branch",
+    "live_temporal_features",
+    "qdiff_blocks",
+    "quantize_temporal_branch",
+    "run",
+]
 
 # 1. the temporal branch as live modules ----------------------------------------------------------
 
@@ -89,29 +99,17 @@ def quantize_temporal_branch(table_unet: TemporalTableUNet, source_unet: nn.Modu
                              abits: int) -> dict[str, QuantLayer]:
     """Swap the live branch's Linear layers (all but ``TIB_KEEP_FP``) for quantized ones."""
     layers: dict[str, QuantLayer] = {}
-    for name in UNetAdapter(source_unet).tib_linear_names():
-        if name in TIB_KEEP_FP:
-            continue
+    for name in UNetAdapter(source_unet).tib_quantized_names():
         layer = make_quant_layer(table_unet.unet.get_submodule(name), wbits, abits, table_unet.num_steps)
         replace_submodule(table_unet.unet, name, layer)
         layers[name] = layer
     return layers
 
 
-@torch.no_grad()
 def live_temporal_features(table_unet: TemporalTableUNet) -> dict[str, torch.Tensor]:
     """{resnet: feature [T, C]} of the live branch for every table row (quantizers as they are)."""
     unet = table_unet.unet
-    rows = torch.arange(table_unet.num_steps)
-    features: dict[str, torch.Tensor] = {}
-    with observing_steps(rows):
-        param = next(unet.parameters())
-        emb = unet.time_embedding(unet.time_proj(rows.to(param.device)).to(param.dtype))
-        for proj in UNetAdapter(unet).temporal_projections():
-            resnet = proj.resnet
-            x = emb if resnet.skip_time_act else resnet.nonlinearity(emb)
-            features[proj.resnet_name] = resnet.time_emb_proj(x).float().cpu()
-    return features
+    return TemporalBranch(unet, table_unet.timesteps, copy_modules=False, time_proj=unet.time_proj.time_proj).table()
 
 
 def fold_temporal_branch(table_unet: TemporalTableUNet, tables: dict[str, torch.Tensor]) -> None:
@@ -138,43 +136,14 @@ def qdiff_blocks(source_unet: nn.Module, tib_layers: dict[str, QuantLayer]) -> l
     return extra + blocks
 
 
-@torch.no_grad()
-def skip_concat_splits(sim: TemporalTableUNet, data: CalibrationData) -> dict[str, int]:
-    """{up-block ResBlock: channel where its skip half starts}, read from one forward.
-
-    diffusers' up blocks feed ResBlock i with ``cat([h, res_hidden_states_tuple[-1 - i]], dim=1)``,
-    so the skip half starts at ``in_channels - skip channels``.
-    """
-    splits: dict[str, int] = {}
-    handles = []
-
-    def hook(index: int):
-        def fn(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            skips = kwargs.get("res_hidden_states_tuple", args[1] if len(args) > 1 else None)
-            for i, resnet in enumerate(module.resnets):
-                splits[f"up_blocks.{index}.resnets.{i}"] = int(resnet.in_channels - skips[-1 - i].shape[1])
-
-        return fn
-
-    try:
-        for index, block in enumerate(sim.unet.up_blocks):
-            if getattr(block, "resnets", None) is not None:
-                handles.append(block.register_forward_pre_hook(hook(index), with_kwargs=True))
-        x, step, cond = next(data.batches(1))
-        with observing_steps(step):
-            sim(x, step, cond)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return splits
-
-
 def enable_split_skip(sim: TemporalTableUNet, layers: dict[str, QuantLayer], data: CalibrationData) -> list[str]:
     """Q-Diffusion's shortcut splitting: ``conv1`` and ``conv_shortcut`` of every up-block ResBlock
     quantize the two halves of their concatenated input with separate scales (GroupNorm and SiLU
     before ``conv1`` keep the channel order, so the split point is the same)."""
+    x, step, cond = next(data.batches(1))
+    splits = UNetAdapter(sim.unet).concat_skip_splits(lambda: forward_declared(sim, x, step, cond))
     split_layers: list[str] = []
-    for resnet, split in skip_concat_splits(sim, data).items():
+    for resnet, split in splits.items():
         for name in (f"{resnet}.conv1", f"{resnet}.conv_shortcut"):
             layer = layers.get(name)
             if layer is None or not layer.input_quantizer.enabled or split <= 0:
@@ -191,12 +160,13 @@ def run(
     sim: TemporalTableUNet,
     layers: dict[str, QuantLayer],
     data: CalibrationData,
-    settings: Any,
-    model: Any,
-    work_dir: Any = None,
+    settings: CalibrationSettings,
+    model: LoadedModel,
+    work_dir: Path | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Calibrate ``sim`` in place the Q-Diffusion way; returns timings and the table kind."""
+) -> MethodResult:
+    """Calibrate ``sim`` in place the Q-Diffusion way; returns timings, the table kind, the split
+    scales and the per-block report."""
     started = time.perf_counter()
     options = ReconstructionOptions.from_settings(settings)
     sim.requires_grad_(False)
@@ -222,7 +192,8 @@ def run(
     act_started = time.perf_counter()
     act_results: list[BlockResult] = []
     if settings.abits < 16:
-        calibrate_activations(sim, all_layers, data, options, settings.static_scale_rule, progress)
+        calibrate_activations(sim, all_layers, data, options.capture_batch_size, settings.static_scale_rule,
+                              options.act_samples_per_step, options.seed, progress)
         if options.lsq_iters > 0:
             recon_data = uniform_subset(data, options.recon_samples, options.seed)
             act_results = reconstruct_blocks(sim, fp_ref, blocks, all_layers, recon_data, options, Stage.ACT,
@@ -233,33 +204,16 @@ def run(
     fold_temporal_branch(sim, live_temporal_features(sim))
     if not options.keep_checkpoints:
         checkpoint.remove()
-    total = time.perf_counter() - started
-    return {
-        "timings": {
-            "method_seconds": total,
+    return MethodResult(
+        tensors={k: v for n in split_layers for k, v in split_tensors(n, layers[n].input_quantizer).items()},
+        timings={
+            "method_seconds": time.perf_counter() - started,
             "weight_recon_seconds": weight_seconds,
             "act_calib_seconds": act_seconds,
         },
-        "temporal_table": "quantized",
-        "tensors": {k: v for n in split_layers for k, v in split_tensors(n, layers[n].input_quantizer).items()},
-        "report": {
-            "blocks": [b.name for b in blocks],
-            "resumed_units": resumed,
-            "weights": [vars(r) for r in weight_results],
-            "act": [vars(r) for r in act_results],
-        },
-    }
-
-
-__all__ = [
-    "TIB_KEEP_FP",
-    "StepToTimestep",
-    "attach_live_temporal_branch",
-    "enable_split_skip",
-    "fold_temporal_branch",
-    "live_temporal_features",
-    "qdiff_blocks",
-    "quantize_temporal_branch",
-    "run",
-    "skip_concat_splits",
-]
+        temporal_table="quantized",
+        blocks=[b.name for b in blocks],
+        resumed_units=resumed,
+        weights=weight_results,
+        act=act_results,
+    )

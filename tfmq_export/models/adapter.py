@@ -10,14 +10,21 @@ output depends on the timestep alone, so the exporter turns it into a per-step t
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import nn
 
 from tfmq_export.errors import TfmqError
 
 #: Kept in full precision, as in the paper's released code: the first and the output conv.
 DEFAULT_KEEP_FP: tuple[str, ...] = ("conv_in", "conv_out")
+
+#: Kept in full precision inside the temporal branch, as in the papers' released code: the first
+#: time-embedding Linear (TFMQ-DM's TIAR and Q-Diffusion's baseline both leave it FP).
+TIB_KEEP_FP: tuple[str, ...] = ("time_embedding.linear_1",)
 
 #: Module classes that form one reconstruction block (BRECQ granularity).
 _BLOCK_CLASSES = ("ResnetBlock2D", "Attention", "BasicTransformerBlock", "Downsample2D", "Upsample2D")
@@ -83,12 +90,6 @@ class UNetAdapter:
         """Every ResBlock with a time projection, in execution order."""
         return [TemporalProjection(name, module) for name, module in self.temporal_projections_raw()]
 
-    def tib_module_names(self) -> list[str]:
-        """Names of the modules that make up the TIB (replaced by the table at export)."""
-        names = ["time_proj", "time_embedding"]
-        names += [p.proj_name for p in self.temporal_projections()]
-        return names
-
     def tib_linear_names(self) -> list[str]:
         """Linear layers inside the TIB, the ones TIAR reconstructs."""
         return [
@@ -96,6 +97,11 @@ class UNetAdapter:
             for name, module in self.unet.named_modules()
             if isinstance(module, nn.Linear) and self._in_tib(name)
         ]
+
+    def tib_quantized_names(self) -> list[str]:
+        """The TIB's Linear layers that methods quantizing the temporal branch quantize (all but
+        ``TIB_KEEP_FP``)."""
+        return [name for name in self.tib_linear_names() if name not in TIB_KEEP_FP]
 
     def _in_tib(self, name: str) -> bool:
         return name.startswith("time_embedding.") or name.endswith(".time_emb_proj") or name.startswith("time_proj")
@@ -138,6 +144,37 @@ class UNetAdapter:
         return blocks
 
 
+    # 5. concatenated skip inputs
+    @torch.no_grad()
+    def concat_skip_splits(self, run: Callable[[], Any]) -> dict[str, int]:
+        """{up-block ResBlock: channel where its skip half starts}, read while ``run()`` calls the UNet once.
+
+        diffusers' up blocks feed ResBlock i with ``cat([h, res_hidden_states_tuple[-1 - i]], dim=1)``,
+        so the skip half starts at ``in_channels - skip channels`` (Q-Diffusion's shortcut splitting
+        quantizes the two halves with separate scales).
+        """
+        splits: dict[str, int] = {}
+        handles = []
+
+        def hook(index: int):
+            def fn(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                skips = kwargs.get("res_hidden_states_tuple", args[1] if len(args) > 1 else None)
+                for i, resnet in enumerate(module.resnets):
+                    splits[f"up_blocks.{index}.resnets.{i}"] = int(resnet.in_channels - skips[-1 - i].shape[1])
+
+            return fn
+
+        try:
+            for index, block in enumerate(getattr(self.unet, "up_blocks", [])):
+                if getattr(block, "resnets", None) is not None:
+                    handles.append(block.register_forward_pre_hook(hook(index), with_kwargs=True))
+            run()
+        finally:
+            for handle in handles:
+                handle.remove()
+        return splits
+
+
 def get_submodule_parent(root: nn.Module, name: str) -> tuple[nn.Module, str]:
     """(parent module, attribute name) of the submodule called ``name``."""
     parent_name, _, attr = name.rpartition(".")
@@ -156,6 +193,7 @@ def count_parameters(module: nn.Module) -> int:
 
 __all__ = [
     "DEFAULT_KEEP_FP",
+    "TIB_KEEP_FP",
     "ReconstructionBlock",
     "TemporalProjection",
     "UNetAdapter",

@@ -11,8 +11,27 @@ from __future__ import annotations
 
 import torch
 
-SUPPORTED_WEIGHT_BITS = (4, 8, 16)
-SUPPORTED_ACT_BITS = (8, 16)
+from tfmq_export.config import SUPPORTED_ACT_BITS, SUPPORTED_WEIGHT_BITS
+from tfmq_export.errors import TfmqError
+
+__all__ = [
+    "SUPPORTED_ACT_BITS",
+    "SUPPORTED_WEIGHT_BITS",
+    "QuantizerError",
+    "absmax_scale",
+    "act_range",
+    "channel_view",
+    "fake_quantize",
+    "mse_weight_scale",
+    "quantize",
+    "round_ste",
+    "weight_range",
+]
+
+
+class QuantizerError(TfmqError, ValueError):
+    """An impossible quantizer value (scale, integers, bits, split point): one line for the user,
+    and a ``ValueError`` for library callers."""
 
 
 def weight_range(bits: int) -> tuple[int, int]:
@@ -21,14 +40,14 @@ def weight_range(bits: int) -> tuple[int, int]:
         return -127, 127
     if bits == 4:
         return -8, 7
-    raise ValueError(f"weight bits {bits} have no integer grid (supported: 4, 8; 16 means float)")
+    raise QuantizerError(f"weight bits {bits} have no integer grid (supported: 4, 8; 16 means float)")
 
 
 def act_range(bits: int) -> tuple[int, int]:
     """(qmin, qmax) of the activation grid."""
     if bits == 8:
         return -128, 127
-    raise ValueError(f"activation bits {bits} have no integer grid (supported: 8; 16 means float)")
+    raise QuantizerError(f"activation bits {bits} have no integer grid (supported: 8; 16 means float)")
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:

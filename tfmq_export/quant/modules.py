@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tfmq_export.quant import grids
+from tfmq_export.quant.grids import QuantizerError
 from tfmq_export.quant.steps import current_steps
 
 
@@ -50,10 +51,12 @@ class ActQuantizer(nn.Module):
     def qrange(self) -> tuple[int, int]:
         return grids.act_range(self.bits)
 
-    def set_scale(self, scale: torch.Tensor | float) -> None:
+    def set_scale(self, scale: torch.Tensor | float, where: str = "activation quantizer") -> None:
+        """Set the static scale; ``where`` names the layer in the error."""
         value = torch.as_tensor(scale, dtype=torch.float32)
         if value.numel() != 1 or not torch.isfinite(value) or value <= 0:
-            raise ValueError(f"activation scale must be one positive finite number, got {value}")
+            raise QuantizerError(f"{where}: activation scale must be one positive finite number, got "
+                                 f"{value.flatten()[:4].tolist()}")
         self.scale.copy_(value.reshape(()))
 
     def step_absmax(self) -> torch.Tensor:
@@ -121,18 +124,19 @@ class WeightQuantizer(nn.Module):
     def is_calibrated(self) -> bool:
         return bool((self.scale > 0).all())
 
-    def set_scale(self, scale: torch.Tensor) -> None:
+    def set_scale(self, scale: torch.Tensor, where: str = "weight quantizer") -> None:
+        """Set the per-channel scales; ``where`` names the layer in the error."""
         if scale.shape != self.scale.shape:
-            raise ValueError(f"weight scale shape {tuple(scale.shape)} != {tuple(self.scale.shape)}")
+            raise QuantizerError(f"{where}: weight scale shape {tuple(scale.shape)} != {tuple(self.scale.shape)}")
         if not torch.isfinite(scale).all() or (scale <= 0).any():
-            raise ValueError("weight scales must be positive and finite")
+            raise QuantizerError(f"{where}: weight scales must be positive and finite (are the weights finite?)")
         self.scale.copy_(scale)
 
-    def freeze_integers(self, weight_int: torch.Tensor) -> None:
+    def freeze_integers(self, weight_int: torch.Tensor, where: str = "weight quantizer") -> None:
         """Store learned integer weights; the float weight is no longer used for rounding."""
         qmin, qmax = self.qrange
         if weight_int.min() < qmin or weight_int.max() > qmax:
-            raise ValueError(f"integer weights outside [{qmin}, {qmax}]")
+            raise QuantizerError(f"{where}: integer weights outside [{qmin}, {qmax}]")
         self.weight_int = weight_int.to(torch.int8).clone()
 
     def integer_weight(self, weight: torch.Tensor) -> torch.Tensor:
@@ -183,7 +187,7 @@ class QuantConv2d(QuantLayer):
 
     def __init__(self, conv: nn.Conv2d, wbits: int, abits: int, num_steps: int) -> None:
         if conv.padding_mode != "zeros":
-            raise ValueError("only zero padding is supported")
+            raise QuantizerError(f"Conv2d with padding_mode={conv.padding_mode!r}: only zero padding is supported")
         super().__init__(wbits, abits, conv.out_channels, num_steps)
         self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
@@ -215,7 +219,7 @@ def make_quant_layer(module: nn.Module, wbits: int, abits: int, num_steps: int) 
         return QuantConv2d(module, wbits, abits, num_steps)
     if isinstance(module, nn.Linear):
         return QuantLinear(module, wbits, abits, num_steps)
-    raise TypeError(f"cannot quantize {type(module).__name__}")
+    raise QuantizerError(f"cannot quantize {type(module).__name__} (only Conv2d and Linear)")
 
 
 # --- added for tfmq (FSC) and qdiff (split skip quantization) -------------------------------------
@@ -239,10 +243,11 @@ class PerStepActQuantizer(ActQuantizer):
             return super().forward(x)
         steps = current_steps()
         if steps is None or steps.numel() != x.shape[0]:
-            raise ValueError("per-step activation quantization needs observing_steps(step_index), one row per sample")
+            raise QuantizerError("per-step activation quantization needs observing_steps(step_index), "
+                                 "one row per sample")
         scale = self.step_scales()[steps.to(self.step_min.device)]
         if not torch.isfinite(scale).all():
-            raise ValueError("per-step activation quantization of a step that was never observed")
+            raise QuantizerError("per-step activation quantization of a step that was never observed")
         qmin, qmax = self.qrange
         return grids.fake_quantize(x, scale.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype), qmin, qmax)
 
@@ -260,7 +265,7 @@ class SplitActQuantizer(ActQuantizer):
     def __init__(self, bits: int, num_steps: int, split: int) -> None:
         super().__init__(bits, num_steps)
         if split <= 0:
-            raise ValueError(f"split channel must be positive, got {split}")
+            raise QuantizerError(f"split channel must be positive, got {split}")
         self.split = split
         self.second = ActQuantizer(bits, num_steps)
 
@@ -270,7 +275,7 @@ class SplitActQuantizer(ActQuantizer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] <= self.split:
-            raise ValueError(f"input with {x.shape[1] if x.dim() > 1 else 0} channels cannot split at {self.split}")
+            raise QuantizerError(f"input with {x.shape[1] if x.dim() > 1 else 0} channels cannot split at {self.split}")
         self.second.mode = self.mode
         first = super().forward(x[:, : self.split])
         return torch.cat([first, self.second(x[:, self.split :])], dim=1)
@@ -301,7 +306,7 @@ def install_split_quantizers(layers: dict[str, QuantLayer], tensors: dict[str, t
             continue
         old = layer.input_quantizer
         new = SplitActQuantizer(old.bits, old.step_min.numel(), int(tensors[key]))
-        new.second.set_scale(tensors[f"{name}.input_scale_split"])
+        new.second.set_scale(tensors[f"{name}.input_scale_split"], f"layer {name} (split input)")
         new.second.step_min.copy_(tensors[f"{name}.input_split_step_min"])
         new.second.step_max.copy_(tensors[f"{name}.input_split_step_max"])
         swap_input_quantizer(layer, new)
@@ -337,7 +342,7 @@ class StepFactorActQuantizer(ActQuantizer):
     def set_step_factors(self, factors: torch.Tensor) -> None:
         factors = factors.detach().float().reshape(-1)
         if factors.numel() != self.step_factor.numel() or not bool((torch.isfinite(factors) & (factors > 0)).all()):
-            raise ValueError(f"step factors must be {self.step_factor.numel()} positive finite values")
+            raise QuantizerError(f"step factors must be {self.step_factor.numel()} positive finite values")
         self.step_factor.copy_(factors)
         self.step_factor_inv.copy_(1.0 / factors)
 
@@ -346,7 +351,7 @@ class StepFactorActQuantizer(ActQuantizer):
             return super().forward(x)
         steps = current_steps()
         if steps is None or steps.numel() != x.shape[0]:
-            raise ValueError("per-step factors need observing_steps(step_index), one row per sample")
+            raise QuantizerError("per-step factors need observing_steps(step_index), one row per sample")
         shape = (-1, *([1] * (x.dim() - 1)))
         steps = steps.to(self.step_factor.device)
         inv = self.step_factor_inv[steps].reshape(shape).to(x.dtype)

@@ -6,23 +6,10 @@ their scales is the calibrator's. ``quantize_model`` only swaps modules.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import torch
-
-from tfmq_export.errors import TfmqError
+from tfmq_export.config import check_bits
 from tfmq_export.models.adapter import UNetAdapter, replace_submodule
-from tfmq_export.quant.grids import SUPPORTED_ACT_BITS, SUPPORTED_WEIGHT_BITS
 from tfmq_export.quant.modules import ActMode, QuantLayer, make_quant_layer
 from tfmq_export.temporal import TemporalTableUNet
-
-
-def check_bits(wbits: int, abits: int) -> None:
-    """Refuse bit widths the deployment targets cannot express."""
-    if wbits not in SUPPORTED_WEIGHT_BITS:
-        raise TfmqError(f"--wbits {wbits} is not supported (choose from {', '.join(map(str, SUPPORTED_WEIGHT_BITS))})")
-    if abits not in SUPPORTED_ACT_BITS:
-        raise TfmqError(f"--abits {abits} is not supported (choose from {', '.join(map(str, SUPPORTED_ACT_BITS))})")
 
 
 def quantize_model(table_unet: TemporalTableUNet, wbits: int, abits: int) -> dict[str, QuantLayer]:
@@ -51,16 +38,4 @@ def set_act_mode(layers: dict[str, QuantLayer], mode: ActMode) -> None:
         layer.input_quantizer.mode = mode
 
 
-def iter_weight_quantizers(layers: dict[str, QuantLayer]) -> Iterator[tuple[str, torch.nn.Module]]:
-    for name, layer in layers.items():
-        yield name, layer.weight_quantizer
-
-
-def check_calibrated(layers: dict[str, QuantLayer]) -> None:
-    """Fail before export when a quantizer has no valid scale, naming the layer."""
-    for name, layer in layers.items():
-        wq, aq = layer.weight_quantizer, layer.input_quantizer
-        if wq.enabled and not wq.is_calibrated:
-            raise TfmqError(f"layer {name}: weight quantizer is not calibrated (zero or missing scale)")
-        if aq.enabled and not (torch.isfinite(aq.scale) and aq.scale > 0):
-            raise TfmqError(f"layer {name}: activation quantizer is not calibrated (scale {float(aq.scale)})")
+__all__ = ["check_bits", "quant_layers", "quantize_model", "set_act_mode"]

@@ -66,10 +66,10 @@ def load_layer_state(name: str, layer: QuantLayer, artifact: CalibrationArtifact
         )
     wq, aq = layer.weight_quantizer, layer.input_quantizer
     if wq.enabled:
-        wq.set_scale(artifact.layer_tensor(name, "weight_scale"))
-        wq.freeze_integers(artifact.layer_tensor(name, "weight_int"))
+        wq.set_scale(artifact.layer_tensor(name, "weight_scale"), f"artifact layer {name}")
+        wq.freeze_integers(artifact.layer_tensor(name, "weight_int"), f"artifact layer {name}")
     if aq.enabled:
-        aq.set_scale(artifact.layer_tensor(name, "input_scale"))
+        aq.set_scale(artifact.layer_tensor(name, "input_scale"), f"artifact layer {name}")
         aq.mode = ActMode.QUANTIZING
     aq.step_min.copy_(artifact.layer_tensor(name, "input_step_min"))
     aq.step_max.copy_(artifact.layer_tensor(name, "input_step_max"))
@@ -89,7 +89,7 @@ def _quantize_output_hook(scale: float):
     qmin, qmax = grids.act_range(8)
     scale_t = torch.tensor(scale, dtype=torch.float32)
 
-    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    def hook(_module: torch.nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
         return grids.fake_quantize(output, scale_t, qmin, qmax)
 
     return hook

@@ -1,0 +1,302 @@
+"""Typed, validated calibration settings and the recipes that preset them.
+
+``CalibrationSettings`` is everything that decides a calibration result; it is written into every
+artifact so a result can be reproduced. Its ``extra`` dict holds the method options a recipe may
+set (``ExtraOptions``, typed). Everything is checked when the settings are built, before any data
+is collected: unknown keys, wrong types, unsupported bits, non-positive counts and unknown rule
+names all stop with one ``TfmqError`` line naming the key (and the recipe file it came from).
+
+Recipes are JSON objects shipped as package data (``tfmq_export/recipes/*.json``); ``load_recipe``
+takes a recipe name (``digits-tfmq-w4a8``) or a path, ``settings_from`` merges command-line
+overrides into one and validates the result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tfmq_export.errors import TfmqError
+
+__all__ = [
+    "DEFAULT_ITERS",
+    "METHODS",
+    "RECIPE_NOTE_KEYS",
+    "STEP_SCALE_RULES",
+    "SUPPORTED_ACT_BITS",
+    "SUPPORTED_WEIGHT_BITS",
+    "TEMPORAL_TABLES",
+    "WEIGHT_INITS",
+    "CalibrationSettings",
+    "ExtraOptions",
+    "check_bits",
+    "load_recipe",
+    "recipe_names",
+    "recipe_path",
+    "settings_from",
+]
+
+#: Calibration methods, one module each in ``tfmq_export.calibration``.
+METHODS = ("minmax", "qdiff", "tfmq")
+#: Bit widths the deployment targets can express (16 = float, no quantizer).
+SUPPORTED_WEIGHT_BITS = (4, 8, 16)
+SUPPORTED_ACT_BITS = (8, 16)
+#: Per-channel weight scale: plain max, or the paper's MSE search (80 candidates, |w - w^|^2.4).
+WEIGHT_INITS = ("mse", "max")
+#: Static activation scale from the per-step ranges: ``max`` (no step clips) or ``mse`` (least
+#: quantization error summed over the sampler's steps, from per-step histograms).
+STEP_SCALE_RULES = ("max", "mse")
+#: The deployed temporal table: full-precision features or the quantized temporal branch's (tfmq).
+TEMPORAL_TABLES = ("fp", "quantized")
+#: Reconstruction iterations per block when ``iters`` is 0: the digits recipes' budget.
+DEFAULT_ITERS = 300
+#: Descriptive recipe keys that are not settings (what the preset is for, why its values).
+RECIPE_NOTE_KEYS = ("model", "notes")
+#: Where the shipped recipes live inside the package.
+_RECIPE_PACKAGE = "tfmq_export.recipes"
+
+
+# 1. type checks --------------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _need_int(key: str, value: Any, minimum: int) -> None:
+    if not _is_int(value):
+        raise TfmqError(f"{key} must be an integer, got {value!r}")
+    if value < minimum:
+        word = "positive" if minimum == 1 else "non-negative"
+        raise TfmqError(f"{key} must be a {word} integer, got {value}")
+
+
+def _need_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise TfmqError(f"{key} {value!r} is not supported (choose from {', '.join(map(str, choices))})")
+
+
+def check_bits(wbits: Any, abits: Any) -> None:
+    """Refuse bit widths the deployment targets cannot express (and values that are not integers)."""
+    for key, value, supported in (("wbits", wbits, SUPPORTED_WEIGHT_BITS), ("abits", abits, SUPPORTED_ACT_BITS)):
+        if not _is_int(value):
+            raise TfmqError(f"{key} must be an integer, got {value!r}")
+        if value not in supported:
+            raise TfmqError(f"--{key} {value} is not supported (choose from {', '.join(map(str, supported))})")
+
+
+# 2. method options (the ``extra`` dict) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtraOptions:
+    """The keys of ``CalibrationSettings.extra``, typed; every one optional.
+
+    Reconstruction (qdiff and tfmq): ``recon_batch_size`` (minibatch, the authors' 32; 8 for SD),
+    ``recon_samples`` (calibration inputs used for reconstruction, uniform over steps; 0 = all),
+    ``act_samples_per_step`` (inputs per step for activation ranges; 0 = all; the authors' 256),
+    ``cache_mb`` (memory for cached block inputs + targets), ``recon_act_quant`` (activation
+    quantization on while weights are learned), ``keep_checkpoints`` (keep ``.work`` after a
+    successful run), ``adaround_lr`` (Adam rate of the rounding variables; default
+    ``3 / iters``, at least 1e-3).
+    qdiff: ``act_iters`` (activation-scale iterations per block; default iters // 4, the ratio of
+    Q-Diffusion's 5,000 to 20,000), ``act_lr`` (4e-5, BRECQ's LSQ rate), ``split_skip`` (two
+    scales for concatenated skip inputs).
+    tfmq: ``tiar_iters`` (default iters), ``step_factors`` (every activation quantizer keeps its
+    per-step min-max range, deployed as per-step factors around one static scale).
+    minmax reads none of them; recipes shared by every method may still carry them.
+    """
+
+    recon_batch_size: int = 32
+    recon_samples: int = 0
+    act_samples_per_step: int = 0
+    cache_mb: float = 1024.0
+    recon_act_quant: bool = False
+    keep_checkpoints: bool = False
+    adaround_lr: float | None = None
+    act_iters: int | None = None
+    act_lr: float = 4e-5
+    split_skip: bool = True
+    tiar_iters: int | None = None
+    step_factors: bool = False
+
+    #: keys whose value must be > 0 (others: >= 0)
+    _POSITIVE = ("recon_batch_size", "cache_mb", "adaround_lr", "act_lr")
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def parse(cls, extra: dict[str, Any] | None) -> ExtraOptions:
+        """Check every key and value of ``extra``; refuse unknown keys and wrong types."""
+        if extra is None:
+            return cls()
+        if not isinstance(extra, dict):
+            raise TfmqError(f"extra must be a JSON object of calibration options, got {extra!r}")
+        unknown = sorted(set(extra) - set(cls.keys()))
+        if unknown:
+            raise TfmqError(f"unknown calibration option(s) {unknown} in extra; known: {', '.join(cls.keys())}")
+        types = {f.name: str(f.type) for f in fields(cls)}
+        for key, value in extra.items():
+            _check_option(key, value, types[key], key in cls._POSITIVE)
+        return cls(**{k: float(v) if "float" in types[k] and v is not None else v for k, v in extra.items()})
+
+
+def _check_option(key: str, value: Any, expected: str, positive: bool) -> None:
+    if value is None and "None" in expected:
+        return
+    if "bool" in expected:
+        if not isinstance(value, bool):
+            raise TfmqError(f"calibration option {key} must be true or false, got {value!r}")
+        return
+    if not _is_number(value) or value < 0:
+        raise TfmqError(f"calibration option {key} must be a non-negative number, got {value!r}")
+    if "float" not in expected and not _is_int(value):
+        raise TfmqError(f"calibration option {key} must be a whole number, got {value!r}")
+    if positive and value <= 0:
+        raise TfmqError(f"calibration option {key} must be greater than 0, got {value!r}")
+
+
+# 3. the settings --------------------------------------------------------------------------------
+
+
+@dataclass
+class CalibrationSettings:
+    """Everything that decides a calibration result; written into the artifact.
+
+    Built settings are valid (``validate`` runs on construction; ``calibrate`` runs it again, as
+    fields may have changed since). ``extra`` stays the plain dict the user gave (that is what the
+    artifact records); ``options`` is its typed form.
+    """
+
+    method: str = "minmax"
+    wbits: int = 8
+    abits: int = 8
+    steps: int = 25
+    num_samples: int = 64
+    iters: int = 0
+    seed: int = 0
+    batch_size: int = 64
+    weight_init: str = "mse"
+    static_scale_rule: str = "max"
+    temporal_table: str = "fp"
+    extra: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (one ``TfmqError`` line naming the first bad one)."""
+        _need_choice("method", self.method, METHODS)
+        check_bits(self.wbits, self.abits)
+        for key in ("steps", "num_samples", "batch_size"):
+            _need_int(key, getattr(self, key), 1)
+        if not _is_int(self.iters):
+            raise TfmqError(f"iters must be an integer, got {self.iters!r}")
+        if self.iters < 0:
+            raise TfmqError(
+                f"--iters {self.iters}: {self.method} needs a non-negative number of iterations per block "
+                f"(0 = the default {DEFAULT_ITERS}; the authors use 20000 on a GPU)"
+            )
+        _need_int("seed", self.seed, 0)
+        _need_choice("weight_init", self.weight_init, WEIGHT_INITS)
+        if self.static_scale_rule not in STEP_SCALE_RULES:
+            raise TfmqError(f"--static-scale-rule {self.static_scale_rule!r}: choose {' or '.join(STEP_SCALE_RULES)}")
+        if self.temporal_table not in TEMPORAL_TABLES:
+            raise TfmqError(f"--temporal-table {self.temporal_table!r}: choose {' or '.join(TEMPORAL_TABLES)}")
+        ExtraOptions.parse(self.extra)
+
+    @property
+    def options(self) -> ExtraOptions:
+        """The typed method options (``extra``)."""
+        return ExtraOptions.parse(self.extra)
+
+    @property
+    def quantized(self) -> bool:
+        return not (self.wbits >= 16 and self.abits >= 16)
+
+    @property
+    def reconstructs(self) -> bool:
+        """True for the methods that learn block by block (an iteration budget applies)."""
+        return self.method in ("qdiff", "tfmq")
+
+    def record(self) -> dict[str, Any]:
+        """The settings as the artifact records them (unset optional values left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+# 4. recipes -------------------------------------------------------------------------------------
+
+
+def recipe_names() -> list[str]:
+    """Names of the shipped recipes (file names without ``.json``)."""
+    folder = resources.files(_RECIPE_PACKAGE)
+    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """The file of a shipped recipe name (``digits-tfmq-w4a8``) or of a path to a JSON file."""
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix == ".json" or path.parent != Path(".") or path.exists():
+        if not path.is_file():
+            raise TfmqError(f"recipe {path} does not exist")
+        return path
+    shipped = Path(str(resources.files(_RECIPE_PACKAGE).joinpath(f"{text}.json")))
+    if not shipped.is_file():
+        raise TfmqError(f"unknown recipe {text!r}: give a path to a JSON file or one of {', '.join(recipe_names())}")
+    return shipped
+
+
+def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
+    """A recipe's settings as a dict, checked strictly (unknown keys and wrong types refused, naming
+    the key and the file); the descriptive keys (``model``, ``notes``) are dropped."""
+    path = recipe_path(name_or_path)
+    try:
+        recipe = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TfmqError(f"cannot read recipe {path}: {exc}") from exc
+    if not isinstance(recipe, dict):
+        raise TfmqError(f"recipe {path} must be a JSON object")
+    known = CalibrationSettings.field_names()
+    for key, value in recipe.items():
+        if key in RECIPE_NOTE_KEYS:
+            if not isinstance(value, str):
+                raise TfmqError(f"recipe {path}: {key} must be a string, got {value!r}")
+        elif key not in known:
+            raise TfmqError(f"recipe {path}: unknown key {key!r} (known: {', '.join((*known, *RECIPE_NOTE_KEYS))})")
+    settings = {k: v for k, v in recipe.items() if k not in RECIPE_NOTE_KEYS}
+    _build(settings, f"recipe {path}")
+    return settings
+
+
+def _build(values: dict[str, Any], where: str) -> CalibrationSettings:
+    try:
+        return CalibrationSettings(**values)
+    except TfmqError as exc:
+        raise TfmqError(f"{where}: {exc}") from exc
+
+
+def settings_from(recipe: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> CalibrationSettings:
+    """Settings from a recipe (``load_recipe``) with ``overrides`` on top (``None`` values = not
+    given, as click passes them); validated. Unknown override keys are refused."""
+    values = dict(recipe or {})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(CalibrationSettings.field_names()))
+    if unknown:
+        raise TfmqError(f"unknown calibration setting(s) {unknown}")
+    values.update(given)
+    return _build(values, "calibration settings")
