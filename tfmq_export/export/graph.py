@@ -48,7 +48,6 @@ class GraphIndex:
         self.constant_nodes: dict[str, onnx.NodeProto] = {}
         for node in model.graph.node:
             self.add_node(node)
-        self.graph_inputs = {v.name for v in model.graph.input} - set(self.inits)
         self.graph_outputs = {v.name for v in model.graph.output}
 
     # --- reading -------------------------------------------------------------------------------
