@@ -1,14 +1,19 @@
-"""The DDIM sampling loop, shared by every backend and by calibration-data collection.
+"""The one DDIM sampling loop, shared by every backend, calibration-data collection and bench.
 
 diffusers' DDIMScheduler does the math (formula (12) of the DDIM paper); the loop only feeds it
 a denoiser ``(sample, step_index, encoder_hidden_states) -> noise_pred``, where ``step_index``
 is the row of the temporal table. The table's rows are the scheduler's timesteps in order, so
 ``timesteps[step_index]`` is the timestep value the UNet would have seen.
+
+Callers adapt what they run to a denoiser: ``backends.base.runner_denoiser`` for a runner,
+a table UNet called directly, or the diffusers UNet with ``timesteps[step_index]``
+(``models.digits.sample_digits``). This module stays in the core layer: it imports no backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 from tfmq_export.errors import TfmqError
+
+__all__ = [
+    "Denoiser", "SamplingSpec", "cycle_conditions", "ddim_sample", "generate", "initial_noise", "make_scheduler",
+    "sample_images", "sampler_timesteps",
+]
 
 #: (sample, step_index, encoder_hidden_states or None) -> noise prediction, all torch tensors.
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -53,11 +63,15 @@ def ddim_sample(
     latents: torch.Tensor,
     conditions: torch.Tensor | None = None,
     on_step: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None,
+    *,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Run DDIM (eta 0) from ``latents`` and return x_0.
+    """Run DDIM from ``latents`` and return x_0 (eta 0: deterministic, as every backend samples).
 
     ``on_step(step_index, x_t, conditions)`` sees the input of every UNet call: calibration
-    uses it to keep every step of the trajectory in one pass.
+    uses it to keep every step of the trajectory in one pass. ``eta`` > 0 adds DDIM's noise,
+    drawn from ``generator``.
     """
     scheduler = make_scheduler(scheduler_config, num_steps)
     x = latents.clone()
@@ -67,7 +81,7 @@ def ddim_sample(
         if on_step is not None:
             on_step(i, x, conditions)
         noise = denoise(x, step_index, conditions)
-        x = scheduler.step(noise, t, x, eta=0.0).prev_sample
+        x = scheduler.step(noise, t, x, eta=eta, generator=generator).prev_sample
     return x
 
 
@@ -97,3 +111,30 @@ def cycle_conditions(conditions: torch.Tensor, start: int, count: int) -> torch.
     """Conditions for images start..start+count, reusing the given ones cyclically."""
     index = torch.arange(start, start + count) % conditions.shape[0]
     return conditions[index]
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """What sampling an exported (table) UNet needs: the timestep of each table row, the DDIM
+    schedule it came from, the latent shape, and whether the UNet takes text conditions."""
+
+    timesteps: Sequence[int]
+    scheduler_config: dict[str, Any]
+    sample_shape: tuple[int, ...]
+    conditional: bool = False
+
+
+def generate(denoise: Denoiser, spec: SamplingSpec, num_images: int, seed: int, batch_size: int,
+             progress: bool = True, desc: str = "sampling") -> np.ndarray:
+    """Sample ``num_images`` unconditional images through ``denoise`` (float32 [N, C, H, W]).
+
+    Refuses a table that does not match its own DDIM schedule: the rows would be gathered for
+    the wrong timesteps, and the images would look plausible but be wrong.
+    """
+    if spec.conditional:
+        raise TfmqError("sampling a conditional UNet needs text conditions, which `sample` does not take yet")
+    steps = len(spec.timesteps)
+    if sampler_timesteps(spec.scheduler_config, steps) != [int(t) for t in spec.timesteps]:
+        raise TfmqError("the model's temporal table does not match its DDIM schedule; re-export it")
+    return sample_images(denoise, spec.scheduler_config, steps, num_images, tuple(spec.sample_shape), seed,
+                         batch_size, progress=progress, desc=desc)

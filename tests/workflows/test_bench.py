@@ -87,7 +87,8 @@ def test_fp32_weights_are_about_four_times_the_w8a8_ones(bench_json):
 
 def test_nncf_peer_and_explicit_variant(graphs, unet2d_dir, tmp_path):
     """--nncf builds NNCF's INT8 IR from the FP32 graph (then reuses it); --variant times one file."""
-    from tfmq_export.workflows.bench.plan import bench_to_json, ensure_nncf_engine
+    from tfmq_export.backends.openvino.nncf import ensure_nncf_engine
+    from tfmq_export.workflows.bench import bench_to_json
 
     xml = tmp_path / "peer.xml"
     kwargs = {"variant_specs": [f"openvino={graphs['w8a8']}"], "nncf": True, "nncf_engine": xml,
@@ -107,8 +108,8 @@ def test_nncf_peer_and_explicit_variant(graphs, unet2d_dir, tmp_path):
 
 
 def test_tensorrt_is_skipped_with_a_reason_without_a_gpu(graphs, unet2d_dir):
-    from tfmq_export.backends.tensorrt.build import check_tensorrt_available
-    from tfmq_export.workflows.bench.plan import bench_to_json
+    from tfmq_export.backends.tensorrt.availability import check_tensorrt_available
+    from tfmq_export.workflows.bench import bench_to_json
 
     if check_tensorrt_available() is None:
         pytest.skip("TensorRT and a GPU are present")
@@ -158,20 +159,53 @@ def test_lockstep_sampling_is_ddim_sample(graphs):
     import numpy as np
     import torch
 
+    from tfmq_export.backends.base import runner_denoiser
     from tfmq_export.backends.onnxruntime.runner import OnnxRuntimeRunner
-    from tfmq_export.backends.torch.runner import runner_denoiser
     from tfmq_export.export.onnx_export import describe_onnx
     from tfmq_export.sampling import ddim_sample, initial_noise
-    from tfmq_export.workflows.bench.timing import _sample_lockstep
+    from tfmq_export.workflows.bench.timing import sample_lockstep
 
     info = describe_onnx(graphs["fp32"])
     latents = initial_noise(2, info.sample_shape, 0)
     with OnnxRuntimeRunner(graphs["fp32"], "fp32", threads=1) as runner:
         expected = ddim_sample(runner_denoiser(runner), info.scheduler_config, 3, latents).numpy()
-        ((seconds, got),) = _sample_lockstep([runner], info.scheduler_config, 3, latents.numpy(), None, 0.0)
+        ((seconds, got),) = sample_lockstep([runner], info.scheduler_config, 3, latents.numpy(), None, 0.0)
     assert seconds > 0
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     assert torch.isfinite(torch.from_numpy(got)).all()
+
+
+def test_lockstep_of_two_runners_is_each_one_alone(graphs):
+    """Fanning one stacked DDIM run out to several runners gives each the x_0 it gives alone."""
+    import numpy as np
+
+    from tfmq_export.backends.base import runner_denoiser
+    from tfmq_export.backends.onnxruntime.runner import OnnxRuntimeRunner
+    from tfmq_export.export.onnx_export import describe_onnx
+    from tfmq_export.sampling import ddim_sample, initial_noise
+    from tfmq_export.workflows.bench.timing import sample_lockstep
+
+    info = describe_onnx(graphs["fp32"])
+    latents = initial_noise(2, info.sample_shape, 1)
+    with (OnnxRuntimeRunner(graphs["fp32"], "fp32", threads=1) as fp32,
+          OnnxRuntimeRunner(graphs["w8a8"], "w8a8", threads=1) as w8a8):
+        alone = [ddim_sample(runner_denoiser(r), info.scheduler_config, 3, latents).numpy() for r in (fp32, w8a8)]
+        both = sample_lockstep([fp32, w8a8], info.scheduler_config, 3, latents.numpy(), None, 1.0)
+    for (seconds, got), expected in zip(both, alone):
+        assert seconds > 0
+        np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(alone[0], alone[1])  # the two runners really differ
+
+
+def test_tensorrt_without_tensorrt_says_so(unet2d_dir):
+    """``--backends tensorrt`` alone on a machine without TensorRT: its reason, not "nothing to time"."""
+    from tfmq_export.backends.tensorrt.availability import check_tensorrt_available
+
+    reason = check_tensorrt_available()
+    if reason is None:
+        pytest.skip("TensorRT and a GPU are present")
+    line = _one_line_error(_run("bench", unet2d_dir, "--backends", "tensorrt", "--no-memory"))
+    assert reason.split(" (")[0] in line and "nothing to time" not in line
 
 
 def test_quiet_rounds_drop_rounds_that_slow_every_variant():

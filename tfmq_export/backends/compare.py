@@ -20,46 +20,23 @@ from typing import Any
 import numpy as np
 
 from tfmq_export.backends.base import Runner
+from tfmq_export.contract import INPUT_CONDITIONS, INPUT_SAMPLE, INPUT_STEP_INDEX, OUTPUT_NOISE_PRED, UNET_INPUTS
 from tfmq_export.errors import TfmqError
+from tfmq_export.metrics.error import ErrorStats
 
 __all__ = ["compare_runners"]
-
-_CONTRACT = ("sample", "step_index", "encoder_hidden_states")
 
 
 def _check_inputs(inputs: Sequence[Mapping[str, np.ndarray | None]]) -> None:
     if not inputs:
         raise TfmqError("compare_runners needs at least one input (a dict with sample and step_index)")
     for i, feed in enumerate(inputs):
-        for key in ("sample", "step_index"):
+        for key in (INPUT_SAMPLE, INPUT_STEP_INDEX):
             if feed.get(key) is None:
                 raise TfmqError(f"input {i} has no {key!r}; each input is a dict of the UNet contract's arrays")
-        extra = set(feed) - set(_CONTRACT)
+        extra = set(feed) - set(UNET_INPUTS)
         if extra:
             raise TfmqError(f"input {i} has {', '.join(sorted(extra))}, which the UNet contract does not define")
-
-
-class _Stats:
-    """Running sums for max |a - b| and ||a - b|| / ||b|| over the samples of one table row."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.max_abs = 0.0
-        self.sq_diff = 0.0
-        self.sq_ref = 0.0
-
-    def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        d = a.astype(np.float64) - b.astype(np.float64)
-        self.count += 1
-        self.max_abs = max(self.max_abs, float(np.abs(d).max()) if d.size else 0.0)
-        self.sq_diff += float(np.sum(d * d))
-        self.sq_ref += float(np.sum(b.astype(np.float64) ** 2))
-
-    @property
-    def rel_l2(self) -> float:
-        if self.sq_ref == 0.0:
-            return 0.0 if self.sq_diff == 0.0 else float("inf")
-        return float(np.sqrt(self.sq_diff / self.sq_ref))
 
 
 def _run_direct(runner: Runner, inputs: Sequence[Mapping[str, np.ndarray | None]]) -> list[np.ndarray]:
@@ -67,7 +44,7 @@ def _run_direct(runner: Runner, inputs: Sequence[Mapping[str, np.ndarray | None]
         if not runner.is_active:
             stack.enter_context(runner)
         return [
-            runner.infer(f["sample"], f["step_index"], f.get("encoder_hidden_states"))  # type: ignore[arg-type]
+            runner.infer(f[INPUT_SAMPLE], f[INPUT_STEP_INDEX], f.get(INPUT_CONDITIONS))  # type: ignore[arg-type]
             for f in inputs
         ]
 
@@ -101,7 +78,7 @@ def _run_polygraphy(
             value = f.get(n)
             if value is None:
                 raise TfmqError(f"the model needs {n!r}; add it to every input")
-            feed[n] = np.ascontiguousarray(value, dtype=np.int64 if n == "step_index" else np.float32)
+            feed[n] = np.ascontiguousarray(value, dtype=np.int64 if n == INPUT_STEP_INDEX else np.float32)
         feeds.append(feed)
     poly_a, poly_b = runner_a.as_polygraphy_runner(), runner_b.as_polygraphy_runner()  # type: ignore[attr-defined]
     try:
@@ -114,7 +91,7 @@ def _run_polygraphy(
     def outputs(iterations: Sequence[Any]) -> list[np.ndarray]:
         arrays = []
         for it in iterations:
-            value = it["noise_pred"] if "noise_pred" in it else next(iter(it.values()))
+            value = it[OUTPUT_NOISE_PRED] if OUTPUT_NOISE_PRED in it else next(iter(it.values()))
             value = value.load() if hasattr(value, "load") else value
             arrays.append(np.asarray(value, dtype=np.float32))
         return arrays
@@ -160,12 +137,12 @@ def compare_runners(
     else:
         outs_a, outs_b = _run_direct(runner_a, inputs), _run_direct(runner_b, inputs)
 
-    rows: dict[int, _Stats] = defaultdict(_Stats)
-    total = _Stats()
+    rows: dict[int, ErrorStats] = defaultdict(ErrorStats)
+    total = ErrorStats()
     for feed, a, b in zip(inputs, outs_a, outs_b):
         if a.shape != b.shape:
             raise TfmqError(f"the runners disagree on the output shape: {a.shape} vs {b.shape}")
-        steps = np.asarray(feed["step_index"]).reshape(-1)
+        steps = np.asarray(feed[INPUT_STEP_INDEX]).reshape(-1)
         if steps.size != a.shape[0]:
             raise TfmqError(f"step_index has {steps.size} entries for a batch of {a.shape[0]}")
         for j, step in enumerate(steps.tolist()):

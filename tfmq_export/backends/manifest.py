@@ -12,7 +12,9 @@ import onnx
 from tfmq_export.errors import TfmqError
 from tfmq_export.io import machine_info, sha256_file, utc_now
 
-__all__ = ["external_data_files", "load_source_onnx", "manifest_path", "onnx_metadata", "provenance"]
+__all__ = [
+    "external_data_files", "load_source_onnx", "manifest_path", "onnx_metadata", "onnx_model_bytes", "provenance",
+]
 
 
 def manifest_path(out_path: str | os.PathLike[str]) -> Path:
@@ -37,6 +39,12 @@ def external_data_files(path: str | os.PathLike[str], model: onnx.ModelProto | N
                 if entry.key == "location":
                     locations.add(entry.value)
     return [p.parent / loc for loc in sorted(locations)]
+
+
+def onnx_model_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of an ONNX model on disk: the .onnx file plus the external-data files it names."""
+    p = Path(path)
+    return p.stat().st_size + sum(f.stat().st_size for f in external_data_files(p) if f.is_file())
 
 
 def load_source_onnx(onnx_path: str | os.PathLike[str]) -> tuple[Path, onnx.ModelProto]:

@@ -45,7 +45,7 @@ def bench(model, onnx_paths, variant_specs, backends, nncf, nncf_engine, nncf_sa
       tfmq-export bench sd15-arch --onnx fp32.onnx --variant openvino=w8a8.xml --nncf --backends torch,openvino \\
           --latent-size 32 --threads 2 --batch 1 --batch 2 --sampling-runs 1 --json bench.json
     """
-    from tfmq_export.workflows.bench.plan import bench_to_json, format_row
+    from tfmq_export.workflows.bench import bench_to_json, format_row
 
     result = bench_to_json(model, list(onnx_paths), backends, list(batches), iters, threads, json_path,
                            not no_memory, latent_size, variant_specs=list(variant_specs), warmup=warmup,

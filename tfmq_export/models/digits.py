@@ -258,25 +258,31 @@ def sample_digits(
 ) -> torch.Tensor:
     """Draw ``num_samples`` images with DDIM in full precision; returns [N, 1, 16, 16] in [-1, 1].
 
-    A reference sampler for the FP model (the FID baseline in docs/MODEL.md). The initial noise
-    for all images is drawn up front from ``seed``, so the result does not depend on batch_size.
+    A reference sampler for the FP model (the FID baseline in docs/MODEL.md): the shared DDIM
+    loop (``sampling.ddim_sample``) driving the diffusers UNet itself at ``timesteps[step_index]``.
+    The initial noise for all images is drawn up front from ``seed``, so the result does not
+    depend on batch_size; DDIM's own noise (``eta`` > 0) continues that generator.
     """
+    from tfmq_export.sampling import ddim_sample, make_scheduler
+
     if num_samples < 1 or steps < 1 or batch_size < 1:
         raise TfmqError(f"sample_digits: num_samples ({num_samples}), steps ({steps}) and batch_size "
                         f"({batch_size}) must be >= 1.")
-    scheduler = load_digits_scheduler(scheduler_path, "ddim")
-    scheduler.set_timesteps(steps)
+    config = dict(load_digits_scheduler(scheduler_path, "ddim").config)
+    timesteps = make_scheduler(config, steps).timesteps
     gen = torch.Generator().manual_seed(seed)
     size = unet.config.sample_size
     noise = torch.randn((num_samples, unet.config.in_channels, size, size), generator=gen)
-    out = []
     bar = tqdm(total=num_samples * steps, desc=f"DDIM {steps} steps", disable=not progress)
-    for start in range(0, num_samples, batch_size):
-        x = noise[start : start + batch_size]
-        for t in scheduler.timesteps:
-            eps = unet(x, t).sample
-            x = scheduler.step(eps, t, x, eta=eta, generator=gen).prev_sample
-            bar.update(len(x))
-        out.append(x.clamp(-1.0, 1.0))
+
+    def denoise(x: torch.Tensor, step_index: torch.Tensor, _cond: torch.Tensor | None) -> torch.Tensor:
+        return unet(x, timesteps[int(step_index[0])]).sample
+
+    def count(_step: int, x: torch.Tensor, _cond: torch.Tensor | None) -> None:
+        bar.update(len(x))
+
+    out = [ddim_sample(denoise, config, steps, noise[start : start + batch_size], on_step=count, eta=eta,
+                       generator=gen).clamp(-1.0, 1.0)
+           for start in range(0, num_samples, batch_size)]
     bar.close()
     return torch.cat(out)

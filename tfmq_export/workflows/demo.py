@@ -12,19 +12,20 @@ import json
 import time
 from pathlib import Path
 
-from tfmq_export.backends.onnxruntime.runner import OnnxRuntimeRunner
+from tfmq_export.backends.base import open_runner
 from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
 from tfmq_export.export.onnx_export import export_onnx
 from tfmq_export.images import save_grid
 from tfmq_export.io import atomic_write_text
 from tfmq_export.metrics.fid import digits_fid, real_floor_fid
 from tfmq_export.models.loading import load_model
+from tfmq_export.sampling import SamplingSpec
 from tfmq_export.workflows.evaluate import paired_rmse, recipe_settings
-from tfmq_export.workflows.sample import generate
+from tfmq_export.workflows.sample import sample_with
 
 
 def demo_settings() -> dict[str, CalibrationSettings]:
-    """FP32 plus the shipped TFMQ recipes (calib/digits-tfmq-*.json)."""
+    """FP32 plus the shipped TFMQ recipes (digits-tfmq-w8a8, digits-tfmq-w4a8 in tfmq_export/recipes)."""
     return {
         "fp32": CalibrationSettings(method="minmax", wbits=16, abits=16),
         "tfmq-w8a8": recipe_settings("tfmq", "w8a8"),
@@ -34,7 +35,7 @@ def demo_settings() -> dict[str, CalibrationSettings]:
 
 def run_demo(out_dir: Path, num_images: int = 1000, seed: int = 0, progress: bool = True) -> str:
     """Run the whole flow into ``out_dir`` and return the Markdown report (also written there)."""
-    from tfmq_export.workflows.bench.plan import bench_to_json
+    from tfmq_export.workflows.bench import bench_to_json
 
     out_dir = Path(out_dir)
     model = load_model("digits")
@@ -47,10 +48,9 @@ def run_demo(out_dir: Path, num_images: int = 1000, seed: int = 0, progress: boo
         calib_s = time.perf_counter() - start
         onnx_path = export_onnx(model, artifact, out_dir / "onnx" / f"digits-{name}.onnx", target="onnxruntime")
         onnx_files[name] = onnx_path
-        runner = OnnxRuntimeRunner(onnx_path, name.split("-")[-1])
-        info = {"timesteps": artifact.timesteps, "scheduler_config": artifact.scheduler_config,
-                "sample_shape": model.sample_shape, "conditional": False}
-        images = generate(runner, info, num_images, seed, batch_size=250, progress=progress)
+        runner = open_runner("onnxruntime", onnx_path, name.split("-")[-1])
+        spec = SamplingSpec(artifact.timesteps, artifact.scheduler_config, model.sample_shape)
+        images = sample_with(runner, spec, num_images, seed, batch_size=250, progress=progress)
         save_grid(images[:64], out_dir / "grids" / f"{name}.png")
         reference = images if reference is None else reference
         rows.append({"setting": name, "fid": digits_fid(images), "rmse_vs_fp": paired_rmse(images, reference),

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
-from tfmq_export.backends.base import Runner
+from tfmq_export.backends.base import Runner, feed_for
+from tfmq_export.backends.manifest import onnx_model_bytes
+from tfmq_export.contract import OUTPUT_NOISE_PRED
 from tfmq_export.errors import TfmqError
 
-__all__ = ["OnnxRuntimeRunner", "feed_for", "onnx_model_bytes"]
+__all__ = ["OnnxRuntimeRunner"]
 
 _LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -21,37 +22,6 @@ _LEVELS = {
     "extended": "ORT_ENABLE_EXTENDED",
     "all": "ORT_ENABLE_ALL",
 }
-
-
-def onnx_model_bytes(path: str | os.PathLike[str]) -> int:
-    """Bytes of an ONNX model on disk: the .onnx file plus the external-data files it names."""
-    p = Path(path)
-    model = onnx.load(str(p), load_external_data=False)
-    locations: set[str] = set()
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            locations.update(e.value for e in tensor.external_data if e.key == "location")
-    return p.stat().st_size + sum((p.parent / loc).stat().st_size for loc in locations if (p.parent / loc).is_file())
-
-
-def feed_for(
-    names: Sequence[str], sample: np.ndarray, step_index: np.ndarray, encoder_hidden_states: np.ndarray | None
-) -> dict[str, np.ndarray]:
-    """The contract's arrays restricted to the inputs a model declares.
-
-    An unconditional UNet has no ``encoder_hidden_states`` input: it is skipped even when given.
-    A conditional one without it is a caller error.
-    """
-    available = {"sample": sample, "step_index": step_index, "encoder_hidden_states": encoder_hidden_states}
-    feed: dict[str, np.ndarray] = {}
-    for name in names:
-        if name not in available:
-            raise TfmqError(f"the model declares input {name!r}, which is not part of the UNet contract")
-        value = available[name]
-        if value is None:
-            raise TfmqError(f"the model needs {name!r} (a conditional UNet); pass encoder_hidden_states")
-        feed[name] = value
-    return feed
 
 
 class OnnxRuntimeRunner(Runner):
@@ -88,7 +58,7 @@ class OnnxRuntimeRunner(Runner):
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         self.session: Any = None
         self.input_names: list[str] = []
-        self.output_name = "noise_pred"
+        self.output_name = OUTPUT_NOISE_PRED
 
     def make_session(self) -> Any:
         """A new ``onnxruntime.InferenceSession`` with this runner's settings."""
@@ -108,7 +78,7 @@ class OnnxRuntimeRunner(Runner):
         self.session = self.make_session()
         self.input_names = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        self.output_name = "noise_pred" if "noise_pred" in outputs else outputs[0]
+        self.output_name = OUTPUT_NOISE_PRED if OUTPUT_NOISE_PRED in outputs else outputs[0]
         super().activate()
 
     def deactivate(self) -> None:

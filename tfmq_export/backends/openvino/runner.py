@@ -8,28 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from tfmq_export.backends.base import Runner
-from tfmq_export.backends.onnxruntime.runner import feed_for, onnx_model_bytes
+from tfmq_export.backends.base import Runner, feed_for
+from tfmq_export.backends.manifest import onnx_model_bytes
+from tfmq_export.backends.openvino.ir import contract_input_name, ov_message
 from tfmq_export.errors import TfmqError
 
-__all__ = ["OpenVINORunner", "contract_input_name"]
-
-_CONTRACT = ("sample", "step_index", "encoder_hidden_states")
-
-
-def contract_input_name(port: Any) -> str:
-    """The ONNX input name of an OpenVINO input port.
-
-    A port can carry several tensor names (the frontend merges e.g. ``timestep`` with the
-    ``Expand`` output that consumes it) and ``get_any_name`` may return the internal one: prefer
-    a UNet-contract name when the port has it.
-    """
-    names = port.get_names()
-    for name in _CONTRACT:
-        if name in names:
-            return name
-    return port.get_any_name()
-
+__all__ = ["OpenVINORunner"]
 
 class OpenVINORunner(Runner):
     """Compiles the model for OpenVINO's CPU plugin, batch dimension left dynamic (no reshape).
@@ -91,8 +75,7 @@ class OpenVINORunner(Runner):
                 model = core.read_model(str(self.model_path))
             self.compiled = core.compile_model(model, "CPU", self.compile_config())
         except RuntimeError as exc:
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            raise TfmqError(f"OpenVINO could not load {self.model_path}: {lines[-1] if lines else exc}") from exc
+            raise TfmqError(f"OpenVINO could not load {self.model_path}: {ov_message(exc)}") from exc
         self.input_names = [contract_input_name(i) for i in self.compiled.inputs]
         self.request = self.compiled.create_infer_request()
         super().activate()

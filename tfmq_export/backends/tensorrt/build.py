@@ -27,10 +27,7 @@ module imports nothing from TensorRT at import time.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -39,59 +36,11 @@ import onnx
 
 from tfmq_export import __version__
 from tfmq_export.backends.manifest import load_source_onnx, manifest_path, onnx_metadata
+from tfmq_export.backends.tensorrt.availability import check_tensorrt_available, gpu_name
 from tfmq_export.errors import TfmqError
 from tfmq_export.io import commit_staged, machine_info, sha256_file, staged_dir, utc_now
 
-__all__ = ["build_tensorrt_engine", "check_tensorrt_available", "gpu_name", "profile_shapes"]
-
-#: the UNet contract's inputs, all batched along dim 0
-CONTRACT_INPUTS = ("sample", "step_index", "encoder_hidden_states")
-
-
-def _cuda_device_count() -> int:
-    """Number of CUDA devices seen by the CUDA runtime Polygraphy loads (0 if none / no driver)."""
-    from polygraphy import cuda
-
-    try:
-        handle = cuda.wrapper().handle
-    except Exception:  # no libcudart anywhere: OSError, or PolygraphyException
-        return 0
-    count = ctypes.c_int(0)
-    if handle.cudaGetDeviceCount(ctypes.byref(count)) != 0:
-        return 0
-    return int(count.value)
-
-
-def check_tensorrt_available() -> str | None:
-    """``None`` when TensorRT and a CUDA GPU are usable, else the reason, in one sentence."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "TensorRT is not installed (pip install 'tfmq-export[tensorrt]' on a machine with an NVIDIA GPU)"
-    except Exception as exc:  # a broken install: missing libnvinfer, CUDA mismatch
-        return f"TensorRT is installed but cannot be imported ({type(exc).__name__}: {exc})"
-    if _cuda_device_count() < 1:
-        return "no CUDA GPU is visible (TensorRT engines need an NVIDIA GPU and its driver)"
-    return None
-
-
-def gpu_name() -> str:
-    """Name of GPU 0 as nvidia-smi reports it ("unknown" when it cannot be asked)."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return "unknown"
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=name,driver_version", "--format=csv,noheader", "--id=0"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out or "unknown"
-
+__all__ = ["build_tensorrt_engine", "profile_shapes"]
 
 def profile_shapes(
     model: onnx.ModelProto, min_batch: int, opt_batch: int, max_batch: int

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from tfmq_export.backends.base import Runner
-from tfmq_export.backends.onnxruntime.runner import feed_for
+from tfmq_export.backends.base import Runner, feed_for
+from tfmq_export.backends.tensorrt.availability import check_tensorrt_available
+from tfmq_export.contract import OUTPUT_NOISE_PRED
 from tfmq_export.errors import TfmqError
 
 __all__ = ["TensorRTRunner"]
@@ -73,8 +74,6 @@ class TensorRTRunner(Runner):
 
     def as_polygraphy_runner(self) -> Any:
         """A Polygraphy ``TrtRunner`` over this plan (inactive; for ``Comparator``)."""
-        from tfmq_export.backends.tensorrt.build import check_tensorrt_available
-
         reason = check_tensorrt_available()
         if reason is not None:
             raise TfmqError(f"cannot run {self.engine_path.name}: {reason}")
@@ -135,7 +134,7 @@ class TensorRTRunner(Runner):
         self._events.record(self._events.start, stream)
         outputs = self._runner.infer(feed)  # copies to host and synchronizes the stream
         self._events.record(self._events.end, stream)
-        out = outputs["noise_pred"] if "noise_pred" in outputs else next(iter(outputs.values()))
+        out = outputs[OUTPUT_NOISE_PRED] if OUTPUT_NOISE_PRED in outputs else next(iter(outputs.values()))
         # Polygraphy reuses its host buffers: copy; a strongly typed FP16 graph may return half
         return np.array(out, dtype=np.float32, copy=True)
 

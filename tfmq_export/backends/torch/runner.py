@@ -8,6 +8,8 @@ import torch
 from tfmq_export.backends.base import Runner
 from tfmq_export.temporal import TemporalTableUNet
 
+__all__ = ["TorchRunner"]
+
 
 class TorchRunner(Runner):
     """Runs a ``TemporalTableUNet`` (FP or with quantized layers) under ``torch.no_grad``."""
@@ -35,12 +37,3 @@ class TorchRunner(Runner):
     def model_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.table_unet.parameters())
 
-
-def runner_denoiser(runner: Runner):
-    """Adapt a runner to the sampling loop's torch-tensor denoiser signature."""
-
-    def denoise(x: torch.Tensor, step_index: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        out = runner.infer(x.numpy(), step_index.numpy(), None if cond is None else cond.numpy())
-        return torch.from_numpy(out)
-
-    return denoise

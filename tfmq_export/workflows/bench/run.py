@@ -1,0 +1,123 @@
+"""``bench_to_json``: one ``tfmq-export bench`` call end to end.
+
+Plan the variants (``plan.py``), build the NNCF peer if asked (``backends.openvino.nncf``), time
+everything in one round-robin run (``timing.py``, peak memory from ``memory.py``), write the JSON
+(``report.py``).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from tfmq_export.errors import TfmqError
+from tfmq_export.workflows.bench.plan import (
+    GraphFacts,
+    Variant,
+    nothing_to_time,
+    reference_variant,
+    unique_labels,
+    variants_for,
+)
+from tfmq_export.workflows.bench.report import write_json
+from tfmq_export.workflows.bench.timing import run_bench
+
+__all__ = ["bench_to_json"]
+
+log = logging.getLogger(__name__)
+
+#: table rows of the torch-only bench (no graph to take them from), as ``calibrate`` defaults to
+TORCH_ONLY_STEPS = 25
+
+
+def _check_options(batches: list[int], iters: int, threads: int | None, latent_size: int | None, warmup: int,
+                   sampling_runs: int, pause_ms: float) -> None:
+    if iters < 1 or not batches or any(b < 1 for b in batches):
+        raise TfmqError("--iters and --batch must be positive")
+    if warmup < 0 or sampling_runs < 0 or pause_ms < 0:
+        raise TfmqError("--warmup, --sampling-runs and --pause-ms cannot be negative")
+    if threads is not None and threads < 1:
+        raise TfmqError(f"--threads must be positive, not {threads}")
+    if latent_size is not None and latent_size < 1:
+        raise TfmqError(f"--latent-size must be positive, not {latent_size}")
+
+
+def _nncf_peer(facts: list[GraphFacts], num_onnx: int, nncf_engine: Path | None, nncf_samples: int,
+               shape: tuple[int, ...], cond_shape: tuple[int, int] | None, seed: int, threads: int | None) -> Variant:
+    """The NNCF INT8 variant, built (or reused) from the first FP32 ``--onnx`` graph."""
+    from tfmq_export.backends.openvino.nncf import NNCF_PRECISION, ensure_nncf_engine
+
+    fp32 = [f for f in facts[:num_onnx] if f.precision == "fp32"]
+    if not fp32:
+        raise TfmqError("--nncf quantizes the FP32 graph: pass it with --onnx (an export with --wbits 16)")
+    xml = ensure_nncf_engine(fp32[0].path, nncf_engine, nncf_samples, shape[1], cond_shape, seed, threads)
+    return Variant("openvino", NNCF_PRECISION, str(xml), timesteps=tuple(fp32[0].timesteps))
+
+
+def bench_to_json(
+    model: str,
+    onnx_paths: list[Path],
+    backends: str | list[str],
+    batches: list[int],
+    iters: int,
+    threads: int | None,
+    json_path: Path | None,
+    measure_memory: bool = True,
+    latent_size: int | None = None,
+    *,
+    variant_specs: list[str] | None = None,
+    warmup: int = 2,
+    sampling_runs: int = 0,
+    pause_ms: float = 0.0,
+    seed: int = 0,
+    nncf: bool = False,
+    nncf_engine: Path | None = None,
+    nncf_samples: int = 4,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Resolve the variants, build the NNCF peer if asked, time everything in one run, write JSON."""
+    from tfmq_export.models.loading import load_model
+
+    _check_options(batches, iters, threads, latent_size, warmup, sampling_runs, pause_ms)
+    variants, facts, skipped = variants_for(model, list(onnx_paths), backends, variant_specs)
+    if not variants and not nncf:
+        raise nothing_to_time(skipped)
+    loaded = load_model(model)
+    cond_shape = (77, int(loaded.unet.config.cross_attention_dim)) if loaded.is_conditional else None
+    if latent_size is not None:
+        shape = (loaded.sample_shape[0], latent_size, latent_size)
+    else:
+        shape = next((tuple(f.sample_shape) for f in facts if f.sample_shape), loaded.sample_shape)
+    scheduler_config = dict(loaded.scheduler_config)
+
+    has_torch = any(v.backend == "torch" for v in variants)
+    torch_model = loaded if has_torch else None
+    del loaded  # the torch runner consumes it; otherwise it must not hold 3.4 GB (SD-1.5) during timing
+    gc.collect()
+
+    if nncf:
+        peer = _nncf_peer(facts, len(onnx_paths), nncf_engine, nncf_samples, shape, cond_shape, seed, threads)
+        variants = unique_labels([*variants, peer])
+    for s in skipped:
+        log.warning("skipping %s: %s", s["label"], s["reason"])
+
+    if facts:
+        steps, scheduler = len(facts[0].timesteps), facts[0].scheduler_config
+    else:  # torch alone: a 25-step DDIM table, as `calibrate` defaults to
+        from tfmq_export.sampling import sampler_timesteps
+
+        steps, scheduler = TORCH_ONLY_STEPS, scheduler_config
+        timesteps = tuple(sampler_timesteps(scheduler, steps))
+        variants = [replace(v, timesteps=timesteps) if v.backend == "torch" else v for v in variants]
+    result = run_bench(variants, shape, steps, batches, iters=iters, warmup=warmup, threads=threads,
+                       cond_shape=cond_shape, reference=reference_variant(variants), measure_memory=measure_memory,
+                       progress=progress, sampling_runs=sampling_runs, scheduler_config=scheduler,
+                       pause_ms=pause_ms, torch_model=torch_model, seed=seed)
+    result["model"] = model
+    result["skipped"] = skipped
+    if json_path is not None:
+        write_json(result, Path(json_path))
+    return result
