@@ -2,6 +2,7 @@
 
     python benchmarks/export_identity.py write /tmp/ref_onnx     # with the code before the change
     python benchmarks/export_identity.py check /tmp/ref_onnx     # with the code after it
+    python benchmarks/export_identity.py graphsurgeon /tmp/ref_onnx   # why export.graph is not gs
 
 ``write`` calibrates the bundled digits model on tiny settings (minmax W8A8 / W4A8 / W4A16, qdiff
 W8A8 with split skip inputs, tfmq W4A8 with per-step factors), keeps each artifact and exports it
@@ -10,6 +11,10 @@ cannot hide or fake a difference; ``--recalibrate`` also calibrates afresh and c
 requires, per file: the same nodes in the same order (name, op type, domain, inputs, outputs,
 attributes), the same initializers bit for bit, the same graph inputs/outputs, opsets and metadata.
 Exit code 1 and one line per difference when anything differs.
+
+``graphsurgeon`` measures, on the reference files, what an onnx-graphsurgeon pass would cost: the
+time of ``gs.import_onnx`` (+ ``gs.export_onnx``) against building ``export.graph.GraphIndex``, and
+what a round trip with no edit changes in the file.
 """
 
 from __future__ import annotations
@@ -126,9 +131,41 @@ def check(folder: Path, recalibrate: bool) -> int:
     return 1 if failures else 0
 
 
+def _best_ms(fn, repeat: int = 5) -> float:
+    import time
+
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def graphsurgeon(folder: Path) -> int:
+    import onnx_graphsurgeon as gs
+
+    from tfmq_export.export.graph import GraphIndex
+
+    for path in sorted(folder.glob("*.onnx")):
+        model = onnx.load(str(path))
+        index_ms = _best_ms(lambda m=model: GraphIndex(m))
+        import_ms = _best_ms(lambda m=model: gs.import_onnx(m))
+        graph = gs.import_onnx(model)
+        export_ms = _best_ms(lambda g=graph: gs.export_onnx(g))
+        back = gs.export_onnx(gs.import_onnx(model))
+        names = [t.name for t in model.graph.initializer]
+        moved = sum(a != b for a, b in zip(names, [t.name for t in back.graph.initializer]))
+        print(f"{path.name:34s} {len(model.graph.node):5d} nodes  GraphIndex {index_ms:6.1f} ms  "
+              f"gs import {import_ms:6.1f} ms + export {export_ms:6.1f} ms  round trip: {moved}/{len(names)} "
+              f"initializers moved, {len(model.metadata_props)} -> {len(back.metadata_props)} metadata entries, "
+              f"bytes {'identical' if back.SerializeToString() == model.SerializeToString() else 'differ'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("write", "check"))
+    parser.add_argument("mode", choices=("write", "check", "graphsurgeon"))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--recalibrate", action="store_true", help="check: also calibrate afresh and compare")
     args = parser.parse_args(argv)
@@ -136,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         args.folder.mkdir(parents=True, exist_ok=True)
         write(args.folder)
         return 0
+    if args.mode == "graphsurgeon":
+        return graphsurgeon(args.folder)
     return check(args.folder, args.recalibrate)
 
 
