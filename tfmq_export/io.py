@@ -19,9 +19,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tfmq_export.errors import TfmqError
+
 __all__ = [
     "atomic_write",
     "atomic_write_text",
+    "check_writable",
     "commit_staged",
     "machine_info",
     "sha256_file",
@@ -40,6 +43,30 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | os.PathLike[str], option: str, *, folder: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any work starts; creates nothing.
+
+    ``folder``: the output is a folder (an existing file there is refused), else a file (an
+    existing folder is refused). The nearest existing folder on the way is probed with a temp
+    file, which also catches read-only file systems where permission bits say nothing (root).
+    """
+    out = Path(path)
+    if out.exists() and folder != out.is_dir():
+        raise TfmqError(f"{option} {out} is {'a file' if folder else 'a folder'}; expected a "
+                        f"{'folder' if folder else 'file'} path")
+    probe_dir = out if out.is_dir() else out.parent
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise TfmqError(f"{option} {out}: {probe_dir} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe_dir, prefix=".tfmq-write-check.")
+    except OSError as exc:
+        raise TfmqError(f"{option} {out} is not writable ({probe_dir}: {exc.strerror or exc})") from exc
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -23,9 +23,10 @@ def export_onnx_cmd(artifact_dir, out_path, target, model) -> None:
       tfmq-export export-onnx calib/out/w8a8 --out engines/digits-w8a8.onnx --target tensorrt
     """
     from tfmq_export.artifact import load_artifact
-    from tfmq_export.export.onnx_export import export_onnx
+    from tfmq_export.export.onnx_export import check_onnx_output, export_onnx
     from tfmq_export.models.loading import load_model_for_artifact
 
+    check_onnx_output(out_path)
     artifact = load_artifact(artifact_dir)
     loaded = load_model_for_artifact(artifact, model)
     export_onnx(loaded, artifact, out_path, target)

@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from tfmq_export import __version__
-from tfmq_export.artifact import CalibrationArtifact
+from tfmq_export.artifact import CalibrationArtifact, artifact_problem
 from tfmq_export.contract import (
     INPUT_CONDITIONS,
     INPUT_SAMPLE,
@@ -33,8 +33,25 @@ from tfmq_export.contract import (
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.qdq import TARGETS, insert_qdq, needs_opset_21
 from tfmq_export.export.split_qdq import apply_split_qdq, split_layers
+from tfmq_export.io import check_writable
 from tfmq_export.models.loading import LoadedModel
 from tfmq_export.temporal import TemporalTableUNet
+
+__all__ = [
+    "BASE_OPSET",
+    "OnnxInfo",
+    "build_onnx",
+    "check_finite_graph",
+    "check_onnx_output",
+    "describe_onnx",
+    "example_inputs",
+    "export_onnx",
+    "is_large",
+    "read_metadata",
+    "save_onnx_atomic",
+    "set_metadata",
+    "trace_to_onnx",
+]
 
 BASE_OPSET = 17
 _PROTOBUF_LIMIT = 1_800_000_000
@@ -175,12 +192,37 @@ def save_onnx_atomic(model: onnx.ModelProto, out_path: Path) -> None:
         os.replace(staged, out_path)
 
 
-def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = "tensorrt") -> onnx.ModelProto:
-    """The exported graph (not yet written) for ``model`` quantized as ``artifact`` says."""
+def check_finite_graph(graph: onnx.ModelProto) -> None:
+    """Refuse a graph with a NaN/Inf float initializer or Constant, naming it (it would run, computing noise)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    tensors = [(t.name, t) for t in graph.graph.initializer]
+    tensors += [(node.output[0], attr.t) for node in graph.graph.node if node.op_type == "Constant"
+                for attr in node.attribute if attr.name == "value"]
+    for name, tensor in tensors:
+        if tensor.data_type not in floats or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        values = numpy_helper.to_array(tensor)
+        if not np.isfinite(values.astype(np.float32)).all():
+            raise TfmqError(f"the exported graph's tensor {name} holds non-finite values (NaN/Inf); nothing written")
+
+
+def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = "tensorrt", *,
+               copy_unet: bool = True) -> onnx.ModelProto:
+    """The exported graph (not yet written) for ``model`` quantized as ``artifact`` says.
+
+    Refused before tracing: an unknown target, another model's artifact, and an artifact that
+    breaks the schema (zero, NaN or Inf scales, non-finite tables, wrong shapes), whatever the target.
+    """
     if target not in TARGETS:
         raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
+    problem = artifact_problem(artifact)
+    if problem is not None:
+        raise TfmqError(f"--target {target}: the artifact is corrupt: {problem}")
     artifact.check_model(model.fingerprint(), model.name)
-    table_unet = TemporalTableUNet(model.unet, artifact.temporal_tables(), artifact.timesteps)
+    table_unet = TemporalTableUNet(model.unet, artifact.temporal_tables(), artifact.timesteps, copy_unet=copy_unet)
     graph = trace_to_onnx(table_unet, example_inputs(model))
     if artifact.layers:
         if needs_opset_21(artifact):
@@ -189,6 +231,7 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
         if split_layers(artifact):
             apply_split_qdq(graph, artifact)
     set_metadata(graph, artifact, target, model.sample_shape)
+    check_finite_graph(graph)
     if not is_large(graph):  # a > 2 GB graph is checked from its file by onnx.checker in save_onnx_atomic
         onnx.checker.check_model(graph)
     if target == "tensorrt" and artifact.layers:
@@ -200,8 +243,38 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
     return graph
 
 
-def export_onnx(model: LoadedModel, artifact: CalibrationArtifact, out_path: Path, target: str = "tensorrt") -> Path:
-    """Build and atomically write the exported graph; returns the path."""
-    graph = build_onnx(model, artifact, target)
+def _is_onnx_model(path: Path) -> bool:
+    """Whether ``path`` parses as an ONNX model with a graph (an empty file parses as an empty proto)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf DecodeError and friends
+        return False
+    return model.ir_version > 0 and model.HasField("graph")
+
+
+def check_onnx_output(out_path: Path) -> None:
+    """Before any work: ``--out`` must be writable, and an existing file there must be an ONNX model.
+
+    Overwriting an earlier export is what re-running does; overwriting anything else is a typo.
+    """
+    out_path = Path(out_path)
+    check_writable(out_path, "--out")
+    if out_path.is_file() and not _is_onnx_model(out_path):
+        raise TfmqError(f"--out {out_path} exists and is not an ONNX model; refusing to overwrite it "
+                        "(remove it or choose another path)")
+
+
+def export_onnx(model: LoadedModel, artifact: CalibrationArtifact, out_path: Path, target: str = "tensorrt", *,
+                copy_unet: bool = True) -> Path:
+    """Build and atomically write the exported graph; returns the path.
+
+    ``copy_unet=False`` traces ``model``'s own UNet (its temporal branch is replaced in place, so the
+    model is spent afterwards): one UNet less at peak memory, for a > 2 GB export in a process that
+    ends after it (``benchmarks/sd15_cpu.py``). The graph is the same.
+    """
+    if target not in TARGETS:
+        raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
+    check_onnx_output(Path(out_path))
+    graph = build_onnx(model, artifact, target, copy_unet=copy_unet)
     save_onnx_atomic(graph, Path(out_path))
     return Path(out_path)

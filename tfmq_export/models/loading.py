@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tfmq_export.errors import TfmqError
+
+__all__ = [
+    "DEFAULT_SCHEDULER_CONFIG",
+    "SUPPORTED_UNET_CLASSES",
+    "LoadedModel",
+    "check_fingerprint",
+    "check_finite_weights",
+    "load_conditions",
+    "load_model",
+    "load_model_for_artifact",
+    "load_unet_folder",
+    "weights_fingerprint",
+]
 
 #: diffusers' DDPMScheduler defaults, assumed for a bare UNet folder.
 DEFAULT_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -41,7 +54,6 @@ class LoadedModel:
     scheduler_config: dict[str, Any]
     source: str
     conditions: torch.Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def unet_class(self) -> str:
@@ -71,11 +83,40 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def check_fingerprint(graph_fingerprint: str, model: LoadedModel, source: str) -> None:
+    """Refuse to pair a graph or engine with a MODEL whose weights it was not exported from.
+
+    ``graph_fingerprint`` is the ``tfmq.model_fingerprint`` a file records (empty: not recorded,
+    nothing to compare); ``source`` names the file in the one-line error.
+    """
+    if not graph_fingerprint:
+        return
+    actual = model.fingerprint()
+    if graph_fingerprint != actual:
+        raise TfmqError(
+            f"{source} was exported from other weights ({graph_fingerprint[:12]}) than MODEL {model.name!r} "
+            f"({actual[:12]}); pass the model it was calibrated on"
+        )
+
+
+def check_finite_weights(module: torch.nn.Module, source: str) -> None:
+    """Refuse weights with NaN or Inf: they calibrate, export and sample noise without a word."""
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise TfmqError(
+                f"{source}: weight {name} holds {bad} non-finite value(s) (NaN/Inf); the model is damaged"
+            )
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TfmqError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise TfmqError(f"{path} must hold a JSON object, not {type(value).__name__}")
+    return value
 
 
 def _unet_folder(path: Path) -> tuple[Path, Path | None]:
@@ -107,7 +148,9 @@ def load_unet_folder(unet_dir: Path) -> torch.nn.Module:
     try:
         unet = cls.from_pretrained(str(unet_dir), local_files_only=True, use_safetensors=None)
     except Exception as exc:  # diffusers raises many types for corrupt files
-        raise TfmqError(f"cannot load the UNet in {unet_dir}: {str(exc).splitlines()[0]}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TfmqError(f"cannot load the UNet in {unet_dir}: {first}") from exc
+    check_finite_weights(unet, str(unet_dir))
     return unet.eval().requires_grad_(False)
 
 
@@ -136,18 +179,54 @@ def load_model(model: str | Path) -> LoadedModel:
     return LoadedModel(path.name, unet, scheduler_config, str(path.resolve()))
 
 
-def load_conditions(path: Path, unet: torch.nn.Module) -> torch.Tensor:
-    """Read encoder_hidden_states [N, S, D] for a conditional UNet from a .npy file."""
+def _read_npy(path: Path) -> Any:
+    """One array from a ``numpy.save`` file; never unpickles (a .npy of objects is refused)."""
     import numpy as np
 
+    if path.is_dir():
+        raise TfmqError(f"--conditions {path} is a folder; expected a .npy file")
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise TfmqError(f"cannot read conditions from {path}: {exc}") from exc
-    dim = unet.config.cross_attention_dim
-    if array.ndim != 3 or array.shape[-1] != dim:
-        raise TfmqError(f"{path} holds shape {array.shape}; expected [N, S, {dim}] encoder_hidden_states")
-    return torch.from_numpy(array.astype("float32"))
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+            if magic[:2] == b"PK":
+                raise TfmqError(f"--conditions {path} is an .npz archive; save the one array with numpy.save (.npy)")
+            if magic != b"\x93NUMPY":
+                raise TfmqError(f"--conditions {path} is not a .npy file (numpy.save format)")
+        return np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise TfmqError(f"cannot read --conditions {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # object arrays, damaged headers, truncated data
+        raise TfmqError(f"--conditions {path} is not a readable float array (numpy.save format)") from exc
+
+
+def load_conditions(path: Path, model: LoadedModel) -> torch.Tensor:
+    """Read encoder_hidden_states [N, S, D] for a conditional UNet from a .npy file.
+
+    Refused, each with one line: a model without cross-attention, files that are not one
+    ``numpy.save`` array, complex / integer / string data, the wrong shape, NaN or Inf.
+    """
+    import numpy as np
+
+    path = Path(path)
+    if not model.is_conditional:
+        raise TfmqError(f"--conditions {path}: {model.name} is an unconditional UNet ({model.unet_class}); "
+                        "it takes no conditions")
+    array = _read_npy(path)
+    dim = int(model.unet.config.cross_attention_dim)
+    if array.dtype.kind != "f":
+        what = {"c": "complex numbers", "b": "booleans", "i": "integers", "u": "integers"}.get(
+            array.dtype.kind, f"{array.dtype} values")
+        raise TfmqError(f"--conditions {path} holds {what}; expected real float encoder_hidden_states")
+    if array.ndim != 3 or array.shape[-1] != dim or 0 in array.shape:
+        raise TfmqError(f"--conditions {path} holds shape {list(array.shape)}; expected [N, S, {dim}] "
+                        "encoder_hidden_states (N, S >= 1)")
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, refused just below
+        array = array.astype(np.float32)
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise TfmqError(f"--conditions {path} holds {int((~finite).sum())} non-finite value(s) (NaN/Inf, "
+                        "or beyond float32)")
+    return torch.from_numpy(array)
 
 
 def load_model_for_artifact(artifact: Any, model: str | None = None) -> LoadedModel:

@@ -1,28 +1,20 @@
-"""``calibrate`` as a workflow: settings from a recipe and overrides, the model, its conditions, the run."""
+"""``calibrate`` as a workflow: settings from a recipe and overrides, the model, its conditions, the run.
+
+Everything the user gave is checked before the model is loaded or any data is collected: the
+settings (``config.settings_from``: strict recipes, typed fields), the output folder (writable,
+not a file), then the model (finite weights) and its conditions (real, finite, the right shape).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tfmq_export.artifact import CalibrationArtifact
 from tfmq_export.errors import TfmqError
+from tfmq_export.io import check_writable
 
-__all__ = ["calibrate_model", "read_recipe"]
-
-
-def read_recipe(path: Path | None) -> dict[str, Any]:
-    """The recipe's JSON object ({} without one); one line if it is unreadable or not an object."""
-    if path is None:
-        return {}
-    try:
-        recipe = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TfmqError(f"cannot read recipe {path}: {exc}") from exc
-    if not isinstance(recipe, dict):
-        raise TfmqError(f"recipe {path} must be a JSON object")
-    return recipe
+__all__ = ["calibrate_model"]
 
 
 def calibrate_model(
@@ -30,31 +22,25 @@ def calibrate_model(
     out_dir: Path,
     overrides: dict[str, Any],
     *,
-    recipe: Path | None = None,
+    recipe: str | Path | None = None,
     conditions: Path | None = None,
     prompts: Path | None = None,
     progress: bool = True,
 ) -> CalibrationArtifact:
     """Validate everything first (settings, output folder), then load MODEL and calibrate it into ``out_dir``.
 
-    ``overrides`` are the command line's values (``None`` = not given); they win over the recipe.
+    ``overrides`` are the command line's values (``None`` = not given); they win over the recipe
+    (a shipped recipe name or a path, ``config.load_recipe``).
     """
-    from tfmq_export.calibration.pipeline import CalibrationSettings
     from tfmq_export.calibration.pipeline import calibrate as run_calibration
+    from tfmq_export.config import load_recipe, settings_from
     from tfmq_export.models.loading import load_conditions, load_model
-    from tfmq_export.quant.simulate import check_bits
 
-    options = {k: v for k, v in read_recipe(recipe).items() if k in CalibrationSettings.__dataclass_fields__}
-    options.update({k: v for k, v in overrides.items() if v is not None})
-    settings = CalibrationSettings(**options)
-    check_bits(settings.wbits, settings.abits)
-    if settings.steps < 1 or settings.num_samples < 1 or settings.batch_size < 1:
-        raise TfmqError("--steps, --num-samples and --batch-size must be positive")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TfmqError(f"--out {out_dir} exists and is not a folder")
-    loaded = load_model(model)
+    settings = settings_from(load_recipe(recipe) if recipe is not None else None, overrides)
+    check_writable(out_dir, "--out", folder=True)  # before minutes of calibration, creating nothing
     if prompts is not None:
         raise TfmqError("--prompts needs a text encoder, which this build does not run; pass --conditions FILE.npy")
+    loaded = load_model(model)
     if conditions is not None:
-        loaded.conditions = load_conditions(conditions, loaded.unet)
+        loaded.conditions = load_conditions(conditions, loaded)
     return run_calibration(loaded, settings, out_dir, progress=progress)
