@@ -13,6 +13,7 @@ import numpy as np
 from tfmq_export.backends.base import Runner, open_runner, runner_denoiser
 from tfmq_export.errors import TfmqError
 from tfmq_export.images import save_grid
+from tfmq_export.io import check_writable
 from tfmq_export.sampling import SamplingSpec, generate
 
 __all__ = ["SourceInfo", "is_digits_fingerprint", "runner_for", "sample_to_files", "sample_with"]
@@ -70,6 +71,10 @@ def runner_for(source: Path, backend: str, model: str | None = None) -> tuple[Ru
     described = describe_onnx(source)
     if backend not in _ONNX_BACKENDS:
         raise TfmqError(f"--backend {backend} cannot run {source}; use onnxruntime or openvino for ONNX files")
+    if model is not None:  # MODEL given: the graph must have been exported from its weights
+        from tfmq_export.models.loading import check_fingerprint, load_model
+
+        check_fingerprint(described.fingerprint, load_model(model), str(source))
     spec = SamplingSpec(described.timesteps, described.scheduler_config, described.sample_shape,
                         described.conditional)
     info = SourceInfo(spec, described.precision, described.method, described.fingerprint)
@@ -89,6 +94,9 @@ def sample_to_files(source: Path, out_path: Path, backend: str, num_images: int,
     """Sample, write the PNG grid (first 64 images) and optionally a JSON summary."""
     if num_images < 1 or batch_size < 1:
         raise TfmqError("--num-images and --batch-size must be positive")
+    check_writable(out_path, "--out")
+    if json_path is not None:
+        check_writable(json_path, "--json")
     runner, info = runner_for(source, backend, model)
     start = time.perf_counter()
     images = sample_with(runner, info.spec, num_images, seed, batch_size)
