@@ -37,7 +37,7 @@ def main() -> None:
     model = load_model("digits")
     table_unet = build_table_unet(model.unet, sampler_timesteps(model.scheduler_config, args.steps)).eval()
 
-    def denoise(x, step, cond):
+    def denoise(x, step, _cond):
         return table_unet(x, step)
 
     per_seed, images = [], []

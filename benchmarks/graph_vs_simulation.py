@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
 from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
 from tfmq_export.export.onnx_export import build_onnx
+from tfmq_export.metrics.error import rel_l2
 from tfmq_export.models.loading import load_model
 from tfmq_export.quant.state import simulation_from_artifact
 
@@ -44,7 +44,7 @@ def main() -> None:
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
             out = session.run(["noise_pred"], {"sample": sample.numpy(), "step_index": rows.numpy()})[0]
-            err = np.linalg.norm(out - expected) / np.linalg.norm(expected)
+            err = rel_l2(out, expected)
             print(f"{args.model} W{args.wbits}A{args.abits} --target {target:11s} "
                   f"onnxruntime optimisations {'on ' if optimise else 'off'}: rel L2 {err:.2e}")
 

@@ -17,7 +17,7 @@ Stages (each one reuses its outputs when they exist, so a rerun after a failure 
    FP32 graph with the same calibration inputs ``tfmq-export bench --nncf`` would draw;
 4. wait for a quiet machine (1-minute load average below ``--max-load``), then ONE
    ``tfmq-export bench`` run with every variant, round-robin;
-5. write ``docs/BENCHMARKS.md`` from the bench JSON (``benchmarks/results/``).
+5. write ``docs/BENCHMARKS.md`` from the bench JSON (``benchmarks/results/``; ``sd15_report.py``).
 
 Run it from the repository root::
 
@@ -38,17 +38,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+if __package__:  # imported as benchmarks.sd15_cpu
+    from .sd15_report import write_report
+else:  # run as python benchmarks/sd15_cpu.py
+    from sd15_report import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "sd15_cpu.json"
 REPORT = ROOT / "docs" / "BENCHMARKS.md"
-
-#: targets the report checks (ARCHITECTURE.md, issue 4)
-TARGET_OV_VS_FP32 = 2.8
-TARGET_ORT_VS_FP32 = 2.0
-TARGET_SIZE_RATIO = 0.27
-#: docs/BENCHMARKS.md: everything below this line is written by hand and kept by the script
-NOTES_MARKER = "<!-- hand-written notes below: kept when the script rewrites the tables above -->"
-
 
 def log(message: str) -> None:
     print(f"[sd15_cpu {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -115,47 +112,30 @@ def _forward(args: argparse.Namespace) -> list[str]:
             "--seed", str(args.seed), "--steps", str(args.steps)]
 
 
-def export_fp32_large(args: argparse.Namespace, work: Path) -> None:
-    """The FP32 graph (> 2 GB) with less peak memory than ``export_onnx``.
+def export_fp32(args: argparse.Namespace, work: Path) -> None:
+    """The FP32 graph (> 2 GB, weights in ``sd15-fp32.onnx.data``) through the library's export.
 
-    ``export_onnx`` writes > 2 GB graphs with external weights (``onnx_export.is_large``), but it
-    copies the UNet into the table UNet; this path does the same steps (trace, metadata, save with
-    external data, check) while consuming the model's UNet instead (3.4 GB less at peak), which
-    matters next to the other SD-1.5 graphs on a 24 GB machine.
+    Run in a child process that ends after it: ``copy_unet=False`` lets the export trace the
+    model's own UNet instead of a copy (3.4 GB less at peak; the model is spent afterwards).
     """
-    import onnx
-
     from tfmq_export.artifact import load_artifact
     from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
-    from tfmq_export.export.onnx_export import example_inputs, set_metadata, trace_to_onnx
-    from tfmq_export.temporal import TemporalTableUNet
+    from tfmq_export.export.onnx_export import export_onnx
 
     model = sd15_model(args.latent, args.num_samples, args.seed)
     fp_dir = work / "calib-fp32"
     if not (fp_dir / "artifact.json").is_file():
         calibrate(model, CalibrationSettings(method="minmax", wbits=16, abits=16, steps=args.steps, seed=args.seed),
                   fp_dir)
-    artifact = load_artifact(fp_dir)
-    artifact.check_model(model.fingerprint(), model.name)
-    table_unet = TemporalTableUNet(model.unet, artifact.temporal_tables(), artifact.timesteps, copy_unet=False)
-    graph = trace_to_onnx(table_unet, example_inputs(model))
-    del table_unet, model
-    gc.collect()
-    set_metadata(graph, artifact, "onnxruntime", (4, args.latent, args.latent))
-    out = work / "sd15-fp32.onnx"
-    tmp = out.with_name(f".{out.name}.tmp")
-    onnx.save_model(graph, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{out.name}.data", size_threshold=1024)
-    onnx.checker.check_model(str(tmp))
-    os.replace(tmp, out)
+    export_onnx(model, load_artifact(fp_dir), work / "sd15-fp32.onnx", "onnxruntime", copy_unet=False)
 
 
-def build_engines(work: Path, graphs: dict[str, Path], args: argparse.Namespace) -> dict[str, Path]:
+def build_engines(graphs: dict[str, Path], args: argparse.Namespace) -> dict[str, Path]:
     """OpenVINO IR of every graph, onnxruntime optimised graphs of the W8A8 ones, the NNCF peer."""
     from tfmq_export.backends.manifest import manifest_path
     from tfmq_export.backends.onnxruntime.build import build_onnxruntime_engine
     from tfmq_export.backends.openvino.build import build_openvino_engine
-    from tfmq_export.workflows.bench.plan import ensure_nncf_engine
+    from tfmq_export.backends.openvino.nncf import ensure_nncf_engine
 
     engines: dict[str, Path] = {}
     for key, onnx_path in graphs.items():
@@ -233,186 +213,6 @@ def wait_for_quiet_machine(max_load: float, max_wait_s: float, poll_s: float = 6
         time.sleep(poll_s)
 
 
-# --- 5: the report -----------------------------------------------------------------------------------
-
-
-def _rows(result: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
-    return {(r["label"], r["batch"]): r for r in result["runs"]}
-
-
-def _pick(result: dict[str, Any], backend: str, precision: str, batch: int, target: str | None = None):
-    for row in result["runs"]:
-        if row["backend"] == backend and row["precision"] == precision and row["batch"] == batch and (
-                target is None or row.get("target") == target):
-            return row
-    return None
-
-
-#: the least number of quiet rounds for the verdicts to use quiet-round medians
-MIN_QUIET_ROUNDS = 5
-
-
-def _key(result: dict[str, Any]) -> str:
-    """Latency the verdicts use: the quiet-round median when enough rounds were quiet, else the median."""
-    quiet = [r.get("quiet_rounds") or 0 for r in result["runs"]]
-    return "latency_ms_median_quiet" if quiet and min(quiet) >= MIN_QUIET_ROUNDS else "latency_ms_median"
-
-
-def _ratio(num: dict | None, den: dict | None, key: str = "latency_ms_median") -> float | None:
-    if num is None or den is None or not num.get(key) or not den.get(key):
-        return None
-    return den[key] / num[key]
-
-
-def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
-
-
-def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every target of the issue, per batch: measured ratio, goal, met or not."""
-    out = []
-    key = _key(result)
-    for batch in sorted({r["batch"] for r in result["runs"]}):
-        ov_fp32 = _pick(result, "openvino", "fp32", batch)
-        nncf = _pick(result, "openvino", "nncf-int8", batch)
-        ort_fp32 = _pick(result, "onnxruntime", "fp32", batch)
-        ort_w8 = _pick(result, "onnxruntime", "w8a8", batch)
-        ov_w8 = [r for r in result["runs"] if r["backend"] == "openvino" and r["precision"] == "w8a8"
-                 and r["batch"] == batch]
-        largest_ov = max(ov_w8, key=lambda r: r["model_bytes"]) if ov_w8 else None
-        for row in ov_w8:
-            tag = f"OpenVINO W8A8 ({row.get('target', '?')} graph)"
-            out.append(_target(batch, f"{tag} vs OpenVINO FP32, speed-up", TARGET_OV_VS_FP32, row, ov_fp32, key))
-            out.append(_target(batch, f"{tag} vs NNCF INT8, speed-up", 1.0, row, nncf, key, "(no slower)"))
-        out.append(_target(batch, "onnxruntime W8A8 vs onnxruntime FP32, speed-up", TARGET_ORT_VS_FP32, ort_w8,
-                           ort_fp32, key))
-        if batch != min(r["batch"] for r in result["runs"]):
-            continue  # sizes do not depend on the batch
-        for what, w8, fp in (("OpenVINO IR", largest_ov, ov_fp32), ("ONNX, onnxruntime target", ort_w8, ort_fp32)):
-            if w8 is not None and fp is not None:
-                size = w8["model_bytes"] / fp["model_bytes"]
-                out.append({"batch": "-", "what": f"model size W8A8 / FP32 ({what})",
-                            "goal": f"<= {TARGET_SIZE_RATIO}x", "value": size, "met": size <= TARGET_SIZE_RATIO})
-    return out
-
-
-def _target(batch: int, what: str, goal: float, row: dict | None, base: dict | None, key: str,
-            note: str = "") -> dict[str, Any]:
-    value = _ratio(row, base, key)
-    return {"batch": batch, "what": what, "goal": f">= {goal}x {note}".strip(), "value": value,
-            "all_rounds": _ratio(row, base), "met": _met(value, goal)}
-
-
-def _batch_loads(result: dict[str, Any]) -> dict[int, list[float]]:
-    return {r["batch"]: r["load_avg_1min_before_after"] for r in result["runs"] if "load_avg_1min_before_after" in r}
-
-
-def _met(value: float | None, goal: float) -> bool | None:
-    return None if value is None else value >= goal
-
-
-def write_report(result: dict[str, Any], command: list[str], extra: dict[str, Any], path: Path) -> str:
-    """``docs/BENCHMARKS.md``: the command, the machine, every variant, the ratios, the verdicts."""
-    machine = result["machine"]
-    load = extra.get("load", {})
-    lines = [
-        "# Benchmarks: SD-1.5-architecture UNet on CPU",
-        "",
-        "Generated by `python benchmarks/sd15_cpu.py` (do not edit by hand; rerun the script).",
-        "Model: `sd15-arch`, the Stable Diffusion 1.5 UNet architecture (859.5 M parameters) with random "
-        "weights, so speed, memory and size are real while the outputs are meaningless (no quality claims "
-        "are made from them).",
-        "",
-        "## Command",
-        "",
-        "```",
-        " ".join(shlex.quote(c) for c in command),
-        "```",
-        "",
-        "## Machine",
-        "",
-        f"- CPU: {machine.get('cpu')} ({machine.get('cpu_count')} logical cores visible; AVX512-VNNI: "
-        f"{machine.get('avx512_vnni')}, AMX: {machine.get('amx')})",
-        f"- threads per backend: {machine.get('threads')}; onnxruntime {machine.get('onnxruntime')}, "
-        f"OpenVINO {machine.get('openvino')}, NNCF {machine.get('nncf')}, torch {machine.get('torch')}",
-        f"- 1-minute load average: {_fmt(machine.get('load_avg_start', [None])[0])} when timing started, "
-        f"{_fmt(machine.get('load_avg_end', [None])[0])} when it ended"
-        + ("" if load.get("quiet", True) else
-           f" (the machine never got quiet: it was shared with other jobs, waited {load.get('waited_s', 0) // 60} "
-           "min, so absolute times are inflated; ratios come from round-robin timing and are fairer)"),
-        "- 1-minute load average just before / after the round-robin UNet calls (batches interleaved; the "
-        f"bench's own {machine.get('threads')} threads count about {machine.get('threads')}): "
-        + " / ".join(str(x) for x in next(iter(_batch_loads(result).values()), ["n/a"])),
-        f"- latents {result['sample_shape'][1]}x{result['sample_shape'][2]}, "
-        f"encoder_hidden_states [B, 77, 768], DDIM {result['runs'][0]['sampling_steps']} steps (the temporal "
-        "table's rows)",
-        "",
-        "## Every variant",
-        "",
-        "Latency is one UNet call (median / p90 over round-robin iterations, a 100 ms pause before each "
-        "call). `sampling s` is a full DDIM run (UNet calls + scheduler updates) with the variants taking "
-        "turns step by step; `images/s` = batch / sampling s (measured, see the basis column). `rel. error` "
-        "is the relative L2 error of one UNet output against torch FP32 on the same inputs (step 0, random "
-        "latents and condition).",
-        "",
-        "| variant | batch | median ms | quiet-round median ms | p90 ms | min ms | sampling s | images/s (basis) "
-        "| peak MB | model MB | rel. error |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in result["runs"]:
-        basis = "measured" if row.get("images_per_s_basis", "").startswith("measured") else "derived"
-        lines.append(
-            f"| {row['label']} | {row['batch']} | {row['latency_ms_median']:.1f} | "
-            f"{_fmt(row.get('latency_ms_median_quiet'), '.1f')} | {row['latency_ms_p90']:.1f} | "
-            f"{row['latency_ms_min']:.1f} | {_fmt(row.get('sampling_s_median'))} | "
-            f"{row['images_per_s']:.3f} ({basis}) | "
-            f"{_fmt(row.get('peak_mem_mb'), '.0f')} | {row['model_bytes'] / 1e6:.0f} | "
-            f"{_fmt(row.get('rel_error_vs_reference'), '.4f')} |"
-        )
-    for skipped in result.get("skipped", []):
-        lines.append(f"| {skipped['label']} | - | skipped: {skipped['reason']} | | | | | | | | |")
-    key = _key(result)
-    quiet = min((r.get("quiet_rounds") or 0) for r in result["runs"])
-    basis = (f"quiet-round medians ({quiet} of {result['runs'][0]['iters']} rounds quiet: rounds in which other "
-             "jobs slowed every variant are left out, see `tfmq_export.workflows.bench.timing.quiet_rounds`)"
-             if key == "latency_ms_median_quiet" else "medians over all rounds")
-    lines += ["", "## Targets", "", f"Speed-ups are ratios of {basis}; `all rounds` gives the ratio of the plain "
-              "medians.", "", "| batch | ratio | goal | measured | all rounds | met |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    verdicts = targets(result)
-    for t in verdicts:
-        met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
-        lines.append(f"| {t['batch']} | {t['what']} | {t['goal']} | {_fmt(t['value'], '.2f', 'x')} | "
-                     f"{_fmt(t.get('all_rounds'), '.2f', 'x')} | {met} |")
-    met = [t for t in verdicts if t["met"]]
-    missed = [t for t in verdicts if t["met"] is False]
-    lines += ["", f"Met: {len(met)} of {len(verdicts)}."
-              + (" Not met: " + "; ".join(f"{t['what']} at batch {t['batch']} ({_fmt(t['value'], '.2f', 'x')})"
-                                          for t in missed) + "." if missed else "")]
-    if extra.get("fusion"):
-        lines += ["", "## onnxruntime: what the optimiser fused", "",
-                  "From `build_onnxruntime_engine`'s manifests (graph optimisation level `extended`):", "",
-                  "| graph | QLinearConv | MatMulIntegerToFloat | QLinearMatMul | QGemm | weight DQ in source | "
-                  "weight DQ left unfused | QuantizeLinear | DequantizeLinear |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for name, m in extra["fusion"].items():
-            lines.append(f"| {name} | {m['QLinearConv']} | {m['MatMulIntegerToFloat']} | {m['QLinearMatMul']} | "
-                         f"{m['QGemm']} | {m['weight_dequantize_in_source']} | {m['unfused_weight_dequantize']} | "
-                         f"{m['QuantizeLinear']} | {m['DequantizeLinear']} |")
-    if extra.get("openvino"):
-        lines += ["", "## OpenVINO: runtime precision of the weight layers", "",
-                  "From the IR manifests (`compiled_cpu_layer_precisions`, CPU plugin, f32 inference precision):", ""]
-        for name, counts in extra["openvino"].items():
-            lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    text = "\n".join(lines) + "\n"
-    # hand-written analysis below the marker survives regeneration
-    kept = path.read_text().split(NOTES_MARKER, 1)[1] if path.is_file() and NOTES_MARKER in path.read_text() else "\n"
-    text += f"\n{NOTES_MARKER}{kept}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return text
-
-
 def engine_facts(graphs: dict[str, Path]) -> dict[str, Any]:
     """Fusion counts (onnxruntime) and int8 coverage (OpenVINO) from the engines' manifests."""
     from tfmq_export.backends.manifest import manifest_path
@@ -432,7 +232,7 @@ def engine_facts(graphs: dict[str, Path]) -> dict[str, Any]:
     return {"fusion": fusion, "openvino": openvino}
 
 
-# --- main ----------------------------------------------------------------------------------------------
+# --- 5: the report (sd15_report.py) and main ---------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -465,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = args.work.resolve()
     if args.export_fp32_only:
-        export_fp32_large(args, work)
+        export_fp32(args, work)
         return 0
     graphs = {"fp32": work / "sd15-fp32.onnx", "w8a8-onnxruntime": work / "sd15-w8a8-ort.onnx",
               "w8a8-tensorrt": work / "sd15-w8a8-trt.onnx"}
@@ -477,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work.mkdir(parents=True, exist_ok=True)
     graphs = export_graphs(work, args)
-    engines = build_engines(work, graphs, args)
+    engines = build_engines(graphs, args)
     command = bench_command(graphs, engines, args.json, args)
     log("bench command: " + " ".join(shlex.quote(c) for c in command))
     if args.prepare_only:
