@@ -25,6 +25,8 @@ from tfmq_export.errors import TfmqError
 from tfmq_export.export.graph import GraphIndex
 from tfmq_export.quant.state import conv_output_scale
 
+__all__ = ["TARGETS", "insert_qdq", "needs_opset_21", "onnx_scope"]
+
 TARGETS = ("tensorrt", "onnxruntime")
 _WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 
