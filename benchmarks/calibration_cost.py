@@ -3,7 +3,7 @@
 Usage: python benchmarks/calibration_cost.py [--bits w4a8] [--threads 1] [--eval-samples 32]
        [--json benchmarks/results/calibration_cost_w4a8.json]
 
-Variants (all from the digits recipes in calib/, same data and seed):
+Variants (all from the shipped digits recipes, tfmq_export/recipes, same data and seed):
   minmax, qdiff (recipe: activation stage at iters // 4 per block, as Q-Diffusion's 5,000 vs
   20,000), qdiff-equal (activation stage with the same per-block budget as the weights),
   tfmq (FP temporal table, the default), tfmq-qtable (--temporal-table quantized),
@@ -30,6 +30,7 @@ import torch
 from tfmq_export.calibration.data import collect_calibration_data
 from tfmq_export.calibration.pipeline import calibrate
 from tfmq_export.io import atomic_write_text
+from tfmq_export.metrics.error import ErrorStats
 from tfmq_export.models.loading import load_model
 from tfmq_export.quant.state import simulation_from_artifact
 from tfmq_export.temporal import build_table_unet, compute_temporal_features
@@ -59,12 +60,10 @@ def variant_settings(name: str, bits: str):
 @torch.no_grad()
 def output_error(sim: torch.nn.Module, fp: torch.nn.Module, data) -> float:
     """||sim - fp|| / ||fp|| of the noise prediction over every held-out (x_t, step)."""
-    num = den = 0.0
+    stats = ErrorStats()
     for x, step, _ in data.batches(256):
-        ref = fp(x, step)
-        num += float((sim(x, step) - ref).pow(2).sum())
-        den += float(ref.pow(2).sum())
-    return (num / den) ** 0.5
+        stats.add(sim(x, step).numpy(), fp(x, step).numpy())
+    return stats.rel_l2
 
 
 def per_step_simulation(sim: torch.nn.Module) -> torch.nn.Module:
@@ -92,13 +91,12 @@ def per_step_output_error(sim: torch.nn.Module, fp: torch.nn.Module, data) -> fl
     from tfmq_export.quant.steps import observing_steps
 
     per_step = per_step_simulation(sim)
-    num = den = 0.0
+    stats = ErrorStats()
     for x, step, _ in data.batches(256):
-        ref = fp(x, step)
         with observing_steps(step):
-            num += float((per_step(x, step) - ref).pow(2).sum())
-        den += float(ref.pow(2).sum())
-    return (num / den) ** 0.5
+            out = per_step(x, step)
+        stats.add(out.numpy(), fp(x, step).numpy())
+    return stats.rel_l2
 
 
 def with_fp_table(model, artifact, fp_features: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -114,9 +112,10 @@ def with_fp_table(model, artifact, fp_features: dict[str, torch.Tensor]) -> torc
 def table_error(artifact, fp_features: dict[str, torch.Tensor]) -> float:
     """Relative L2 error of the deployed temporal table against the FP temporal features."""
     tables = artifact.temporal_tables()
-    num = sum(float((tables[k].float() - v).pow(2).sum()) for k, v in fp_features.items())
-    den = sum(float(v.pow(2).sum()) for v in fp_features.values())
-    return (num / den) ** 0.5
+    stats = ErrorStats()
+    for key, reference in fp_features.items():
+        stats.add(tables[key].float().numpy(), reference.numpy())
+    return stats.rel_l2
 
 
 def main() -> None:
@@ -135,7 +134,7 @@ def main() -> None:
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     first = variant_settings(names[0], args.bits)
     fp = build_table_unet(model.unet, compute_timesteps(model, first.steps)).eval()
-    held_out = collect_calibration_data(lambda x, s, c: fp(x, s), model.scheduler_config, fp.timesteps,
+    held_out = collect_calibration_data(lambda x, s, _c: fp(x, s), model.scheduler_config, fp.timesteps,
                                         model.sample_shape, args.eval_samples, 1000, 64, progress=False)
     fp_features = compute_temporal_features(model.unet, fp.timesteps)
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]

@@ -82,3 +82,6 @@ def collect_calibration_data(
     return CalibrationData(
         torch.cat(xs), torch.cat(rows), torch.cat(conds) if conds else None, list(timesteps)
     )
+
+
+__all__ = ["CalibrationData", "collect_calibration_data"]

@@ -380,3 +380,23 @@ def install_step_factor_quantizers(layers: dict[str, QuantLayer], tensors: dict[
         swap_input_quantizer(layer, new)
         installed.append(name)
     return installed
+
+
+__all__ = [
+    "ActMode",
+    "ActQuantizer",
+    "PerStepActQuantizer",
+    "QuantConv2d",
+    "QuantLayer",
+    "QuantLinear",
+    "RoundingFn",
+    "SplitActQuantizer",
+    "StepFactorActQuantizer",
+    "WeightQuantizer",
+    "install_split_quantizers",
+    "install_step_factor_quantizers",
+    "make_quant_layer",
+    "split_tensors",
+    "step_factors",
+    "swap_input_quantizer",
+]

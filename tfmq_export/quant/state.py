@@ -123,3 +123,6 @@ def simulation_from_artifact(
     if install_step_factor_quantizers(layers, artifact.tensors):  # tfmq's per-step factors
         sim.declares_steps = True
     return sim.eval()
+
+
+__all__ = ["artifact_tensors", "conv_output_scale", "load_layer_state", "simulation_from_artifact", "temporal_tables"]

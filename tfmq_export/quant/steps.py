@@ -29,3 +29,6 @@ def observing_steps(step_index: torch.Tensor) -> Iterator[None]:
 def current_steps() -> torch.Tensor | None:
     """The step indices declared by the innermost ``observing_steps``, or None."""
     return _current_steps.get()
+
+
+__all__ = ["current_steps", "observing_steps"]
