@@ -66,6 +66,7 @@ class GraphFacts:
     scheduler_config: dict[str, Any]
     sample_shape: tuple[int, ...] | None
     target: str
+    fingerprint: str = ""  # tfmq.model_fingerprint: the weights the graph was exported from
 
 
 def variant_runner(variant: Variant, threads: int | None, model: Any = None) -> Runner:
@@ -102,7 +103,7 @@ def _facts_from_metadata(path: Path, meta: dict[str, str], precision: str | None
     """Facts of an engine from the ``tfmq.*`` metadata of the graph it was built from."""
     parsed = parse_metadata(meta, f"{path} (its manifest's source_metadata)")
     return GraphFacts(path, precision or parsed.precision, parsed.timesteps, parsed.scheduler_config,
-                      parsed.sample_shape, parsed.target)
+                      parsed.sample_shape, parsed.target, parsed.fingerprint)
 
 
 def describe_model_file(path: Path) -> GraphFacts:
@@ -117,7 +118,7 @@ def describe_model_file(path: Path) -> GraphFacts:
     if path.suffix == ".onnx" and not manifest_file.is_file():
         info = describe_onnx(path)
         return GraphFacts(path, info.precision, info.timesteps, info.scheduler_config, info.sample_shape,
-                          info.target)
+                          info.target, info.fingerprint)
     if not manifest_file.is_file():
         raise TfmqError(f"{path} has no manifest ({manifest_file.name}); build it with `tfmq-export build-engine`")
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tfmq_export.errors import TfmqError
+from tfmq_export.io import check_writable
 from tfmq_export.workflows.bench.plan import (
     GraphFacts,
     Variant,
@@ -79,13 +80,17 @@ def bench_to_json(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Resolve the variants, build the NNCF peer if asked, time everything in one run, write JSON."""
-    from tfmq_export.models.loading import load_model
+    from tfmq_export.models.loading import check_fingerprint, load_model
 
     _check_options(batches, iters, threads, latent_size, warmup, sampling_runs, pause_ms)
+    if json_path is not None:
+        check_writable(json_path, "--json")
     variants, facts, skipped = variants_for(model, list(onnx_paths), backends, variant_specs)
     if not variants and not nncf:
         raise nothing_to_time(skipped)
     loaded = load_model(model)
+    for fingerprint, path in {f.fingerprint: f.path for f in facts}.items():  # one hash per distinct model
+        check_fingerprint(fingerprint, loaded, str(path))
     cond_shape = (77, int(loaded.unet.config.cross_attention_dim)) if loaded.is_conditional else None
     if latent_size is not None:
         shape = (loaded.sample_shape[0], latent_size, latent_size)
