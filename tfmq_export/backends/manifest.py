@@ -9,6 +9,7 @@ from typing import Any
 
 import onnx
 
+from tfmq_export.contract import META_PREFIX
 from tfmq_export.errors import TfmqError
 from tfmq_export.io import machine_info, sha256_file, utc_now
 
@@ -24,7 +25,7 @@ def manifest_path(out_path: str | os.PathLike[str]) -> Path:
 
 def onnx_metadata(model: onnx.ModelProto) -> dict[str, str]:
     """The model's ``tfmq.*`` metadata (timesteps, bits, method, target...)."""
-    return {p.key: p.value for p in model.metadata_props if p.key.startswith("tfmq.")}
+    return {p.key: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
 
 
 def external_data_files(path: str | os.PathLike[str], model: onnx.ModelProto | None = None) -> list[Path]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +65,6 @@ class TensorRTRunner(Runner):
             raise TfmqError(
                 f"{self.engine_path} does not exist; build it with `tfmq-export build-engine --backend tensorrt`"
             )
-        self.last_wall_ms = 0.0
         self.input_names: list[str] = []
         self._input_dtypes: dict[str, np.dtype] = {}
         self._runner: Any = None
@@ -107,19 +105,9 @@ class TensorRTRunner(Runner):
             self._runner = None
         super().deactivate()
 
-    def infer(
-        self,
-        sample: np.ndarray,
-        step_index: np.ndarray,
-        encoder_hidden_states: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """As ``Runner.infer``, but ``last_inference_ms`` is the CUDA-event time of the call."""
-        start = time.perf_counter()
-        out = super().infer(sample, step_index, encoder_hidden_states)
-        self.last_wall_ms = (time.perf_counter() - start) * 1000.0
-        if self._events is not None:
-            self.last_inference_ms = self._events.elapsed_ms()
-        return out
+    def _device_ms(self) -> float:
+        """The CUDA-event time of the call (the GPU clock), or the wall time before activation."""
+        return self.last_wall_ms if self._events is None else self._events.elapsed_ms()
 
     def _infer(
         self, sample: np.ndarray, step_index: np.ndarray, encoder_hidden_states: np.ndarray | None
