@@ -25,7 +25,7 @@ from tfmq_export.workflows.sample import sample_with
 
 
 def demo_settings() -> dict[str, CalibrationSettings]:
-    """FP32 plus the shipped TFMQ recipes (calib/digits-tfmq-*.json)."""
+    """FP32 plus the shipped TFMQ recipes (digits-tfmq-w8a8, digits-tfmq-w4a8 in tfmq_export/recipes)."""
     return {
         "fp32": CalibrationSettings(method="minmax", wbits=16, abits=16),
         "tfmq-w8a8": recipe_settings("tfmq", "w8a8"),

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from tfmq_export.artifact import load_artifact
 from tfmq_export.backends.base import open_runner
-from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+from tfmq_export.calibration.pipeline import calibrate
+from tfmq_export.config import CalibrationSettings, load_recipe, recipe_names, settings_from
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.onnx_export import export_onnx
 from tfmq_export.images import save_grid
@@ -34,21 +35,18 @@ BIT_SETTINGS = {"w8a8": (8, 8), "w4a8": (4, 8), "w4a16": (4, 16)}
 #: Samples per setting: with 1,000 the FID of full precision alone ranged 13.8-33.1 over ten seeds,
 #: two sets of 5,000 gave 12.1 / 14.0 (``python benchmarks/fid_noise.py``).
 DEFAULT_NUM_IMAGES = 5000
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "calib"
+#: The shipped recipes evaluate reads, most specific first (``tfmq_export/recipes``, package data).
+RECIPE_NAMES = ("digits-{method}-{bits}", "digits-{bits}")
 
 
-def recipe_settings(method: str, bits: str, recipe_dir: Path = RECIPE_DIR) -> CalibrationSettings:
-    """Settings for ``method`` at ``bits`` from calib/digits-<method>-<bits>.json (or defaults)."""
+def recipe_settings(method: str, bits: str) -> CalibrationSettings:
+    """Settings for ``method`` at ``bits`` from the shipped recipe digits-<method>-<bits> (else
+    digits-<bits>), strictly checked; method and bits as given."""
     wbits, abits = BIT_SETTINGS[bits]
-    options: dict[str, Any] = {}
-    for name in (f"digits-{method}-{bits}.json", f"digits-{bits}.json", "digits.json"):
-        path = recipe_dir / name
-        if path.is_file():
-            options = {k: v for k, v in json.loads(path.read_text()).items()
-                       if k in CalibrationSettings.__dataclass_fields__}
-            break
-    options.update(method=method, wbits=wbits, abits=abits)
-    return CalibrationSettings(**options)
+    shipped = set(recipe_names())
+    name = next((n for n in (p.format(method=method, bits=bits) for p in RECIPE_NAMES) if n in shipped), None)
+    recipe = {} if name is None else load_recipe(name)
+    return settings_from(recipe, {"method": method, "wbits": wbits, "abits": abits})
 
 
 def _artifact(model: LoadedModel, settings: CalibrationSettings, folder: Path, progress: bool):
