@@ -344,7 +344,7 @@ def _export(art: Path, out: Path, *extra):
     (lambda m: {**m, "layers": {k: {**v, "bias_scale": 1.0} for k, v in m["layers"].items()}},
      ("unknown", "bias_scale")),
     (lambda m: {**m, "layers": {k: {**v, "weight_shape": ["32"]} for k, v in m["layers"].items()}},
-     ("weight_shape",)),
+     ("weight_shape", "positive integers")),
     (lambda m: {**m, "timesteps": "0,500"}, ("timesteps",)),
     (lambda m: {**m, "format_version": 99}, ("format version",)),
     (lambda m: {**m, "comment": "tuned by hand"}, ("unknown", "comment")),
@@ -535,6 +535,10 @@ def test_bench_tensorrt_not_installed(tmp_path, unet2d_dir):
 
 
 def test_bench_tensorrt_plan_without_tensorrt(tmp_path, unet2d_dir, onnx_path):
+    """A built plan (with its manifest) on a machine without TensorRT: the reason, not "nothing to time"."""
+    import onnx
+
+    from tfmq_export.backends.manifest import manifest_path, onnx_metadata
     from tfmq_export.backends.tensorrt.build import check_tensorrt_available
 
     reason = check_tensorrt_available()
@@ -542,8 +546,9 @@ def test_bench_tensorrt_plan_without_tensorrt(tmp_path, unet2d_dir, onnx_path):
         pytest.skip("TensorRT and a GPU are present")
     plan = tmp_path / "e.plan"
     plan.write_bytes(b"\x00" * 64)
-    (tmp_path / "e.plan.json").write_text(json.dumps({"source_metadata": {}}))
-    _refused(_bench(unet2d_dir, "--backends", "", "--variant", f"tensorrt={plan}"), "tensorrt")
+    meta = onnx_metadata(onnx.load(str(onnx_path), load_external_data=False))
+    manifest_path(plan).write_text(json.dumps({"precision": "w8a8", "source_metadata": meta}))
+    _refused(_bench(unet2d_dir, "--backends", "", "--variant", f"tensorrt={plan}"), reason.split(" (")[0])
 
 
 def test_bench_unknown_backend(unet2d_dir, onnx_path):
@@ -591,7 +596,7 @@ def test_build_engine_truncated_onnx(tmp_path, onnx_path):
 
 def test_build_engine_to_a_read_only_folder(read_only_dir, onnx_path):
     out = read_only_dir / "e.onnx"
-    _refused(_run("build-engine", onnx_path, "--out", out), left=(out,))
+    _refused(_run("build-engine", onnx_path, "--out", out), "--out", "not writable", left=(out,))
 
 
 def test_lint_truncated_onnx(tmp_path, onnx_path):

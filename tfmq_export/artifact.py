@@ -169,11 +169,11 @@ def _record_problem(name: str, record: Any) -> str | None:
         if not _is_type(record[key], expected):
             return f"layer {name!r}: {key} must be {_type_name(expected)}, not {record[key]!r}"
     shape = record["weight_shape"]
+    if not all(_is_type(d, int) and d > 0 for d in shape):
+        return f"layer {name!r}: weight_shape {shape} must be positive integers"
     if record["kind"] not in ("conv", "linear") or len(shape) != (4 if record["kind"] == "conv" else 2):
         return (f"layer {name!r}: kind {record['kind']!r} with weight_shape {shape} is neither a conv (4-D) "
                 "nor a linear (2-D)")
-    if not all(_is_type(d, int) and d > 0 for d in shape):
-        return f"layer {name!r}: weight_shape {shape} must be positive integers"
     if record["wbits"] not in (4, 8, 16) or record["abits"] not in (8, 16):
         return f"layer {name!r}: W{record['wbits']}A{record['abits']} is not a supported bit setting"
     return None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tfmq_export.errors import TfmqError
+from tfmq_export.io import check_writable
 
 __all__ = ["ENGINE_BUILDERS", "build_engine"]
 
@@ -34,6 +35,7 @@ def build_engine(backend: str, onnx_path: str | os.PathLike[str], out_path: str 
         raise TfmqError(f"unknown backend {backend!r}; choose from {', '.join(ENGINE_BUILDERS)}")
     if not Path(onnx_path).is_file():
         raise TfmqError(f"{onnx_path} does not exist")
+    check_writable(out_path, "--out")  # before a build that may take minutes
     module_name, function = ENGINE_BUILDERS[backend]
     builder = getattr(importlib.import_module(module_name), function)
     return builder(onnx_path, out_path, **options)
