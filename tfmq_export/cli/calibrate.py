@@ -25,8 +25,8 @@ from tfmq_export.cli.errors import friendly
                    "error summed over the steps.")
 @click.option("--temporal-table", type=click.Choice(["fp", "quantized"]), default=None,
               help="Build the table from the full-precision or the TIAR-quantized temporal block (tfmq).")
-@click.option("--recipe", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="JSON preset (calib/*.json); command-line options override it.")
+@click.option("--recipe", default=None, metavar="NAME|FILE.json",
+              help="A shipped recipe name (e.g. digits-tfmq-w4a8) or a JSON file; command-line options override it.")
 @click.option("--conditions", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="encoder_hidden_states [N, S, D] (.npy) for a conditional UNet.")
 @click.option("--prompts", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
