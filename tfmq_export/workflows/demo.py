@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 from tfmq_export.backends.base import open_runner
-from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+from tfmq_export.calibration.pipeline import calibrate
+from tfmq_export.config import CalibrationSettings
+from tfmq_export.errors import TfmqError
 from tfmq_export.export.onnx_export import export_onnx
 from tfmq_export.images import save_grid
-from tfmq_export.io import atomic_write_text
+from tfmq_export.io import atomic_write_text, check_writable
 from tfmq_export.metrics.fid import digits_fid, real_floor_fid
 from tfmq_export.models.loading import load_model
 from tfmq_export.sampling import SamplingSpec
@@ -33,18 +35,38 @@ def demo_settings() -> dict[str, CalibrationSettings]:
     }
 
 
-def run_demo(out_dir: Path, num_images: int = 1000, seed: int = 0, progress: bool = True) -> str:
-    """Run the whole flow into ``out_dir`` and return the Markdown report (also written there)."""
+def run_demo(
+    out_dir: Path,
+    num_images: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    settings: dict[str, CalibrationSettings] | None = None,
+    bench_batches: tuple[int, ...] = (1, 64),
+    bench_iters: int = 20,
+) -> str:
+    """Run the whole flow into ``out_dir`` and return the Markdown report (also written there).
+
+    ``settings`` replaces ``demo_settings()`` (it must keep the keys ``fp32`` and ``tfmq-w8a8``,
+    which the bench compares); tests pass tiny ones.
+    """
     from tfmq_export.workflows.bench import bench_to_json
 
+    if num_images < 2:
+        raise TfmqError("--num-images must be at least 2 (FID needs a covariance)")
+    plan = demo_settings() if settings is None else settings
+    missing = {"fp32", "tfmq-w8a8"} - set(plan)
+    if missing:
+        raise TfmqError(f"demo settings lack {', '.join(sorted(missing))}")
     out_dir = Path(out_dir)
+    check_writable(out_dir, "--out", folder=True)
     model = load_model("digits")
     rows = []
     onnx_files: dict[str, Path] = {}
     reference = None
-    for name, settings in demo_settings().items():
+    for name, setting in plan.items():
         start = time.perf_counter()
-        artifact = calibrate(model, settings, out_dir / "calib" / name, progress=progress)
+        artifact = calibrate(model, setting, out_dir / "calib" / name, progress=progress)
         calib_s = time.perf_counter() - start
         onnx_path = export_onnx(model, artifact, out_dir / "onnx" / f"digits-{name}.onnx", target="onnxruntime")
         onnx_files[name] = onnx_path
@@ -57,7 +79,8 @@ def run_demo(out_dir: Path, num_images: int = 1000, seed: int = 0, progress: boo
                      "calib_seconds": round(calib_s, 1), "onnx_bytes": onnx_path.stat().st_size})
     floor = real_floor_fid(seed)
     bench = bench_to_json("digits", [onnx_files["fp32"], onnx_files["tfmq-w8a8"]], "torch,onnxruntime",
-                          [1, 64], iters=20, threads=None, json_path=out_dir / "bench.json")
+                          list(bench_batches), iters=bench_iters, threads=None, json_path=out_dir / "bench.json",
+                          progress=progress)
     report = _report(rows, floor, bench, num_images, seed)
     atomic_write_text(out_dir / "report.md", report)
     atomic_write_text(out_dir / "report.json", json.dumps({"rows": rows, "real_floor_fid": floor,
