@@ -205,7 +205,7 @@ def check_finite_graph(graph: onnx.ModelProto) -> None:
         if tensor.data_type not in floats or tensor.data_location == onnx.TensorProto.EXTERNAL:
             continue
         values = numpy_helper.to_array(tensor)
-        if not np.isfinite(values.astype(np.float32)).all():
+        if not np.isfinite(values.astype(np.float32, copy=False)).all():
             raise TfmqError(f"the exported graph's tensor {name} holds non-finite values (NaN/Inf); nothing written")
 
 
