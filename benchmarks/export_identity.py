@@ -40,7 +40,8 @@ def _calibrate(model, case: str, out_dir: Path):
     """Calibrate one case, write the artifact and read it back (what ``export-onnx DIR`` exports:
     a loaded artifact lists its layers in the JSON's sorted order, an in-memory one does not)."""
     from tfmq_export.artifact import load_artifact, save_artifact
-    from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+    from tfmq_export.calibration.pipeline import calibrate
+    from tfmq_export.config import CalibrationSettings
 
     method, wbits, abits, extra = CASES[case]
     iters = 2 if method != "minmax" else 0

@@ -14,7 +14,8 @@ import argparse
 import onnxruntime as ort
 import torch
 
-from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+from tfmq_export.calibration.pipeline import calibrate
+from tfmq_export.config import CalibrationSettings
 from tfmq_export.export.onnx_export import build_onnx
 from tfmq_export.metrics.error import rel_l2
 from tfmq_export.models.loading import load_model

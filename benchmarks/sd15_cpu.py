@@ -1,6 +1,6 @@
 """SD-1.5-architecture UNet on a 2-thread CPU: FP32 vs our W8A8 vs NNCF INT8, side by side.
 
-Why a script: the CPU speed claims in ARCHITECTURE.md (W8A8 >= 2.8x over OpenVINO FP32, no slower
+Why a script: the project's CPU speed targets (W8A8 >= 2.8x over OpenVINO FP32, no slower
 than NNCF, >= 2x over onnxruntime FP32, <= 0.27x the bytes) must be rerunnable by anyone, with
 the exact command that produced the numbers. The model is ``sd15-arch`` (SD-1.5's UNet with random
 weights): latency, memory and int8 kernel coverage depend on shapes, not on weight values, so no
@@ -70,7 +70,8 @@ def sd15_model(latent: int, num_conditions: int, seed: int) -> Any:
 def export_graphs(work: Path, args: argparse.Namespace) -> dict[str, Path]:
     """FP32 and W8A8 (both targets) ONNX graphs, reused when present."""
     from tfmq_export.artifact import load_artifact
-    from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+    from tfmq_export.calibration.pipeline import calibrate
+    from tfmq_export.config import CalibrationSettings
     from tfmq_export.export.onnx_export import export_onnx
 
     graphs = {
@@ -119,7 +120,8 @@ def export_fp32(args: argparse.Namespace, work: Path) -> None:
     model's own UNet instead of a copy (3.4 GB less at peak; the model is spent afterwards).
     """
     from tfmq_export.artifact import load_artifact
-    from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+    from tfmq_export.calibration.pipeline import calibrate
+    from tfmq_export.config import CalibrationSettings
     from tfmq_export.export.onnx_export import export_onnx
 
     model = sd15_model(args.latent, args.num_samples, args.seed)

@@ -12,7 +12,7 @@ from typing import Any
 
 __all__ = ["NOTES_MARKER", "targets", "write_report"]
 
-#: targets the report checks (ARCHITECTURE.md, issue 4)
+#: targets the report checks (the project's CPU targets, issue 4)
 TARGET_OV_VS_FP32 = 2.8
 TARGET_ORT_VS_FP32 = 2.0
 TARGET_SIZE_RATIO = 0.27

@@ -1,6 +1,6 @@
 """Bad input, tried as a new user would, through the real command line.
 
-Every case must end the same way (ARCHITECTURE.md, "CONTRACT: command line"): exit code 1, one
+Every case must end the same way (README: "Every command exits ..."): exit code 1, one
 line ``Error: ...`` that names the file, option, layer or tensor, no traceback, never advice to
 unpickle, and nothing half-written where the command would have written. Models are the tiny
 random UNets of ``conftest.py``; settings are the smallest that run (2 steps, 2 samples).
@@ -84,7 +84,8 @@ def read_only_dir(tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def artifact_dir(tmp_path_factory, loaded_unet2d) -> Path:
     """A minmax W8A8 artifact of the tiny UNet2DModel (2 steps)."""
-    from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+    from tfmq_export.calibration.pipeline import calibrate
+    from tfmq_export.config import CalibrationSettings
 
     out = tmp_path_factory.mktemp("bad_input") / "art"
     settings = CalibrationSettings(method="minmax", wbits=8, abits=8, steps=2, num_samples=2, weight_init="max")

@@ -1,6 +1,6 @@
 """The contracts users, scripts and outside checks rely on: the one place they are spelled.
 
-ARCHITECTURE.md ("CONTRACT: the exported ONNX UNet", "CONTRACT: command line") is the prose; this
+The README ("Commands") and docs/DESIGN.md ("Where each contract lives") are the prose; this
 module is the code. Graph I/O names, the ``tfmq.*`` metadata keys (written by the exporter, read
 by sampling, bench, lint and engine manifests), precision labels and backend names live here and
 nowhere else, so a rename is one edit.

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tests.conftest import rel_l2
-from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+from tfmq_export.calibration.pipeline import calibrate
+from tfmq_export.config import CalibrationSettings
 from tfmq_export.export.onnx_export import build_onnx, read_metadata
 
 

@@ -9,7 +9,8 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from tests.conftest import rel_l2
-from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+from tfmq_export.calibration.pipeline import calibrate
+from tfmq_export.config import CalibrationSettings
 from tfmq_export.export.onnx_export import build_onnx
 from tfmq_export.quant.state import simulation_from_artifact
 

@@ -29,7 +29,8 @@ def _one_line_error(result) -> str:
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory, loaded_unet2d):
     """FP32 and minmax-W8A8 exports of the tiny UNet2DModel (onnxruntime target), 3 DDIM steps."""
-    from tfmq_export.calibration.pipeline import CalibrationSettings, calibrate
+    from tfmq_export.calibration.pipeline import calibrate
+    from tfmq_export.config import CalibrationSettings
     from tfmq_export.export.onnx_export import export_onnx
 
     out = tmp_path_factory.mktemp("bench")

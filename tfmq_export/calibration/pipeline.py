@@ -30,7 +30,7 @@ from tfmq_export.quant.state import artifact_tensors
 from tfmq_export.sampling import sampler_timesteps
 from tfmq_export.temporal import TemporalTableUNet, build_table_unet
 
-__all__ = ["METHODS", "CalibrationRun", "CalibrationSettings", "MethodFn", "calibrate", "run_calibration"]
+__all__ = ["METHODS", "CalibrationRun", "MethodFn", "calibrate", "run_calibration"]
 
 #: fn(sim, layers, data, settings, model, work_dir, progress) -> MethodResult; calibrates ``sim`` in place
 MethodFn = Callable[

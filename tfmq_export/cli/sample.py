@@ -20,7 +20,9 @@ from tfmq_export.cli.errors import friendly
 @click.option("--batch-size", type=int, default=250, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write a JSON summary (and digits-FID for the digits model).")
-@click.option("--model", default=None, help="Model of an artifact folder (torch backend).")
+@click.option("--model", default=None,
+              help="The model (torch backend: the one the artifact folder was calibrated on; ONNX: checked "
+                   "against the graph's recorded weight fingerprint).")
 @friendly
 def sample(source, out_path, backend, num_images, seed, batch_size, json_path, model) -> None:
     """Sample images with the shared DDIM loop from an exported ONNX file or an artifact folder.

@@ -1,4 +1,4 @@
-"""Export a calibrated UNet as ONNX per the contract (docs: ARCHITECTURE.md, "the exported ONNX UNet").
+"""Export a calibrated UNet as ONNX per the contract (names and metadata: ``contract.py``).
 
 1. the full-precision table UNet (temporal branch -> Gather from per-step tables) is traced with
    torch's TorchScript ONNX exporter (names keep module scopes, which the Q/DQ pass needs);

@@ -38,4 +38,4 @@ def set_act_mode(layers: dict[str, QuantLayer], mode: ActMode) -> None:
         layer.input_quantizer.mode = mode
 
 
-__all__ = ["check_bits", "quant_layers", "quantize_model", "set_act_mode"]
+__all__ = ["quant_layers", "quantize_model", "set_act_mode"]

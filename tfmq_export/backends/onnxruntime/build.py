@@ -4,8 +4,8 @@ onnxruntime has no engine format of its own; what it can save is the graph after
 ran (``SessionOptions.optimized_model_filepath``), with Q/DQ pairs already fused into int8
 kernels (QLinearConv, MatMulIntegerToFloat, QGemm...). Loading that file skips the fusion work,
 and, more usefully, lets us check the fusion *before* benchmarking: on the SD-1.5 architecture a
-weight DequantizeLinear that no int8 kernel absorbed cost 36% of a call (ARCHITECTURE.md, CPU
-notes), and onnxruntime on x86 only fuses with unsigned activations (``--target onnxruntime``).
+weight DequantizeLinear that no int8 kernel absorbed cost 36% of a call (2 cores), and onnxruntime
+on x86 only fuses with unsigned activations (``--target onnxruntime``).
 The manifest therefore counts the weight DequantizeLinear nodes left in the optimised graph.
 """
 

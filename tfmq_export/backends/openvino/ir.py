@@ -57,7 +57,7 @@ def compile_report(model: Any, source: Path) -> dict[str, Any]:
     """Compile ``model`` on the CPU (f32 inference precision) and count layer precisions.
 
     Counting the runtime precisions of Convolution/FullyConnected layers is the check that the
-    quantized layers really run in int8 (ARCHITECTURE.md: NNCF's model ran all of them in int8).
+    quantized layers really run in int8 (docs/BENCHMARKS.md: NNCF's model ran all of them in int8).
     Whether a layer runs as ``i8`` or ``u8`` is the CPU plugin's choice for the CPU at hand.
     """
     import openvino as ov

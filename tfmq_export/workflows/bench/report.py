@@ -1,6 +1,6 @@
 """What ``bench`` reports: one row per (variant, batch), the machine, the JSON file, a terminal line.
 
-The JSON follows the CONTRACT in ARCHITECTURE.md (``runs`` with backend, precision, batch,
+The JSON follows the bench contract (README, docs/BENCHMARKS.md) (``runs`` with backend, precision, batch,
 latency_ms_median, latency_ms_p90, images_per_s, peak_mem_mb, model_bytes; ``machine``) with extra
 fields that say how each number was obtained.
 """
