@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from tfmq_export.artifact import load_artifact
 from tfmq_export.backends.base import open_runner
 from tfmq_export.calibration.pipeline import calibrate
-from tfmq_export.config import CalibrationSettings, load_recipe, recipe_names, settings_from
+from tfmq_export.config import METHODS, CalibrationSettings, load_recipe, recipe_names, settings_from
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.onnx_export import export_onnx
 from tfmq_export.images import save_grid
@@ -115,6 +115,11 @@ def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images:
                  seed: int = 0, target: str = "tensorrt", doc_path: Path | None = None,
                  progress: bool = True) -> dict[str, Any]:
     """Evaluate every method x bits on the bundled digits model; returns the results dict."""
+    bad_methods = [m for m in methods if m not in METHODS]
+    if bad_methods:
+        raise TfmqError(f"unknown method(s) {bad_methods}; choose from {', '.join(METHODS)}")
+    if num_images < 2:
+        raise TfmqError("--num-images must be at least 2 (FID needs a covariance)")
     unknown = [b for b in bits if b not in BIT_SETTINGS]
     if unknown:
         raise TfmqError(f"unknown bit setting(s) {unknown}; choose from {', '.join(BIT_SETTINGS)}")
