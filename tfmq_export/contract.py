@@ -20,6 +20,8 @@ __all__ = [
     "INPUT_CONDITIONS",
     "INPUT_SAMPLE",
     "INPUT_STEP_INDEX",
+    "INPUT_TEXT_EMBEDS",
+    "INPUT_TIME_IDS",
     "META_ABITS",
     "META_FINGERPRINT",
     "META_METHOD",
@@ -32,8 +34,40 @@ __all__ = [
     "META_VERSION",
     "META_WBITS",
     "OUTPUT_NOISE_PRED",
+    "PIPELINE_FORMAT",
+    "PIPELINE_JSON",
+    "PJ_CLASS",
+    "PJ_FINGERPRINT",
+    "PJ_FORCE_ZEROS",
+    "PJ_FORMAT",
+    "PJ_GUIDANCE",
+    "PJ_LATENT_SHAPE",
+    "PJ_NEGATIVE",
+    "PJ_PRECISION",
+    "PJ_SAMPLE_SIZE",
+    "PJ_SCALING",
+    "PJ_SCHEDULER",
+    "PJ_STAGES",
+    "PJ_STEPS",
+    "PJ_TARGET",
+    "PJ_TIMESTEPS",
+    "PJ_TIME_IDS",
+    "PJ_TOKENIZERS",
+    "PJ_VAE_INCLUDES",
+    "PJ_VAE_SCALE",
     "PRECISIONS",
+    "STAGE_FILES",
+    "STAGE_TEXT_ENCODER",
+    "STAGE_TEXT_ENCODER_2",
+    "STAGE_UNET",
+    "STAGE_VAE_DECODER",
+    "TEXT_INPUT_IDS",
+    "TEXT_LAST_HIDDEN",
+    "TEXT_PENULTIMATE_HIDDEN",
+    "TEXT_POOLED",
     "UNET_INPUTS",
+    "VAE_INPUT_LATENTS",
+    "VAE_OUTPUT_IMAGES",
     "GraphMetadata",
     "parse_metadata",
     "precision_label",
@@ -48,6 +82,53 @@ INPUT_CONDITIONS = "encoder_hidden_states"
 """float32 [B, S, D]: text conditions of a conditional UNet."""
 UNET_INPUTS = (INPUT_SAMPLE, INPUT_STEP_INDEX, INPUT_CONDITIONS)
 OUTPUT_NOISE_PRED = "noise_pred"
+INPUT_TEXT_EMBEDS = "text_embeds"
+"""float32 [B, P]: SDXL's pooled text embedding (``text_time`` added conditioning)."""
+INPUT_TIME_IDS = "time_ids"
+"""float32 [B, 6]: SDXL's original size, crop and target size (``text_time`` added conditioning)."""
+
+# --- an exported pipeline folder (``export-pipeline``) ---------------------------------------------
+PIPELINE_JSON = "pipeline.json"
+PIPELINE_FORMAT = 1
+STAGE_UNET = "unet"
+STAGE_TEXT_ENCODER = "text_encoder"
+STAGE_TEXT_ENCODER_2 = "text_encoder_2"
+STAGE_VAE_DECODER = "vae_decoder"
+#: stage -> its file in the folder
+STAGE_FILES = {STAGE_UNET: "unet.onnx", STAGE_TEXT_ENCODER: "text_encoder.onnx",
+               STAGE_TEXT_ENCODER_2: "text_encoder_2.onnx", STAGE_VAE_DECODER: "vae_decoder.onnx"}
+TEXT_INPUT_IDS = "input_ids"
+"""int64 [B, S]: token ids, padded to the tokenizer's model_max_length."""
+TEXT_LAST_HIDDEN = "last_hidden_state"
+"""float32 [B, S, D]: SD 1.x / 2.x text encoder output (the UNet's encoder_hidden_states)."""
+TEXT_PENULTIMATE_HIDDEN = "penultimate_hidden_state"
+"""float32 [B, S, D]: SDXL takes the penultimate layer of both encoders (concatenated)."""
+TEXT_POOLED = "text_embeds"
+"""float32 [B, P]: SDXL's second encoder's projected pooled output."""
+VAE_INPUT_LATENTS = "latents"
+"""float32 [B, 4, h, w]: denoised latents as the sampler leaves them (the graph divides by scaling_factor)."""
+VAE_OUTPUT_IMAGES = "images"
+"""float32 [B, 3, H, W] in [0, 1]: (decode(latents / scaling_factor) / 2 + 0.5) clamped, as diffusers' np output."""
+#: pipeline.json keys
+PJ_FORMAT = "format"
+PJ_CLASS = "pipeline_class"
+PJ_STAGES = "stages"
+PJ_TOKENIZERS = "tokenizers"
+PJ_SCHEDULER = "scheduler"
+PJ_GUIDANCE = "guidance_scale"
+PJ_NEGATIVE = "negative_prompt"
+PJ_STEPS = "num_inference_steps"
+PJ_TIMESTEPS = "timesteps"
+PJ_SAMPLE_SIZE = "sample_size"
+PJ_LATENT_SHAPE = "latent_shape"
+PJ_VAE_SCALE = "vae_scale_factor"
+PJ_SCALING = "scaling_factor"
+PJ_VAE_INCLUDES = "vae_decoder_includes"
+PJ_FINGERPRINT = "model_fingerprint"
+PJ_PRECISION = "precision"
+PJ_TARGET = "target"
+PJ_TIME_IDS = "time_ids"
+PJ_FORCE_ZEROS = "force_zeros_for_empty_prompt"
 
 # --- metadata_props of an exported graph ---------------------------------------------------------
 META_PREFIX = "tfmq."
@@ -61,6 +142,7 @@ META_TARGET = "tfmq.target"
 META_FINGERPRINT = "tfmq.model_fingerprint"
 META_TEMPORAL_TABLE = "tfmq.temporal_table"
 META_SCHEDULER_CONFIG = "tfmq.scheduler_config"
+"""The calibrated step count; sampling's default."""
 
 # --- labels --------------------------------------------------------------------------------------
 EXPORT_TARGETS = ("tensorrt", "onnxruntime")

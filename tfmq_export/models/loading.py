@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from tfmq_export.errors import TfmqError
+from tfmq_export.models.guidance import GuidedConditions
+from tfmq_export.models.pipeline import SUPPORTED_PIPELINES, PipelineParts, pipeline_class_of, read_pipeline
 
 __all__ = [
     "DEFAULT_SCHEDULER_CONFIG",
@@ -54,6 +56,10 @@ class LoadedModel:
     scheduler_config: dict[str, Any]
     source: str
     conditions: torch.Tensor | None = None
+    #: the text-to-image pipeline around the UNet (a pipeline folder), its other stages loaded lazily
+    pipeline: PipelineParts | None = None
+    #: prompt conditions with guidance (``calibrate --prompts``), used instead of ``conditions``
+    guided: GuidedConditions | None = None
 
     @property
     def unet_class(self) -> str:
@@ -170,13 +176,25 @@ def load_model(model: str | Path) -> LoadedModel:
     path = Path(model)
     if not path.is_dir():
         raise TfmqError(f"model {str(model)!r} is neither 'digits' nor an existing folder")
+    pipeline = _text_to_image_pipeline(path)
     unet_dir, sched_dir = _unet_folder(path)
     unet = load_unet_folder(unet_dir)
     if sched_dir is not None:
         scheduler_config = _read_json(sched_dir / "scheduler_config.json")
     else:
         scheduler_config = dict(DEFAULT_SCHEDULER_CONFIG)
-    return LoadedModel(path.name, unet, scheduler_config, str(path.resolve()))
+    return LoadedModel(path.name, unet, scheduler_config, str(path.resolve()), pipeline=pipeline)
+
+
+def _text_to_image_pipeline(path: Path) -> PipelineParts | None:
+    """The checked pipeline of a folder with a text encoder (None: a UNet-only folder, e.g. digits).
+
+    A text-to-image pipeline of another class is refused here, naming the supported ones.
+    """
+    class_name = pipeline_class_of(path)
+    if class_name is None or (class_name not in SUPPORTED_PIPELINES and not (path / "text_encoder").is_dir()):
+        return None
+    return read_pipeline(path)
 
 
 def _read_npy(path: Path) -> Any:
