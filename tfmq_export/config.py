@@ -166,6 +166,19 @@ def _check_option(key: str, value: Any, expected: str, positive: bool) -> None:
         raise TfmqError(f"calibration option {key} must be greater than 0, got {value!r}")
 
 
+def _check_prompts(prompts: Any, negative_prompt: Any, guidance_scale: Any) -> None:
+    """Prompts are a non-empty list of non-empty strings; guidance is a number >= 1 (1 = none)."""
+    if prompts is not None and (not isinstance(prompts, list) or not prompts
+                                or not all(isinstance(p, str) and p.strip() for p in prompts)):
+        raise TfmqError(f"prompts must be a non-empty list of non-empty strings, got {prompts!r}")
+    if negative_prompt is not None and not isinstance(negative_prompt, str):
+        raise TfmqError(f"negative_prompt must be a string, got {negative_prompt!r}")
+    if guidance_scale is not None and (not _is_number(guidance_scale) or guidance_scale < 1):
+        raise TfmqError(f"--guidance-scale {guidance_scale!r} must be a number of at least 1 (1 = no guidance)")
+    if prompts is None and (negative_prompt is not None or guidance_scale is not None):
+        raise TfmqError("--negative-prompt and --guidance-scale need --prompts FILE.txt")
+
+
 # 3. the settings --------------------------------------------------------------------------------
 
 
@@ -190,6 +203,11 @@ class CalibrationSettings:
     static_scale_rule: str = "max"
     temporal_table: str = "fp"
     extra: dict[str, Any] | None = None
+    #: ``calibrate --prompts``: the prompts (one per trajectory, cycled), the negative prompt
+    #: (None: empty) and the classifier-free guidance scale of the calibration pass
+    prompts: list[str] | None = None
+    negative_prompt: str | None = None
+    guidance_scale: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -214,6 +232,7 @@ class CalibrationSettings:
         if self.temporal_table not in TEMPORAL_TABLES:
             raise TfmqError(f"--temporal-table {self.temporal_table!r}: choose {' or '.join(TEMPORAL_TABLES)}")
         ExtraOptions.parse(self.extra)
+        _check_prompts(self.prompts, self.negative_prompt, self.guidance_scale)
 
     @property
     def options(self) -> ExtraOptions:

@@ -20,6 +20,7 @@ from tfmq_export import config
 from tfmq_export.artifact import CalibrationArtifact, save_artifact
 from tfmq_export.calibration import minmax, qdiff, tfmq
 from tfmq_export.calibration.data import CalibrationData, collect_calibration_data
+from tfmq_export.calibration.guided_data import guided_calibration_data
 from tfmq_export.calibration.result import MethodResult
 from tfmq_export.config import CalibrationSettings
 from tfmq_export.errors import TfmqError
@@ -81,7 +82,10 @@ def run_calibration(
 
     # 2. full-precision trajectories, every step kept
     data: CalibrationData | None = None
-    if settings.quantized:
+    if settings.quantized and model.guided is not None:  # calibrate --prompts: both guidance halves, one pass
+        data = guided_calibration_data(fp_sim, model, timesteps, settings, progress)
+        check_finite_data(data)
+    elif settings.quantized:
         if model.is_conditional and model.conditions is None:
             raise TfmqError("a conditional UNet needs --conditions FILE.npy (encoder_hidden_states [N, S, D])")
         data = collect_calibration_data(

@@ -30,22 +30,27 @@ from tfmq_export.cli.errors import friendly
 @click.option("--conditions", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="encoder_hidden_states [N, S, D] (.npy) for a conditional UNet.")
 @click.option("--prompts", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Prompts file for a pipeline folder with a text encoder.")
+              help="Prompts (one per line) for a text-to-image pipeline folder: calibrates on both guidance halves.")
+@click.option("--negative-prompt", default=None, help="With --prompts: the negative prompt (default: empty).")
+@click.option("--guidance-scale", type=float, default=None,
+              help="With --prompts: classifier-free guidance scale, at least 1 (default 7.5).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly
 def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, seed, batch_size, static_scale_rule,
-              temporal_table, recipe, conditions, prompts, quiet) -> None:
+              temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, quiet) -> None:
     """Calibrate MODEL (`digits` or a local diffusers folder) and write an artifact to --out.
 
     \b
     Example:
       tfmq-export calibrate digits --out calib/out/tfmq-w4a8 --method tfmq --wbits 4 --abits 8
+      tfmq-export calibrate ./my-sd15 --prompts prompts.txt --guidance-scale 7.5 --out calib/out/sd-w8a8
     """
     from tfmq_export.workflows.calibrate import calibrate_model
 
     overrides = {"method": method, "wbits": wbits, "abits": abits, "steps": steps, "num_samples": num_samples,
                  "iters": iters, "seed": seed, "batch_size": batch_size, "static_scale_rule": static_scale_rule,
-                 "temporal_table": temporal_table}
+                 "temporal_table": temporal_table, "negative_prompt": negative_prompt,
+                 "guidance_scale": guidance_scale}
     artifact = calibrate_model(model, out_dir, overrides, recipe=recipe, conditions=conditions, prompts=prompts,
                                progress=not quiet)
     click.echo(

@@ -21,7 +21,7 @@ import torch
 
 from tfmq_export.errors import TfmqError
 
-__all__ = ["GuidedConditions", "GuidedDenoiser", "guided_sample", "rows_by_timestep"]
+__all__ = ["GuidedConditions", "GuidedDenoiser", "default_scheduler", "guided_sample", "rows_by_timestep"]
 
 #: (model input [B, C, h, w], table rows [B] int64, {input name: tensor [B, ...]}) -> noise prediction
 GuidedDenoiser = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
@@ -137,3 +137,19 @@ def guided_sample(
         # 3. x_t -> x_t-1
         x = scheduler.step(noise, t, x, **step_kwargs, return_dict=False)[0]
     return x
+
+
+def default_scheduler(scheduler_config: dict[str, Any], num_steps: int) -> Any:
+    """The folder's scheduler when it is DDIM, else DDIM from its config, set to ``num_steps`` steps.
+
+    Any diffusers scheduler instance can replace it in ``guided_sample`` (set to its steps).
+    """
+    from diffusers import DDIMScheduler
+
+    config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    scheduler = DDIMScheduler.from_config(config)
+    if not 1 <= num_steps <= scheduler.config.num_train_timesteps:
+        raise TfmqError(f"--steps {num_steps} must be between 1 and the model's "
+                        f"{scheduler.config.num_train_timesteps} training timesteps")
+    scheduler.set_timesteps(num_steps)
+    return scheduler

@@ -14,7 +14,10 @@ from tfmq_export.artifact import CalibrationArtifact
 from tfmq_export.errors import TfmqError
 from tfmq_export.io import check_writable
 
-__all__ = ["calibrate_model"]
+__all__ = ["DEFAULT_GUIDANCE_SCALE", "calibrate_model"]
+
+#: diffusers' StableDiffusionPipeline default, used when --prompts comes without --guidance-scale
+DEFAULT_GUIDANCE_SCALE = 7.5
 
 
 def calibrate_model(
@@ -35,12 +38,31 @@ def calibrate_model(
     from tfmq_export.calibration.pipeline import calibrate as run_calibration
     from tfmq_export.config import load_recipe, settings_from
     from tfmq_export.models.loading import load_conditions, load_model
+    from tfmq_export.models.prompts import read_prompts
 
+    if prompts is not None:  # the prompts are part of the settings: the artifact records them
+        if conditions is not None:
+            raise TfmqError("give --prompts or --conditions, not both")
+        overrides = {**overrides, "prompts": read_prompts(prompts)}
+        if overrides.get("guidance_scale") is None:
+            overrides["guidance_scale"] = DEFAULT_GUIDANCE_SCALE
     settings = settings_from(load_recipe(recipe) if recipe is not None else None, overrides)
     check_writable(out_dir, "--out", folder=True)  # before minutes of calibration, creating nothing
-    if prompts is not None:
-        raise TfmqError("--prompts needs a text encoder, which this build does not run; pass --conditions FILE.npy")
     loaded = load_model(model)
     if conditions is not None:
         loaded.conditions = load_conditions(conditions, loaded)
+    if settings.prompts is not None:
+        loaded.guided = _guided_conditions(loaded, settings, str(model))
     return run_calibration(loaded, settings, out_dir, progress=progress)
+
+
+def _guided_conditions(loaded: Any, settings: Any, model: str) -> Any:
+    """The prompts' conditions (both halves) from the folder's own tokenizer and text encoder."""
+    from tfmq_export.models.pipeline import SUPPORTED_PIPELINES
+    from tfmq_export.models.prompts import encode_guided
+
+    if loaded.pipeline is None:
+        raise TfmqError(f"--prompts needs a text-to-image pipeline folder ({', '.join(SUPPORTED_PIPELINES)}); "
+                        f"{model} has no text encoder")
+    return encode_guided(loaded.pipeline, settings.prompts, settings.negative_prompt, settings.guidance_scale,
+                         loaded.sample_shape[-1])

@@ -1,0 +1,76 @@
+"""Calibration data of a text-to-image pipeline: both guidance halves at every step, one pass.
+
+The full-precision UNet samples with classifier-free guidance (``models.guidance.guided_sample``,
+diffusers' loop) from the prompts' conditions; every UNet call's input is kept: the
+unconditional and the conditional half, with their ``encoder_hidden_states``, so the quantizers
+see what the deployed UNet sees. Trajectory ``j`` takes prompt ``j mod P``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from tfmq_export.calibration.data import CalibrationData
+from tfmq_export.contract import INPUT_CONDITIONS
+from tfmq_export.models.guidance import (
+    GuidedConditions,
+    GuidedDenoiser,
+    default_scheduler,
+    guided_sample,
+    rows_by_timestep,
+)
+from tfmq_export.sampling import initial_noise
+
+__all__ = ["collect_guided_data", "guided_calibration_data"]
+
+
+def collect_guided_data(
+    denoise: GuidedDenoiser,
+    make_scheduler: Callable[[], Any],
+    timesteps: Sequence[int],
+    sample_shape: tuple[int, ...],
+    conditions: GuidedConditions,
+    num_samples: int,
+    seed: int,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> CalibrationData:
+    """``num_samples`` guided trajectories (``batch_size`` at a time); returns every UNet input.
+
+    ``make_scheduler()`` gives a fresh scheduler set to its steps (a multistep scheduler keeps
+    state between calls); ``timesteps`` are the table's rows, each call's timestep maps to its row.
+    """
+    latents = initial_noise(num_samples, sample_shape, seed)
+    row_of = rows_by_timestep(timesteps)
+    xs: list[torch.Tensor] = []
+    rows: list[torch.Tensor] = []
+    conds: list[torch.Tensor] = []
+
+    def keep(row: int, x: torch.Tensor, feed: dict[str, torch.Tensor]) -> None:
+        xs.append(x.clone())
+        rows.append(torch.full((x.shape[0],), row, dtype=torch.int64))
+        conds.append(feed[INPUT_CONDITIONS])
+
+    for start in tqdm(range(0, num_samples, batch_size), desc="calibration data (guided)", disable=not progress,
+                      leave=False):
+        chunk = latents[start : start + batch_size]
+        guided_sample(denoise, make_scheduler(), chunk, conditions.cycled(start, chunk.shape[0]), row_of, keep)
+    return CalibrationData(torch.cat(xs), torch.cat(rows), torch.cat(conds), list(timesteps))
+
+
+def guided_calibration_data(fp_sim: Any, model: Any, timesteps: Sequence[int], settings: Any,
+                            progress: bool = True) -> CalibrationData:
+    """``collect_guided_data`` for a ``LoadedModel`` with ``guided`` conditions, through the
+    full-precision table UNet ``fp_sim`` and the folder's scheduler (``default_scheduler``)."""
+
+    def denoise(x: torch.Tensor, rows: torch.Tensor, feed: dict[str, torch.Tensor]) -> torch.Tensor:
+        return fp_sim(x, rows, feed[INPUT_CONDITIONS])
+
+    return collect_guided_data(
+        denoise, lambda: default_scheduler(model.scheduler_config, settings.steps), timesteps, model.sample_shape,
+        model.guided, settings.num_samples, settings.seed, settings.batch_size, progress,
+    )
