@@ -17,6 +17,7 @@ key or tensor, before anything is exported from it.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -96,7 +97,7 @@ class CalibrationArtifact:
     method: str
     wbits: int
     abits: int
-    timesteps: list[int]
+    timesteps: list[int | float]  # a row per sampler call; floats only for fractional schedules (Euler)
     scheduler_config: dict[str, Any]
     model_name: str
     model_class: str
@@ -197,8 +198,9 @@ def meta_problem(meta: Any) -> str | None:
         if key in meta and not _is_type(meta[key], expected):
             return f"{key} must be {_type_name(expected)}, not {type(meta[key]).__name__}"
     steps = meta["timesteps"]
-    if not steps or not all(_is_type(t, int) and t >= 0 for t in steps):
-        return "timesteps must be a non-empty list of non-negative integers"
+    if not steps or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
+                            for t in steps):
+        return "timesteps must be a non-empty list of non-negative numbers"
     for name, record in meta["layers"].items():
         problem = _record_problem(name, record)
         if problem is not None:

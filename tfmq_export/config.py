@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_ITERS",
     "METHODS",
     "RECIPE_NOTE_KEYS",
+    "SCHEDULER_NAMES",
     "STEP_SCALE_RULES",
     "SUPPORTED_ACT_BITS",
     "SUPPORTED_WEIGHT_BITS",
@@ -52,6 +53,8 @@ WEIGHT_INITS = ("mse", "max")
 STEP_SCALE_RULES = ("max", "mse")
 #: The deployed temporal table: full-precision features or the quantized temporal branch's (tfmq).
 TEMPORAL_TABLES = ("fp", "quantized")
+#: ``--scheduler`` names (their diffusers classes: ``sampling.SCHEDULERS``); None = the model's own.
+SCHEDULER_NAMES = ("ddim", "pndm", "euler", "dpm++")
 #: Reconstruction iterations per block when ``iters`` is 0: the digits recipes' budget.
 DEFAULT_ITERS = 300
 #: Descriptive recipe keys that are not settings (what the preset is for, why its values).
@@ -202,6 +205,8 @@ class CalibrationSettings:
     weight_init: str = "mse"
     static_scale_rule: str = "max"
     temporal_table: str = "fp"
+    #: the sampler calibrated on (``SCHEDULER_NAMES``); None: the model's own (DDIM for a DDPM config)
+    scheduler: str | None = None
     extra: dict[str, Any] | None = None
     #: ``calibrate --prompts``: the prompts (one per trajectory, cycled), the negative prompt
     #: (None: empty) and the classifier-free guidance scale of the calibration pass
@@ -231,6 +236,8 @@ class CalibrationSettings:
             raise TfmqError(f"--static-scale-rule {self.static_scale_rule!r}: choose {' or '.join(STEP_SCALE_RULES)}")
         if self.temporal_table not in TEMPORAL_TABLES:
             raise TfmqError(f"--temporal-table {self.temporal_table!r}: choose {' or '.join(TEMPORAL_TABLES)}")
+        if self.scheduler is not None:
+            _need_choice("scheduler", self.scheduler, SCHEDULER_NAMES)
         ExtraOptions.parse(self.extra)
         _check_prompts(self.prompts, self.negative_prompt, self.guidance_scale)
 

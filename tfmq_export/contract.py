@@ -27,7 +27,9 @@ __all__ = [
     "META_METHOD",
     "META_PREFIX",
     "META_SAMPLE_SHAPE",
+    "META_SCHEDULER",
     "META_SCHEDULER_CONFIG",
+    "META_STEPS",
     "META_TARGET",
     "META_TEMPORAL_TABLE",
     "META_TIMESTEPS",
@@ -56,6 +58,7 @@ __all__ = [
     "PJ_VAE_INCLUDES",
     "PJ_VAE_SCALE",
     "PRECISIONS",
+    "TABLE_KINDS",
     "STAGE_FILES",
     "STAGE_TEXT_ENCODER",
     "STAGE_TEXT_ENCODER_2",
@@ -142,12 +145,18 @@ META_TARGET = "tfmq.target"
 META_FINGERPRINT = "tfmq.model_fingerprint"
 META_TEMPORAL_TABLE = "tfmq.temporal_table"
 META_SCHEDULER_CONFIG = "tfmq.scheduler_config"
+META_SCHEDULER = "tfmq.scheduler"
+"""The scheduler the graph was calibrated with (``config.SCHEDULER_NAMES``); sampling's default."""
+META_STEPS = "tfmq.steps"
+"""The calibrated step count; sampling's default."""
 """The calibrated step count; sampling's default."""
 
 # --- labels --------------------------------------------------------------------------------------
 EXPORT_TARGETS = ("tensorrt", "onnxruntime")
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "w8a8", "w4a8", "w4a16", "nncf-int8")
+#: ``export-onnx --timesteps``: a row per sampler call, or a row per training timestep.
+TABLE_KINDS = ("sampler", "all")
 
 
 def precision_label(wbits: int, abits: int) -> str:
@@ -161,7 +170,7 @@ def precision_label(wbits: int, abits: int) -> str:
 class GraphMetadata:
     """The ``tfmq.*`` metadata of an exported graph, typed."""
 
-    timesteps: list[int]
+    timesteps: list[int | float]
     scheduler_config: dict[str, Any]
     sample_shape: tuple[int, ...] | None
     wbits: int
@@ -171,6 +180,8 @@ class GraphMetadata:
     fingerprint: str = ""
     temporal_table: str = ""
     version: str = ""
+    scheduler: str = ""
+    steps: int = 0
 
     @property
     def precision(self) -> str:
@@ -189,6 +200,8 @@ class GraphMetadata:
             META_FINGERPRINT: self.fingerprint,
             META_TEMPORAL_TABLE: self.temporal_table,
             META_SCHEDULER_CONFIG: json.dumps(self.scheduler_config, sort_keys=True),
+            META_SCHEDULER: self.scheduler,
+            META_STEPS: str(self.steps),
         }
 
 
@@ -206,10 +219,14 @@ def parse_metadata(meta: dict[str, str], source: str) -> GraphMetadata:
         scheduler_config = json.loads(meta[META_SCHEDULER_CONFIG])
         shape = json.loads(meta[META_SAMPLE_SHAPE]) if META_SAMPLE_SHAPE in meta else None
         wbits, abits = int(meta[META_WBITS]), int(meta[META_ABITS])
+        steps = int(meta.get(META_STEPS) or 0)
     except (TypeError, ValueError) as exc:
         raise TfmqError(f"{source} has damaged tfmq.* metadata ({exc})") from exc
-    if not isinstance(timesteps, list) or not all(isinstance(t, int) for t in timesteps):
-        raise TfmqError(f"{source} has damaged tfmq.* metadata ({META_TIMESTEPS} is not a list of integers)")
+    if not isinstance(timesteps, list) or not all(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0 for t in timesteps
+    ):
+        raise TfmqError(f"{source} has damaged tfmq.* metadata ({META_TIMESTEPS} is not a list of timesteps)")
+    scheduler = meta.get(META_SCHEDULER, "")  # checked where it is used (sampling.make_scheduler)
     if not isinstance(scheduler_config, dict):
         raise TfmqError(f"{source} has damaged tfmq.* metadata ({META_SCHEDULER_CONFIG} is not an object)")
     return GraphMetadata(
@@ -223,4 +240,6 @@ def parse_metadata(meta: dict[str, str], source: str) -> GraphMetadata:
         fingerprint=meta.get(META_FINGERPRINT, ""),
         temporal_table=meta.get(META_TEMPORAL_TABLE, ""),
         version=meta.get(META_VERSION, ""),
+        scheduler=scheduler,
+        steps=steps,
     )

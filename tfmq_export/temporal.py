@@ -20,6 +20,14 @@ from tfmq_export.models.adapter import UNetAdapter
 from tfmq_export.quant.steps import observing_steps
 
 
+def timestep_tensor(timesteps: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Timesteps as the UNet's ``time_proj`` takes them: int64 when all whole (DDIM, PNDM: the
+    values of every earlier table), float32 when one is fractional (Euler, karras sigmas)."""
+    values = timesteps.tolist() if torch.is_tensor(timesteps) else list(timesteps)
+    whole = all(float(v).is_integer() for v in values)
+    return torch.as_tensor(values, dtype=torch.long if whole else torch.float32).reshape(-1)
+
+
 class TemporalBranch(nn.Module):
     """The TIB alone: table rows -> {resnet: g_i(h(t))} for the sampler's timesteps.
 
@@ -45,8 +53,7 @@ class TemporalBranch(nn.Module):
             nn.Identity() if p.resnet.skip_time_act else take(p.resnet.nonlinearity) for p in projections
         )
         self.projs = nn.ModuleList(take(p.resnet.time_emb_proj) for p in projections)
-        values = timesteps.tolist() if torch.is_tensor(timesteps) else list(timesteps)
-        self.register_buffer("timesteps", torch.as_tensor(values, dtype=torch.long).reshape(-1))
+        self.register_buffer("timesteps", timestep_tensor(timesteps))
         #: UNet name of every Linear layer here -> (parent module, attribute), for swapping layers
         self.linear_slots: dict[str, tuple[nn.Module, str]] = {
             f"time_embedding.{attr}": (self.time_embedding, attr)
@@ -128,7 +135,7 @@ class TemporalTableUNet(nn.Module):
     ) -> None:
         super().__init__()
         self.unet = copy.deepcopy(unet) if copy_unet else unet
-        self.timesteps = [int(t) for t in timesteps]
+        self.timesteps = timestep_tensor(timesteps).tolist()
         self.is_conditional = type(unet).__name__ == "UNet2DConditionModel"
         adapter = UNetAdapter(self.unet)
         projections = adapter.temporal_projections()
@@ -170,7 +177,7 @@ class TemporalTableUNet(nn.Module):
         return self.unet(sample, step_index, return_dict=False)[0]
 
 
-def build_table_unet(unet: nn.Module, timesteps: Sequence[int]) -> TemporalTableUNet:
+def build_table_unet(unet: nn.Module, timesteps: Sequence[float]) -> TemporalTableUNet:
     """The full-precision table UNet for the given sampler timesteps."""
     return TemporalTableUNet(unet, compute_temporal_features(unet, timesteps), timesteps)
 
@@ -181,4 +188,5 @@ __all__ = [
     "TemporalTableUNet",
     "build_table_unet",
     "compute_temporal_features",
+    "timestep_tensor",
 ]

@@ -62,9 +62,17 @@ def collect_calibration_data(
     batch_size: int = 64,
     conditions: torch.Tensor | None = None,
     progress: bool = True,
+    *,
+    scheduler: str | None = None,
+    num_steps: int | None = None,
 ) -> CalibrationData:
-    """Sample ``num_samples`` full-precision trajectories and keep the input of every step."""
+    """Sample ``num_samples`` full-precision trajectories and keep the input of every step.
+
+    ``scheduler``: ``sampling.make_scheduler``'s name (None: the config's own, DDIM for DDPM);
+    ``timesteps`` is its schedule for ``num_steps`` steps (``sampler_timesteps``; default
+    ``len(timesteps)``, but PNDM makes more calls than steps)."""
     latents = initial_noise(num_samples, sample_shape, seed)
+    steps = num_steps or len(timesteps)
     xs: list[torch.Tensor] = []
     rows: list[torch.Tensor] = []
     conds: list[torch.Tensor] = []
@@ -78,7 +86,7 @@ def collect_calibration_data(
     for start in tqdm(range(0, num_samples, batch_size), desc="calibration data", disable=not progress, leave=False):
         chunk = latents[start : start + batch_size]
         cond = None if conditions is None else cycle_conditions(conditions, start, chunk.shape[0])
-        ddim_sample(denoise, scheduler_config, len(timesteps), chunk, cond, on_step=keep)
+        ddim_sample(denoise, scheduler_config, steps, chunk, cond, on_step=keep, scheduler=scheduler)
     return CalibrationData(
         torch.cat(xs), torch.cat(rows), torch.cat(conds) if conds else None, list(timesteps)
     )

@@ -28,7 +28,7 @@ from tfmq_export.models.loading import LoadedModel
 from tfmq_export.quant.modules import QuantLayer
 from tfmq_export.quant.simulate import quantize_model
 from tfmq_export.quant.state import artifact_tensors
-from tfmq_export.sampling import sampler_timesteps
+from tfmq_export.sampling import resolve_scheduler_name, sampler_timesteps
 from tfmq_export.temporal import TemporalTableUNet, build_table_unet
 
 __all__ = ["METHODS", "CalibrationRun", "MethodFn", "calibrate", "run_calibration"]
@@ -72,12 +72,14 @@ def run_calibration(
     method = METHODS[settings.method]
     if settings.reconstructs and settings.iters == 0:
         settings = replace(settings, iters=config.DEFAULT_ITERS)  # the artifact records the budget actually used
+    # the artifact records the sampler actually used (None = the model's own, DDIM for a DDPM config)
+    settings = replace(settings, scheduler=resolve_scheduler_name(settings.scheduler, model.scheduler_config))
     check_finite_weights(model.unet)
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
 
-    # 1. the sampler's timesteps = the rows of the temporal table
-    timesteps = sampler_timesteps(model.scheduler_config, settings.steps)
+    # 1. the sampler's timesteps = the rows of the temporal table (one per scheduler call)
+    timesteps = sampler_timesteps(model.scheduler_config, settings.steps, settings.scheduler)
     fp_sim = build_table_unet(model.unet, timesteps).eval()
 
     # 2. full-precision trajectories, every step kept
@@ -98,6 +100,8 @@ def run_calibration(
             settings.batch_size,
             model.conditions,
             progress,
+            scheduler=settings.scheduler,
+            num_steps=settings.steps,
         )
         check_finite_data(data)
     data_seconds = time.perf_counter() - started

@@ -55,7 +55,7 @@ from tfmq_export.config import CalibrationSettings
 from tfmq_export.models.adapter import UNetAdapter, replace_submodule
 from tfmq_export.models.loading import LoadedModel
 from tfmq_export.quant.modules import QuantLayer, SplitActQuantizer, make_quant_layer, split_tensors
-from tfmq_export.temporal import TemporalBranch, TemporalTableUNet, build_table_unet
+from tfmq_export.temporal import TemporalBranch, TemporalTableUNet, build_table_unet, timestep_tensor
 
 __all__ = [
     "StepToTimestep",
@@ -75,10 +75,10 @@ class StepToTimestep(nn.Module):
     """``time_proj`` of a table UNet run live: table row -> the sampler's timestep -> the UNet's own
     sinusoidal embedding (so the live branch computes exactly ``compute_temporal_features``)."""
 
-    def __init__(self, time_proj: nn.Module, timesteps: list[int]) -> None:
+    def __init__(self, time_proj: nn.Module, timesteps: list[float]) -> None:
         super().__init__()
         self.time_proj = time_proj
-        self.register_buffer("timesteps", torch.tensor(timesteps, dtype=torch.long))
+        self.register_buffer("timesteps", timestep_tensor(timesteps))
 
     def forward(self, step_index: torch.Tensor) -> torch.Tensor:
         return self.time_proj(self.timesteps[step_index.long()])

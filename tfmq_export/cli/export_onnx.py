@@ -14,13 +14,17 @@ from tfmq_export.cli.errors import friendly
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
 @click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True)
 @click.option("--model", default=None, help="The model the artifact was calibrated on (default: recorded in it).")
+@click.option("--timesteps", "table", type=click.Choice(["sampler", "all"]), default="sampler", show_default=True,
+              help="Temporal table rows: one per calibrated sampler step, or one per training timestep "
+                   "(any step count of DDIM/PNDM/Euler/DPM++ with integer timesteps from one engine).")
 @friendly
-def export_onnx_cmd(artifact_dir, out_path, target, model) -> None:
+def export_onnx_cmd(artifact_dir, out_path, target, model, table) -> None:
     """Export the calibrated UNet of ARTIFACT_DIR as a Q/DQ ONNX graph with the temporal table.
 
     \b
     Example:
       tfmq-export export-onnx calib/out/w8a8 --out engines/digits-w8a8.onnx --target tensorrt
+      tfmq-export export-onnx calib/out/w8a8 --out engines/digits-all.onnx --timesteps all
     """
     from tfmq_export.artifact import load_artifact
     from tfmq_export.export.onnx_export import check_onnx_output, export_onnx
@@ -29,5 +33,5 @@ def export_onnx_cmd(artifact_dir, out_path, target, model) -> None:
     check_onnx_output(out_path)
     artifact = load_artifact(artifact_dir)
     loaded = load_model_for_artifact(artifact, model)
-    export_onnx(loaded, artifact, out_path, target)
-    click.echo(f"wrote {out_path} ({target}, {artifact.method} W{artifact.wbits}A{artifact.abits})")
+    export_onnx(loaded, artifact, out_path, target, timesteps=table)
+    click.echo(f"wrote {out_path} ({target}, {artifact.method} W{artifact.wbits}A{artifact.abits}, {table} rows)")

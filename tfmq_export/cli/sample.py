@@ -23,15 +23,21 @@ from tfmq_export.cli.errors import friendly
 @click.option("--model", default=None,
               help="The model (torch backend: the one the artifact folder was calibrated on; ONNX: checked "
                    "against the graph's recorded weight fingerprint).")
+@click.option("--scheduler", type=click.Choice(["ddim", "pndm", "euler", "dpm++"]), default=None,
+              help="Sampler (default: the one calibrated on); the table needs a row for each of its timesteps.")
+@click.option("--steps", type=int, default=None,
+              help="Sampler steps (default: the calibrated count); other counts need an --timesteps all export.")
 @friendly
-def sample(source, out_path, backend, num_images, seed, batch_size, json_path, model) -> None:
-    """Sample images with the shared DDIM loop from an exported ONNX file or an artifact folder.
+def sample(source, out_path, backend, num_images, seed, batch_size, json_path, model, scheduler, steps) -> None:
+    """Sample images with the shared sampling loop from an exported ONNX file or an artifact folder.
 
     \b
     Example:
       tfmq-export sample engines/digits-w8a8.onnx --out samples.png --num-images 64
+      tfmq-export sample engines/digits-all.onnx --scheduler euler --steps 25 --out samples.png
     """
     from tfmq_export.workflows.sample import sample_to_files
 
-    summary = sample_to_files(source, out_path, backend, num_images, seed, batch_size, json_path, model)
+    summary = sample_to_files(source, out_path, backend, num_images, seed, batch_size, json_path, model,
+                              scheduler, steps)
     click.echo(json.dumps(summary))

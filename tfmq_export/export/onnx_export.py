@@ -26,6 +26,7 @@ from tfmq_export.contract import (
     INPUT_SAMPLE,
     META_SAMPLE_SHAPE,
     OUTPUT_NOISE_PRED,
+    TABLE_KINDS,
     UNET_INPUTS,
     GraphMetadata,
     parse_metadata,
@@ -35,7 +36,7 @@ from tfmq_export.export.qdq import TARGETS, insert_qdq, needs_opset_21
 from tfmq_export.export.split_qdq import apply_split_qdq, split_layers
 from tfmq_export.io import check_writable
 from tfmq_export.models.loading import LoadedModel
-from tfmq_export.temporal import TemporalTableUNet
+from tfmq_export.temporal import TemporalTableUNet, compute_temporal_features
 
 __all__ = [
     "BASE_OPSET",
@@ -50,6 +51,7 @@ __all__ = [
     "read_metadata",
     "save_onnx_atomic",
     "set_metadata",
+    "table_rows",
     "trace_to_onnx",
 ]
 
@@ -89,12 +91,17 @@ def trace_to_onnx(table_unet: TemporalTableUNet, inputs: tuple[torch.Tensor, ...
 
 
 def set_metadata(model: onnx.ModelProto, artifact: CalibrationArtifact, target: str,
-                 sample_shape: tuple[int, ...]) -> None:
-    """Write the contract's ``tfmq.*`` metadata (replacing any) and the producer fields."""
+                 sample_shape: tuple[int, ...], timesteps: list | None = None) -> None:
+    """Write the contract's ``tfmq.*`` metadata (replacing any) and the producer fields.
+
+    ``timesteps``: the table's rows (default: the artifact's, a sampler table)."""
+    settings = artifact.settings or {}
     values = GraphMetadata(
-        timesteps=artifact.timesteps, scheduler_config=artifact.scheduler_config, sample_shape=tuple(sample_shape),
+        timesteps=list(artifact.timesteps if timesteps is None else timesteps),
+        scheduler_config=artifact.scheduler_config, sample_shape=tuple(sample_shape),
         wbits=artifact.wbits, abits=artifact.abits, method=artifact.method, target=target,
         fingerprint=artifact.model_fingerprint, temporal_table=artifact.temporal_table, version=__version__,
+        scheduler=str(settings.get("scheduler") or ""), steps=int(settings.get("steps") or 0),
     ).to_props()
     del model.metadata_props[:]
     for key, value in values.items():
@@ -112,7 +119,7 @@ class OnnxInfo:
     """What sampling and benchmarking need to know about an exported graph."""
 
     path: Path
-    timesteps: list[int]
+    timesteps: list[int | float]
     scheduler_config: dict
     sample_shape: tuple[int, int, int]
     conditional: bool
@@ -120,6 +127,8 @@ class OnnxInfo:
     method: str
     target: str
     fingerprint: str
+    scheduler: str = ""  # the calibrated scheduler ("" in graphs from before it was recorded)
+    steps: int = 0  # the calibrated step count (0: unknown, the table's length)
 
 
 def describe_onnx(path: Path) -> OnnxInfo:
@@ -144,6 +153,8 @@ def describe_onnx(path: Path) -> OnnxInfo:
         method=meta.method,
         target=meta.target,
         fingerprint=meta.fingerprint,
+        scheduler=meta.scheduler,
+        steps=meta.steps,
     )
 
 
@@ -209,8 +220,33 @@ def check_finite_graph(graph: onnx.ModelProto) -> None:
             raise TfmqError(f"the exported graph's tensor {name} holds non-finite values (NaN/Inf); nothing written")
 
 
+def table_rows(model: LoadedModel, artifact: CalibrationArtifact,
+               timesteps: str = "sampler") -> tuple[dict[str, torch.Tensor], list]:
+    """The temporal table to export and the timestep of each row (``tfmq.timesteps``).
+
+    ``sampler``: the artifact's own table, a row per calibrated scheduler call. ``all``: a row per
+    training timestep 0..N-1 (any step count of an integer-timestep scheduler runs from one
+    engine), computed here from the full-precision TIB. Static activation scales hold for every
+    row, so nothing else changes; what is tied to the calibrated steps is refused: per-step
+    activation factors (``step_factors``) and a quantized table (its TIB activations are
+    quantized per calibrated step).
+    """
+    if timesteps not in TABLE_KINDS:
+        raise TfmqError(f"unknown --timesteps {timesteps!r} (choose {' or '.join(TABLE_KINDS)})")
+    if timesteps == "sampler":
+        return artifact.temporal_tables(), list(artifact.timesteps)
+    if any(key.endswith(".input_step_factor") for key in artifact.tensors):
+        raise TfmqError("--timesteps all: this artifact keeps per-step activation factors (step_factors), one per "
+                        "calibrated step; export it with --timesteps sampler")
+    if artifact.temporal_table != "fp":
+        raise TfmqError(f"--timesteps all: this artifact's temporal table is {artifact.temporal_table!r} (quantized "
+                        "per calibrated step); export it with --timesteps sampler")
+    rows = list(range(int(artifact.scheduler_config.get("num_train_timesteps", 1000))))
+    return compute_temporal_features(model.unet, rows), rows
+
+
 def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = "tensorrt", *,
-               copy_unet: bool = True) -> onnx.ModelProto:
+               copy_unet: bool = True, timesteps: str = "sampler") -> onnx.ModelProto:
     """The exported graph (not yet written) for ``model`` quantized as ``artifact`` says.
 
     Refused before tracing: an unknown target, another model's artifact, and an artifact that
@@ -222,7 +258,8 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
     if problem is not None:
         raise TfmqError(f"--target {target}: the artifact is corrupt: {problem}")
     artifact.check_model(model.fingerprint(), model.name)
-    table_unet = TemporalTableUNet(model.unet, artifact.temporal_tables(), artifact.timesteps, copy_unet=copy_unet)
+    tables, rows = table_rows(model, artifact, timesteps)
+    table_unet = TemporalTableUNet(model.unet, tables, rows, copy_unet=copy_unet)
     graph = trace_to_onnx(table_unet, example_inputs(model))
     if artifact.layers:
         if needs_opset_21(artifact):
@@ -230,7 +267,7 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
         insert_qdq(graph, artifact, target)
         if split_layers(artifact):
             apply_split_qdq(graph, artifact)
-    set_metadata(graph, artifact, target, model.sample_shape)
+    set_metadata(graph, artifact, target, model.sample_shape, rows)
     check_finite_graph(graph)
     if not is_large(graph):  # a > 2 GB graph is checked from its file by onnx.checker in save_onnx_atomic
         onnx.checker.check_model(graph)
@@ -265,16 +302,17 @@ def check_onnx_output(out_path: Path) -> None:
 
 
 def export_onnx(model: LoadedModel, artifact: CalibrationArtifact, out_path: Path, target: str = "tensorrt", *,
-                copy_unet: bool = True) -> Path:
+                copy_unet: bool = True, timesteps: str = "sampler") -> Path:
     """Build and atomically write the exported graph; returns the path.
 
     ``copy_unet=False`` traces ``model``'s own UNet (its temporal branch is replaced in place, so the
     model is spent afterwards): one UNet less at peak memory, for a > 2 GB export in a process that
-    ends after it (``benchmarks/sd15_cpu.py``). The graph is the same.
+    ends after it (``benchmarks/sd15_cpu.py``). The graph is the same. ``timesteps``: the table's
+    rows (``table_rows``).
     """
     if target not in TARGETS:
         raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
     check_onnx_output(Path(out_path))
-    graph = build_onnx(model, artifact, target, copy_unet=copy_unet)
+    graph = build_onnx(model, artifact, target, copy_unet=copy_unet, timesteps=timesteps)
     save_onnx_atomic(graph, Path(out_path))
     return Path(out_path)

@@ -269,7 +269,7 @@ def sample_digits(
         raise TfmqError(f"sample_digits: num_samples ({num_samples}), steps ({steps}) and batch_size "
                         f"({batch_size}) must be >= 1.")
     config = dict(load_digits_scheduler(scheduler_path, "ddim").config)
-    timesteps = make_scheduler(config, steps).timesteps
+    timesteps = make_scheduler("ddim", config, steps).timesteps
     gen = torch.Generator().manual_seed(seed)
     size = unet.config.sample_size
     noise = torch.randn((num_samples, unet.config.in_channels, size, size), generator=gen)

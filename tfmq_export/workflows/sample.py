@@ -14,7 +14,7 @@ from tfmq_export.backends.base import Runner, open_runner, runner_denoiser
 from tfmq_export.errors import TfmqError
 from tfmq_export.images import save_grid
 from tfmq_export.io import check_writable
-from tfmq_export.sampling import SamplingSpec, generate
+from tfmq_export.sampling import SamplingSpec, check_schedule, generate
 
 __all__ = ["SourceInfo", "is_digits_fingerprint", "runner_for", "sample_to_files", "sample_with"]
 
@@ -42,7 +42,15 @@ def is_digits_fingerprint(fingerprint: str) -> bool:
         return False
 
 
-def _artifact_runner(source: Path, backend: str, model: str | None) -> tuple[Runner, SourceInfo]:
+def _schedule(recorded_scheduler: str, recorded_steps: int, scheduler: str | None,
+              steps: int | None) -> tuple[str | None, int | None]:
+    """The schedule to sample: ``--scheduler``/``--steps`` when given, else the calibrated ones
+    (None: the config's own scheduler, the table's length; graphs from before they were recorded)."""
+    return scheduler or recorded_scheduler or None, steps or recorded_steps or None
+
+
+def _artifact_runner(source: Path, backend: str, model: str | None, scheduler: str | None = None,
+                     steps: int | None = None) -> tuple[Runner, SourceInfo]:
     """The torch simulation of an artifact folder."""
     if backend != "torch":
         raise TfmqError(f"{source} is an artifact folder: sample it with --backend torch, or export it first")
@@ -54,18 +62,26 @@ def _artifact_runner(source: Path, backend: str, model: str | None) -> tuple[Run
     artifact = load_artifact(source)
     loaded = load_model_for_artifact(artifact, model)
     artifact.check_model(loaded.fingerprint(), loaded.name)
+    name, count = _schedule(str(artifact.settings.get("scheduler") or ""), int(artifact.settings.get("steps") or 0),
+                            scheduler, steps)
+    spec = SamplingSpec(artifact.timesteps, artifact.scheduler_config, loaded.sample_shape, loaded.is_conditional,
+                        scheduler=name, num_steps=count, source=str(source))
+    check_schedule(spec)
     sim = simulation_from_artifact(loaded.unet, artifact)
-    spec = SamplingSpec(artifact.timesteps, artifact.scheduler_config, loaded.sample_shape, loaded.is_conditional)
     info = SourceInfo(spec, precision_label(artifact.wbits, artifact.abits), artifact.method,
                       artifact.model_fingerprint)
     return open_runner("torch", sim, info.precision), info
 
 
-def runner_for(source: Path, backend: str, model: str | None = None) -> tuple[Runner, SourceInfo]:
-    """A runner for SOURCE (ONNX file or artifact folder) and what sampling needs to know."""
+def runner_for(source: Path, backend: str, model: str | None = None, scheduler: str | None = None,
+               steps: int | None = None) -> tuple[Runner, SourceInfo]:
+    """A runner for SOURCE (ONNX file or artifact folder) and what sampling needs to know.
+
+    ``scheduler``/``steps`` override the calibrated schedule; the table must hold a row for every
+    timestep of it (``sampling.timestep_rows``, checked before the runner loads)."""
     source = Path(source)
     if source.is_dir():
-        return _artifact_runner(source, backend, model)
+        return _artifact_runner(source, backend, model, scheduler, steps)
     from tfmq_export.export.onnx_export import describe_onnx
 
     described = describe_onnx(source)
@@ -75,8 +91,10 @@ def runner_for(source: Path, backend: str, model: str | None = None) -> tuple[Ru
         from tfmq_export.models.loading import check_fingerprint, load_model
 
         check_fingerprint(described.fingerprint, load_model(model), str(source))
+    name, count = _schedule(described.scheduler, described.steps, scheduler, steps)
     spec = SamplingSpec(described.timesteps, described.scheduler_config, described.sample_shape,
-                        described.conditional)
+                        described.conditional, scheduler=name, num_steps=count, source=str(source))
+    check_schedule(spec)
     info = SourceInfo(spec, described.precision, described.method, described.fingerprint)
     return open_runner(backend, source, described.precision), info
 
@@ -90,14 +108,15 @@ def sample_with(runner: Runner, spec: SamplingSpec, num_images: int, seed: int, 
 
 
 def sample_to_files(source: Path, out_path: Path, backend: str, num_images: int, seed: int, batch_size: int,
-                    json_path: Path | None, model: str | None) -> dict[str, Any]:
+                    json_path: Path | None, model: str | None, scheduler: str | None = None,
+                    steps: int | None = None) -> dict[str, Any]:
     """Sample, write the PNG grid (first 64 images) and optionally a JSON summary."""
     if num_images < 1 or batch_size < 1:
         raise TfmqError("--num-images and --batch-size must be positive")
     check_writable(out_path, "--out")
     if json_path is not None:
         check_writable(json_path, "--json")
-    runner, info = runner_for(source, backend, model)
+    runner, info = runner_for(source, backend, model, scheduler, steps)
     start = time.perf_counter()
     images = sample_with(runner, info.spec, num_images, seed, batch_size)
     seconds = time.perf_counter() - start
