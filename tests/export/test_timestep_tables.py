@@ -50,6 +50,19 @@ def test_all_rows_graph_runs_any_integer_schedule_like_the_torch_table_unet(digi
     assert np.abs(images - expected).max() < 2e-3
 
 
+def test_all_rows_table_is_every_training_timestep_times_the_row_width(digits_all):
+    """The figure docs/BENCHMARKS.md gives for digits (``benchmarks/table_size.py``): 1000 x 608 x 4 bytes."""
+    import onnx
+
+    from tfmq_export.models.adapter import UNetAdapter
+
+    model, path = digits_all
+    tables = [t for t in onnx.load(str(path)).graph.initializer if t.name.endswith("time_emb_proj.table")]
+    assert {t.dims[0] for t in tables} == {1000}
+    width = sum(p.resnet.time_emb_proj.out_features for p in UNetAdapter(model.unet).temporal_projections())
+    assert sum(t.dims[1] for t in tables) == width == 608
+
+
 def test_fp_all_rows_equal_diffusers_at_any_integer_timestep(loaded_unet_cond):
     model = loaded_unet_cond
     artifact = calibrate(model, CalibrationSettings(wbits=16, abits=16, steps=4), progress=False)
