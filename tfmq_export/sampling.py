@@ -130,8 +130,8 @@ def scheduler_sample(
     """Run a set-up diffusers ``scheduler`` from ``latents`` (x_T) and return x_0.
 
     Call i feeds the denoiser ``scheduler.scale_model_input(x, t_i)`` at table row ``rows[i]``
-    (default: row i, a sampler table). ``on_step(i, model_input, conditions)`` sees the input of
-    every UNet call: calibration keeps every step of the trajectory in one pass. ``eta`` is
+    (default: row i, a sampler table). ``on_step(row, model_input, conditions)`` sees the input of
+    every UNet call and its table row: calibration keeps every step of the trajectory in one pass. ``eta`` is
     DDIM's noise, drawn from ``generator`` (as are the stochastic schedulers' draws).
     """
     timesteps = scheduler.timesteps
@@ -149,7 +149,7 @@ def scheduler_sample(
         model_input = scheduler.scale_model_input(x, t)
         step_index = torch.full((batch,), rows[i], dtype=torch.int64)
         if on_step is not None:
-            on_step(i, model_input, conditions)
+            on_step(rows[i], model_input, conditions)
         noise = denoise(model_input, step_index, conditions)
         x = scheduler.step(noise, t, x, **kwargs).prev_sample
     return x

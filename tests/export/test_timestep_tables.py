@@ -132,3 +132,21 @@ def test_fractional_schedule_needs_a_sampler_table_and_step_tied_artifacts_refus
         table_rows(model, replace(artifact, temporal_table="quantized"), "all")
     with pytest.raises(TfmqError, match=r"^unknown --timesteps 'every'"):
         table_rows(model, artifact, "every")
+
+
+def test_bench_samples_an_all_rows_graph_with_its_recorded_schedule(loaded_unet2d, unet2d_dir, tmp_path):
+    """Not 1000 steps (one per row): the recorded 3 DDIM steps, rows mapped by timestep, equal to torch's."""
+    from click.testing import CliRunner
+
+    from tfmq_export.cli import cli
+
+    artifact = calibrate(loaded_unet2d, CalibrationSettings(wbits=16, abits=16, steps=3), progress=False)
+    graph = export_onnx(loaded_unet2d, artifact, tmp_path / "all.onnx", "onnxruntime", timesteps="all")
+    out = tmp_path / "bench.json"
+    args = ["bench", unet2d_dir, "--onnx", graph, "--backends", "torch,onnxruntime", "--iters", "1", "--warmup", "0",
+            "--threads", "1", "--sampling-runs", "1", "--no-memory", "--json", out, "--quiet"]
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    runs = {r["backend"]: r for r in json.loads(out.read_text())["runs"]}
+    assert runs["onnxruntime"]["sampling_steps"] == 3
+    assert runs["onnxruntime"]["rel_error_vs_reference"] < 1e-4

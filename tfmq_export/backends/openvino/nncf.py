@@ -167,7 +167,8 @@ def nncf_calibration_inputs(
             items.append(item)
 
     with open_runner("onnxruntime", fp32_onnx, "fp32", threads=threads) as runner:
-        ddim_sample(runner_denoiser(runner), info.scheduler_config, len(info.timesteps), latents, cond, on_step=keep)
+        ddim_sample(runner_denoiser(runner), info.scheduler_config, info.steps or len(info.timesteps), latents, cond,
+                    on_step=keep, scheduler=info.scheduler or None, table_timesteps=info.timesteps)
     return items
 
 

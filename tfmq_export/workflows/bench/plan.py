@@ -67,6 +67,8 @@ class GraphFacts:
     sample_shape: tuple[int, ...] | None
     target: str
     fingerprint: str = ""  # tfmq.model_fingerprint: the weights the graph was exported from
+    scheduler: str = ""  # tfmq.scheduler: the sampler calibrated on ("" in older graphs: the config's own)
+    steps: int = 0  # tfmq.steps: its step count (0 in older graphs: one per table row)
 
 
 def variant_runner(variant: Variant, threads: int | None, model: Any = None) -> Runner:
@@ -103,7 +105,7 @@ def _facts_from_metadata(path: Path, meta: dict[str, str], precision: str | None
     """Facts of an engine from the ``tfmq.*`` metadata of the graph it was built from."""
     parsed = parse_metadata(meta, f"{path} (its manifest's source_metadata)")
     return GraphFacts(path, precision or parsed.precision, parsed.timesteps, parsed.scheduler_config,
-                      parsed.sample_shape, parsed.target, parsed.fingerprint)
+                      parsed.sample_shape, parsed.target, parsed.fingerprint, parsed.scheduler, parsed.steps)
 
 
 def describe_model_file(path: Path) -> GraphFacts:
@@ -118,7 +120,7 @@ def describe_model_file(path: Path) -> GraphFacts:
     if path.suffix == ".onnx" and not manifest_file.is_file():
         info = describe_onnx(path)
         return GraphFacts(path, info.precision, info.timesteps, info.scheduler_config, info.sample_shape,
-                          info.target, info.fingerprint)
+                          info.target, info.fingerprint, info.scheduler, info.steps)
     if not manifest_file.is_file():
         raise TfmqError(f"{path} has no manifest ({manifest_file.name}); build it with `tfmq-export build-engine`")
     try:

@@ -109,8 +109,10 @@ def bench_to_json(
     for s in skipped:
         log.warning("skipping %s: %s", s["label"], s["reason"])
 
-    if facts:
-        steps, scheduler = len(facts[0].timesteps), facts[0].scheduler_config
+    schedule = None
+    if facts:  # the graphs' own sampler and step count; rows mapped by timestep (an `all` table too)
+        steps, scheduler = facts[0].steps or len(facts[0].timesteps), facts[0].scheduler_config
+        schedule = {"scheduler": facts[0].scheduler or None, "table_timesteps": list(facts[0].timesteps)}
     else:  # torch alone: a 25-step DDIM table, as `calibrate` defaults to
         from tfmq_export.sampling import sampler_timesteps
 
@@ -120,7 +122,7 @@ def bench_to_json(
     result = run_bench(variants, shape, steps, batches, iters=iters, warmup=warmup, threads=threads,
                        cond_shape=cond_shape, reference=reference_variant(variants), measure_memory=measure_memory,
                        progress=progress, sampling_runs=sampling_runs, scheduler_config=scheduler,
-                       pause_ms=pause_ms, torch_model=torch_model, seed=seed)
+                       pause_ms=pause_ms, torch_model=torch_model, seed=seed, schedule=schedule)
     result["model"] = model
     result["skipped"] = skipped
     if json_path is not None:

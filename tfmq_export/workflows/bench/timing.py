@@ -84,7 +84,8 @@ class _FanOut:
 
 
 def sample_lockstep(runners: list[Runner], scheduler_config: dict[str, Any], num_steps: int, latents: np.ndarray,
-                    cond: np.ndarray | None, pause_ms: float) -> list[tuple[float, np.ndarray]]:
+                    cond: np.ndarray | None, pause_ms: float, schedule: dict[str, Any] | None = None,
+                    ) -> list[tuple[float, np.ndarray]]:
     """Full DDIM sampling with every runner, the runners taking turns step by step.
 
     One ``sampling.ddim_sample`` over the runners' latents stacked along the batch, with a
@@ -92,7 +93,9 @@ def sample_lockstep(runners: list[Runner], scheduler_config: dict[str, Any], num
     runner's x_0 is what sampling it alone gives). Each runner's time is the sum of its own UNet
     calls plus an equal share of the scheduler's updates, so a load spike on the machine costs
     every variant about the same instead of whichever was sampling then (a 10-step run of a slow
-    variant lasts many seconds). Returns (seconds, x_0) per runner.
+    variant lasts many seconds). ``schedule``: ``ddim_sample``'s ``scheduler`` and
+    ``table_timesteps`` (the graphs' sampler and rows; default: DDIM on a sampler table).
+    Returns (seconds, x_0) per runner.
     """
     import torch
 
@@ -103,7 +106,7 @@ def sample_lockstep(runners: list[Runner], scheduler_config: dict[str, Any], num
     conds = None if cond is None else torch.from_numpy(np.concatenate([cond] * n))
     fan = _FanOut(runners, batch, pause_ms)
     start = time.perf_counter()
-    final = ddim_sample(fan, scheduler_config, num_steps, x_t, conds).numpy()
+    final = ddim_sample(fan, scheduler_config, num_steps, x_t, conds, **(schedule or {})).numpy()
     shared = max(time.perf_counter() - start - fan.paused - sum(fan.seconds), 0.0) / n
     return [(fan.seconds[k] + shared, final[k * batch : (k + 1) * batch]) for k in range(n)]
 
@@ -160,13 +163,13 @@ def _round_robin(variants: list[Variant], runners: list[Runner], inputs: dict[in
 
 def _sampling_runs(variants: list[Variant], runners: list[Runner], inputs: dict[int, tuple], acc: dict,
                    runs: int, scheduler_config: dict[str, Any], num_steps: int, pause_ms: float,
-                   progress: bool) -> None:
+                   progress: bool, schedule: dict[str, Any] | None) -> None:
     """``runs`` full DDIM samplings per batch, the variants taking turns step by step."""
     from tqdm.auto import tqdm
 
     for _ in tqdm(range(runs), desc="sampling", disable=not progress, leave=False):
         for batch, (sample, _, cond) in inputs.items():
-            results = sample_lockstep(runners, scheduler_config, num_steps, sample, cond, pause_ms)
+            results = sample_lockstep(runners, scheduler_config, num_steps, sample, cond, pause_ms, schedule)
             for variant, (seconds, final) in zip(variants, results):
                 acc[variant.name, batch].sampling_s.append(seconds)
                 acc[variant.name, batch].final = final
@@ -190,6 +193,7 @@ def run_bench(
     pause_ms: float = 0.0,
     torch_model: Any = None,
     seed: int = 0,
+    schedule: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Time every variant at every batch size, round-robin; returns the CONTRACT JSON dict.
 
@@ -207,6 +211,7 @@ def run_bench(
     ``images_per_s`` is measured as batch / median sampling time; otherwise it is derived as
     batch / (num_steps x median UNet latency), the scheduler's own work being negligible next
     to the UNet's. ``torch_model`` is a loaded model for the torch variant (not loaded again).
+    ``schedule`` (``scheduler``, ``table_timesteps``) maps the sampler's calls to table rows.
     """
     from tqdm.auto import tqdm
 
@@ -224,7 +229,7 @@ def run_bench(
         _round_robin(variants, runners, inputs, acc, iters, pause_ms, progress)
         # 2. full sampling runs, the variants taking turns step by step
         _sampling_runs(variants, runners, inputs, acc, sampling_runs, scheduler_config or {}, num_steps, pause_ms,
-                       progress)
+                       progress, schedule)
         # the 1-minute load average around the timing: other jobs on the machine show here
         load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         pairs = [(v.name, b) for b in batches for v in variants]
