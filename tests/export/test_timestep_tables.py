@@ -150,3 +150,27 @@ def test_bench_samples_an_all_rows_graph_with_its_recorded_schedule(loaded_unet2
     runs = {r["backend"]: r for r in json.loads(out.read_text())["runs"]}
     assert runs["onnxruntime"]["sampling_steps"] == 3
     assert runs["onnxruntime"]["rel_error_vs_reference"] < 1e-4
+
+
+def test_cli_export_all_then_sample_any_schedule_and_a_sampler_graph_refuses_in_one_line(loaded_unet2d, tmp_path):
+    from click.testing import CliRunner
+
+    from tfmq_export.cli import cli
+
+    def run(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args])
+
+    calibrate(loaded_unet2d, CalibrationSettings(wbits=16, abits=16, steps=3), tmp_path / "fp", progress=False)
+    for kind in ("sampler", "all"):
+        result = run("export-onnx", tmp_path / "fp", "--out", tmp_path / f"{kind}.onnx", "--target", "onnxruntime",
+                     "--timesteps", kind)
+        assert result.exit_code == 0 and f"{kind} rows" in result.output, result.output
+    result = run("sample", tmp_path / "all.onnx", "--out", tmp_path / "grid.png", "--num-images", "2",
+                 "--scheduler", "pndm", "--steps", "7")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "grid.png").is_file()
+    result = run("sample", tmp_path / "sampler.onnx", "--out", tmp_path / "no.png", "--num-images", "2", "--steps", "7")
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith("Error: timestep ") and "has no row in the table of" in lines[0]
+    assert not (tmp_path / "no.png").exists()
