@@ -11,6 +11,7 @@ from tfmq_export.cli.calibrate import calibrate
 from tfmq_export.cli.demo import demo
 from tfmq_export.cli.evaluate import evaluate
 from tfmq_export.cli.export_onnx import export_onnx_cmd
+from tfmq_export.cli.export_pipeline import export_pipeline_cmd
 from tfmq_export.cli.lint import lint
 from tfmq_export.cli.sample import sample
 from tfmq_export.cli.train_digits import train_digits
@@ -32,7 +33,8 @@ def cli() -> None:
     """
 
 
-for _command in (calibrate, export_onnx_cmd, build_engine, lint, sample, bench, evaluate, demo, train_digits):
+for _command in (calibrate, export_onnx_cmd, export_pipeline_cmd, build_engine, lint, sample, bench, evaluate, demo,
+                 train_digits):
     cli.add_command(_command)
 
 

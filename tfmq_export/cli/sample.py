@@ -15,7 +15,7 @@ from tfmq_export.cli.errors import friendly
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="PNG grid to write.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "torch"]), default="onnxruntime",
               show_default=True, help="torch runs the simulation of an artifact folder.")
-@click.option("--num-images", type=int, default=64, show_default=True)
+@click.option("--num-images", type=int, default=None, help="Images to sample (default 64; a pipeline: 1 per prompt).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=250, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
@@ -27,17 +27,35 @@ from tfmq_export.cli.errors import friendly
               help="Sampler (default: the one calibrated on); the table needs a row for each of its timesteps.")
 @click.option("--steps", type=int, default=None,
               help="Sampler steps (default: the calibrated count); other counts need an --timesteps all export.")
+@click.option("--prompt", default=None, help="Pipeline folder (export-pipeline): the prompt.")
+@click.option("--negative-prompt", default=None, help="Pipeline folder: the negative prompt (default: empty).")
+@click.option("--guidance-scale", type=float, default=None,
+              help="Pipeline folder: classifier-free guidance, at least 1 (default: recorded in pipeline.json).")
+@click.option("--latents", "latents_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Pipeline folder: initial latents [N, C, h, w] (.npy); N images of the prompt.")
+@click.option("--npy", "npy_path", type=click.Path(path_type=Path), default=None,
+              help="Pipeline folder: also write the images as float32 [N, H, W, 3] in [0, 1] (.npy).")
 @friendly
-def sample(source, out_path, backend, num_images, seed, batch_size, json_path, model, scheduler, steps) -> None:
+def sample(source, out_path, backend, num_images, seed, batch_size, json_path, model, scheduler, steps, prompt,
+           negative_prompt, guidance_scale, latents_path, npy_path) -> None:
     """Sample images with the shared sampling loop from an exported ONNX file or an artifact folder.
 
     \b
     Example:
       tfmq-export sample engines/digits-w8a8.onnx --out samples.png --num-images 64
       tfmq-export sample engines/digits-all.onnx --scheduler euler --steps 25 --out samples.png
+      tfmq-export sample engines/sd-w8a8 --prompt "a handwritten digit seven" --num-images 4 --out grid.png
     """
     from tfmq_export.workflows.sample import sample_to_files
+    from tfmq_export.workflows.sample_pipeline import is_pipeline_dir, sample_pipeline_cli
 
-    summary = sample_to_files(source, out_path, backend, num_images, seed, batch_size, json_path, model,
-                              scheduler, steps)
+    if is_pipeline_dir(source) or prompt is not None:
+        summary = sample_pipeline_cli(source, out_path, prompt=prompt, negative_prompt=negative_prompt,
+                                      guidance_scale=guidance_scale, num_images=num_images, seed=seed,
+                                      latents_path=latents_path, npy_path=npy_path, backend=backend,
+                                      scheduler=scheduler, steps=steps)
+        click.echo(json.dumps(summary))
+        return
+    summary = sample_to_files(source, out_path, backend, 64 if num_images is None else num_images, seed, batch_size,
+                              json_path, model, scheduler, steps)
     click.echo(json.dumps(summary))

@@ -1,0 +1,112 @@
+"""export-pipeline + sample DIR: the exported stages reproduce diffusers' own pipeline (the parity contract)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tests.test_bad_input import _refused
+from tfmq_export.cli import cli
+
+PROMPT, NEGATIVE, GUIDANCE, STEPS = "a handwritten digit seven", "blurry", 5.0, 3
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def fp_export(sd_pipeline_dir, tmp_path_factory):
+    """A full-precision artifact of the SD pipeline, exported; latents for two images."""
+    root = tmp_path_factory.mktemp("fp-export")
+    result = _run("calibrate", sd_pipeline_dir, "--out", root / "art", "--wbits", "16", "--abits", "16",
+                  "--steps", STEPS, "--quiet")
+    assert result.exit_code == 0, result.output
+    result = _run("export-pipeline", root / "art", "--out", root / "pipe", "--target", "onnxruntime")
+    assert result.exit_code == 0, result.output
+    latents = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(3)).numpy()
+    np.save(root / "latents.npy", latents)
+    return root
+
+
+@pytest.fixture(scope="module")
+def diffusers_images(sd_pipeline_dir, fp_export):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(sd_pipeline_dir, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.from_numpy(np.load(fp_export / "latents.npy"))
+    return pipe(PROMPT, negative_prompt=NEGATIVE, guidance_scale=GUIDANCE, num_inference_steps=STEPS, latents=latents,
+                num_images_per_prompt=2, output_type="np").images
+
+
+def test_export_pipeline_writes_every_stage(fp_export, sd_pipeline_dir):
+    from tfmq_export.models.loading import load_model
+
+    folder = fp_export / "pipe"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "pipeline.json", "scheduler", "text_encoder.onnx", "tokenizer", "unet.onnx", "vae_decoder.onnx"]
+    described = json.loads((folder / "pipeline.json").read_text())
+    assert described["pipeline_class"] == "StableDiffusionPipeline"
+    assert described["stages"]["text_encoder"]["outputs"] == ["last_hidden_state"]
+    assert described["stages"]["vae_decoder"]["inputs"] == ["latents"]
+    assert described["scaling_factor"] == pytest.approx(0.18215) and described["latent_shape"] == [4, 8, 8]
+    assert described["timesteps"] == [667, 334, 1] and described["precision"] == "fp32"
+    assert described["model_fingerprint"] == load_model(sd_pipeline_dir).fingerprint()
+    assert not [p for p in fp_export.iterdir() if p.name.startswith(".")]  # no stage left behind
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_sample_pipeline_equals_diffusers(backend, fp_export, diffusers_images, tmp_path):
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    npy = tmp_path / "images.npy"
+    result = _run("sample", fp_export / "pipe", "--prompt", PROMPT, "--negative-prompt", NEGATIVE, "--guidance-scale",
+                  GUIDANCE, "--latents", fp_export / "latents.npy", "--backend", backend,
+                  "--out", tmp_path / "grid.png", "--npy", npy)
+    assert result.exit_code == 0, result.output
+    images = np.load(npy)
+    assert images.dtype == np.float32 and images.shape == diffusers_images.shape == (2, 16, 16, 3)
+    assert float(np.abs(images - diffusers_images).max()) <= 2e-3
+    assert float(np.abs(images[0] - images[1]).max()) > 1e-2  # two latents, two different images
+    assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_w8a8_pipeline_samples(sd_pipeline_dir, fp_export, diffusers_images, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a handwritten digit seven\na handwritten digit one\n")
+    result = _run("calibrate", sd_pipeline_dir, "--out", tmp_path / "art", "--prompts", prompts, "--guidance-scale",
+                  GUIDANCE, "--negative-prompt", NEGATIVE, "--wbits", "8", "--abits", "8", "--steps", STEPS,
+                  "--num-samples", "4", "--quiet")
+    assert result.exit_code == 0, result.output
+    result = _run("export-pipeline", tmp_path / "art", "--out", tmp_path / "pipe")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "pipe" / "pipeline.json").read_text())["guidance_scale"] == GUIDANCE
+    result = _run("sample", tmp_path / "pipe", "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
+                  "--latents", fp_export / "latents.npy", "--out", tmp_path / "grid.png", "--npy", tmp_path / "q.npy")
+    assert result.exit_code == 0, result.output
+    images = np.load(tmp_path / "q.npy")
+    assert np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
+    difference = float(np.abs(images - diffusers_images).mean())
+    assert 0 < difference < 0.05, difference
+
+
+def test_sample_pipeline_bad_input(fp_export, tmp_path):
+    pipe, out = fp_export / "pipe", tmp_path / "grid.png"
+    _refused(_run("sample", pipe, "--out", out), "give --prompt", left=(out,))
+    _refused(_run("sample", pipe, "--prompt", PROMPT, "--guidance-scale", "0.5", "--out", out),
+             "--guidance-scale 0.5", left=(out,))
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((1, 4, 4, 4), dtype=np.float32))
+    _refused(_run("sample", pipe, "--prompt", PROMPT, "--latents", bad, "--out", out), "[N, 4, 8, 8]", left=(out,))
+    _refused(_run("sample", pipe, "--prompt", PROMPT, "--backend", "torch", "--out", out), "cannot run pipeline stages",
+             left=(out,))
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    _refused(_run("export-pipeline", fp_export / "art", "--out", full), "no pipeline.json", left=())
+    assert (full / "notes.txt").read_text() == "mine"

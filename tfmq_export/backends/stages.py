@@ -1,0 +1,71 @@
+"""Named-input, named-output calls of any exported stage (text encoder, UNet, VAE decoder).
+
+A pipeline stage is not the UNet contract, so ``Runner.infer`` does not fit; ``StageRunner``
+opens the registry's runner for the file (``open_runner``: the same sessions and compile options
+as every other workflow) and runs it with a dict of named arrays, returning every output by name.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tfmq_export.backends.base import Runner, open_runner
+from tfmq_export.errors import TfmqError
+
+__all__ = ["STAGE_BACKENDS", "StageRunner"]
+
+#: backends that run an exported stage file (.onnx) with named inputs and outputs
+STAGE_BACKENDS = ("onnxruntime", "openvino")
+
+
+class StageRunner:
+    """``run({input name: array}) -> {output name: array}`` for one .onnx stage; a context manager."""
+
+    def __init__(self, backend: str, path: Path, precision: str = "fp32", threads: int | None = None) -> None:
+        if backend not in STAGE_BACKENDS:
+            raise TfmqError(f"--backend {backend} cannot run pipeline stages; choose {' or '.join(STAGE_BACKENDS)}")
+        self.backend = backend
+        self.path = Path(path)
+        self.runner: Runner = open_runner(backend, self.path, precision, threads=threads)
+        self.last_ms = 0.0
+
+    def __enter__(self) -> StageRunner:
+        self.runner.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.runner.deactivate()
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        out = self._run_onnxruntime(feed) if self.backend == "onnxruntime" else self._run_openvino(feed)
+        self.last_ms = (time.perf_counter() - start) * 1000.0
+        return out
+
+    def _run_onnxruntime(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session: Any = self.runner.session  # type: ignore[attr-defined]
+        names = [o.name for o in session.get_outputs()]
+        wanted = {i.name for i in session.get_inputs()}
+        values = session.run(names, {k: v for k, v in feed.items() if k in wanted})
+        return {name: np.asarray(value) for name, value in zip(names, values)}
+
+    def _run_openvino(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        compiled: Any = self.runner.compiled  # type: ignore[attr-defined]
+        request: Any = self.runner.request  # type: ignore[attr-defined]
+        inputs = {}
+        for port in compiled.inputs:
+            names = set(port.get_names()) & set(feed)
+            if not names:
+                raise TfmqError(f"{self.path} takes input {port.get_any_name()!r}, which was not given")
+            inputs[port] = feed[names.pop()]
+        request.infer(inputs)
+        out = {}
+        for port in compiled.outputs:
+            value = np.array(request.get_tensor(port).data, copy=True)
+            for name in port.get_names():
+                out[name] = value
+        return out

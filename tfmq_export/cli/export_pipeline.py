@@ -1,0 +1,31 @@
+"""``tfmq-export export-pipeline``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tfmq_export.cli.errors import friendly
+
+
+@click.command("export-pipeline")
+@click.argument("artifact_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Pipeline folder to write.")
+@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="onnxruntime", show_default=True,
+              help="Q/DQ flavour of the UNet (text encoder and VAE decoder stay float).")
+@click.option("--model", default=None, help="The pipeline folder the artifact was calibrated on (default: recorded).")
+@friendly
+def export_pipeline_cmd(artifact_dir, out_dir, target, model) -> None:
+    """Export every stage of a calibrated text-to-image pipeline: unet.onnx, text_encoder.onnx,
+    vae_decoder.onnx, tokenizer/, scheduler/ and pipeline.json.
+
+    \b
+    Example:
+      tfmq-export export-pipeline calib/out/sd-w8a8 --out engines/sd-w8a8 --target onnxruntime
+    """
+    from tfmq_export.workflows.export_pipeline import export_pipeline_folder
+
+    described = export_pipeline_folder(artifact_dir, out_dir, target, model)
+    click.echo(f"wrote {out_dir} ({described['pipeline_class']}, {', '.join(described['stages'])}, "
+               f"{described['precision']}, {target})")

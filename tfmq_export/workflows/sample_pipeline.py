@@ -1,0 +1,200 @@
+"""``sample DIR --prompt TEXT``: text-to-image sampling through an exported pipeline folder.
+
+tokenizer -> text_encoder.onnx -> UNet x steps with classifier-free guidance (a batch of 2N:
+unconditional half first, as diffusers) -> vae_decoder.onnx -> images in [0, 1]. Tokenization,
+the combination of encoder outputs and the guided loop are the ones calibration uses
+(``models.prompts``, ``models.guidance``); only the stage calls differ.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tfmq_export import contract as c
+from tfmq_export.backends.stages import StageRunner
+from tfmq_export.errors import TfmqError
+from tfmq_export.models.guidance import GuidedConditions, default_scheduler, guided_sample, rows_by_timestep
+from tfmq_export.models.prompts import combine, tokenize
+
+__all__ = [
+    "ExportedPipeline", "is_pipeline_dir", "pipeline_images", "read_latents", "sample_pipeline_cli",
+    "sample_pipeline_to_files",
+]
+
+
+def is_pipeline_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``export-pipeline``."""
+    return Path(path).is_dir() and (Path(path) / c.PIPELINE_JSON).is_file()
+
+
+@dataclass
+class ExportedPipeline:
+    """An ``export-pipeline`` folder: its ``pipeline.json`` and the paths of its stages."""
+
+    path: Path
+    described: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: Path) -> ExportedPipeline:
+        path = Path(path)
+        try:
+            described = json.loads((path / c.PIPELINE_JSON).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise TfmqError(f"cannot read {path / c.PIPELINE_JSON}: {exc}") from exc
+        if not isinstance(described, dict) or described.get(c.PJ_FORMAT) != c.PIPELINE_FORMAT:
+            raise TfmqError(f"{path / c.PIPELINE_JSON} is not a format-{c.PIPELINE_FORMAT} pipeline description")
+        for stage, entry in described[c.PJ_STAGES].items():
+            if not (path / entry["file"]).is_file():
+                raise TfmqError(f"{path} is missing its {stage} stage ({entry['file']}); export the pipeline again")
+        return cls(path, described)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.described[c.PJ_LATENT_SHAPE])
+
+    def stage_path(self, stage: str) -> Path:
+        return self.path / self.described[c.PJ_STAGES][stage]["file"]
+
+    def encoder_stages(self) -> list[str]:
+        return [s for s in (c.STAGE_TEXT_ENCODER, c.STAGE_TEXT_ENCODER_2) if s in self.described[c.PJ_STAGES]]
+
+    def scheduler_config(self) -> dict[str, Any]:
+        return json.loads((self.path / self.described[c.PJ_SCHEDULER] / "scheduler_config.json").read_text())
+
+
+def read_latents(path: Path, latent_shape: tuple[int, ...]) -> torch.Tensor:
+    """--latents: float [N, C, h, w] from a ``numpy.save`` file (never unpickled), finite."""
+    try:
+        array = np.load(Path(path), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise TfmqError(f"--latents {path} is not a readable .npy array (numpy.save format)") from exc
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+        raise TfmqError(f"--latents {path} must hold real float latents")
+    if array.ndim != 4 or tuple(array.shape[1:]) != tuple(latent_shape) or array.shape[0] < 1:
+        expected = ", ".join(map(str, latent_shape))
+        raise TfmqError(f"--latents {path} holds shape {list(array.shape)}; expected [N, {expected}]")
+    if not np.isfinite(array).all():
+        raise TfmqError(f"--latents {path} holds non-finite values (NaN/Inf)")
+    return torch.from_numpy(array.astype(np.float32))
+
+
+def _encode(pipe: ExportedPipeline, runners: dict[str, StageRunner], prompt: str, negative: str | None,
+            guidance_scale: float) -> GuidedConditions:
+    """Both halves' conditions of one prompt through the exported text encoder(s)."""
+    from transformers import CLIPTokenizer
+
+    xl = c.STAGE_TEXT_ENCODER_2 in pipe.described[c.PJ_STAGES]
+    time_ids = torch.tensor([pipe.described[c.PJ_TIME_IDS]], dtype=torch.float32) if xl else None
+    halves = []
+    for text in (prompt, negative or ""):
+        outs = []
+        for stage in pipe.encoder_stages():
+            tokenizer = CLIPTokenizer.from_pretrained(str(pipe.path / pipe.described[c.PJ_STAGES][stage]["tokenizer"]))
+            out = runners[stage].run({c.TEXT_INPUT_IDS: tokenize(tokenizer, [text])})
+            outs.append({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in out.items()})
+        halves.append(outs)
+    zeros = xl and negative is None and bool(pipe.described.get(c.PJ_FORCE_ZEROS, True))
+    return GuidedConditions(combine(halves[0], time_ids), combine(halves[1], time_ids, zeros=zeros),
+                            float(guidance_scale), (prompt,), negative)
+
+
+def pipeline_images(path: Path, prompt: str, *, negative_prompt: str | None = None,
+                    guidance_scale: float | None = None, num_images: int = 1, seed: int = 0,
+                    latents: torch.Tensor | None = None, backend: str = "onnxruntime",
+                    threads: int | None = None, scheduler: Any = None) -> np.ndarray:
+    """float32 images [N, H, W, 3] in [0, 1] of ``prompt`` from an exported pipeline folder.
+
+    ``latents`` [N, C, h, w] (else noise from ``seed``) give N images of the prompt, diffusers'
+    ``num_images_per_prompt=N`` with those latents. ``scheduler``: a diffusers scheduler set to
+    its steps (default: the folder's, ``default_scheduler``); its timesteps must have table rows.
+    """
+    from tfmq_export.sampling import initial_noise
+
+    pipe = ExportedPipeline.read(path)
+    guidance = pipe.described[c.PJ_GUIDANCE] if guidance_scale is None else guidance_scale
+    if latents is None:
+        if num_images < 1:
+            raise TfmqError(f"--num-images {num_images} must be positive")
+        latents = initial_noise(num_images, pipe.latent_shape, seed)
+    if scheduler is None:
+        scheduler = default_scheduler(pipe.scheduler_config(), int(pipe.described[c.PJ_STEPS]))
+    precision = pipe.described[c.PJ_PRECISION]
+    runners = {stage: StageRunner(backend, pipe.stage_path(stage), "fp32", threads) for stage in pipe.encoder_stages()}
+    for runner in runners.values():
+        runner.__enter__()
+    try:
+        conditions = _encode(pipe, runners, prompt, negative_prompt, guidance).repeated(latents.shape[0])
+    finally:
+        for runner in runners.values():
+            runner.__exit__()
+    with StageRunner(backend, pipe.stage_path(c.STAGE_UNET), precision, threads) as unet:
+
+        def denoise(x: torch.Tensor, rows: torch.Tensor, feed: dict[str, torch.Tensor]) -> torch.Tensor:
+            named = {c.INPUT_SAMPLE: x.numpy(), c.INPUT_STEP_INDEX: rows.numpy(),
+                     **{k: v.numpy() for k, v in feed.items()}}
+            return torch.from_numpy(unet.run(named)[c.OUTPUT_NOISE_PRED].astype(np.float32))
+
+        final = guided_sample(denoise, scheduler, latents, conditions, rows_by_timestep(pipe.described[c.PJ_TIMESTEPS]))
+    with StageRunner(backend, pipe.stage_path(c.STAGE_VAE_DECODER), "fp32", threads) as vae:
+        images = vae.run({c.VAE_INPUT_LATENTS: final.numpy().astype(np.float32)})[c.VAE_OUTPUT_IMAGES]
+    return np.ascontiguousarray(images.transpose(0, 2, 3, 1), dtype=np.float32)
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a handle: numpy.save would append .npy to the temp name
+        np.save(handle, array)
+
+
+def sample_pipeline_to_files(path: Path, prompt: str, out_path: Path, *, npy_path: Path | None = None,
+                             latents_path: Path | None = None, **options: Any) -> dict[str, Any]:
+    """Sample, write the PNG grid (and ``--npy`` float32 [N, H, W, 3]); returns a summary."""
+    from tfmq_export.images import save_grid
+    from tfmq_export.io import atomic_write, check_writable
+
+    check_writable(out_path, "--out")
+    if npy_path is not None:
+        check_writable(npy_path, "--npy")
+    pipe = ExportedPipeline.read(path)
+    latents = None if latents_path is None else read_latents(latents_path, pipe.latent_shape)
+    start = time.perf_counter()
+    images = pipeline_images(path, prompt, latents=latents, **options)
+    seconds = time.perf_counter() - start
+    save_grid(images[:64].transpose(0, 3, 1, 2) * 2.0 - 1.0, out_path)
+    if npy_path is not None:
+        Path(npy_path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(npy_path), lambda tmp: _save_npy(tmp, images))
+    return {"source": str(path), "prompt": prompt, "backend": options.get("backend", "onnxruntime"),
+            "precision": pipe.described[c.PJ_PRECISION], "num_images": int(images.shape[0]),
+            "seconds": round(seconds, 3), "grid": str(out_path), "npy": None if npy_path is None else str(npy_path)}
+
+
+def sample_pipeline_cli(path: Path, out_path: Path, *, prompt: str | None, negative_prompt: str | None,
+                        guidance_scale: float | None, num_images: int | None, seed: int,
+                        latents_path: Path | None, npy_path: Path | None, backend: str,
+                        scheduler: str | None = None, steps: int | None = None) -> dict[str, Any]:
+    """``sample DIR --prompt ...``: every option checked (one line each) before any stage runs."""
+    if not is_pipeline_dir(path):
+        raise TfmqError(f"--prompt needs a pipeline folder written by export-pipeline; {path} has no {c.PIPELINE_JSON}")
+    if prompt is None or not prompt.strip():
+        raise TfmqError(f"{path} is a text-to-image pipeline: give --prompt TEXT")
+    if guidance_scale is not None and not guidance_scale >= 1.0:
+        raise TfmqError(f"--guidance-scale {guidance_scale} must be at least 1 (1 = no guidance)")
+    if latents_path is not None and num_images is not None:
+        raise TfmqError("give --latents or --num-images, not both (the latents decide the number of images)")
+    sampler = None
+    if scheduler is not None or steps is not None:
+        from tfmq_export.sampling import make_scheduler
+
+        pipe = ExportedPipeline.read(path)
+        sampler = make_scheduler(scheduler, pipe.scheduler_config(), steps or int(pipe.described[c.PJ_STEPS]))
+    return sample_pipeline_to_files(path, prompt, out_path, npy_path=npy_path, latents_path=latents_path,
+                                    negative_prompt=negative_prompt, guidance_scale=guidance_scale,
+                                    num_images=1 if num_images is None else num_images, seed=seed, backend=backend,
+                                    scheduler=sampler)
