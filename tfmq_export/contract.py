@@ -46,6 +46,7 @@ __all__ = [
     "PJ_LATENT_SHAPE",
     "PJ_NEGATIVE",
     "PJ_PRECISION",
+    "PJ_SAMPLER",
     "PJ_SAMPLE_SIZE",
     "PJ_SCALING",
     "PJ_SCHEDULER",
@@ -118,6 +119,9 @@ PJ_CLASS = "pipeline_class"
 PJ_STAGES = "stages"
 PJ_TOKENIZERS = "tokenizers"
 PJ_SCHEDULER = "scheduler"
+"""The folder of the pipeline's scheduler config (copied from the pipeline folder)."""
+PJ_SAMPLER = "sampler"
+"""The sampler the UNet was calibrated with (``config.SCHEDULER_NAMES``); ``sample``'s default."""
 PJ_GUIDANCE = "guidance_scale"
 PJ_NEGATIVE = "negative_prompt"
 PJ_STEPS = "num_inference_steps"

@@ -110,3 +110,26 @@ def test_sample_pipeline_bad_input(fp_export, tmp_path):
     (full / "notes.txt").write_text("mine")
     _refused(_run("export-pipeline", fp_export / "art", "--out", full), "no pipeline.json", left=())
     assert (full / "notes.txt").read_text() == "mine"
+
+
+def test_euler_pipeline_equals_diffusers(sd_pipeline_dir, tmp_path):
+    """Another scheduler plugs into the same guided loop: calibrated with Euler, sampled with Euler."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from tfmq_export.workflows.calibrate import calibrate_model
+    from tfmq_export.workflows.export_pipeline import export_pipeline_folder
+    from tfmq_export.workflows.sample_pipeline import pipeline_images
+
+    overrides = {"wbits": 16, "abits": 16, "steps": STEPS, "scheduler": "euler"}
+    calibrate_model(str(sd_pipeline_dir), tmp_path / "art", overrides, progress=False)
+    described = export_pipeline_folder(tmp_path / "art", tmp_path / "pipe")
+    assert described["sampler"] == "euler"
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(5))
+    ours = pipeline_images(tmp_path / "pipe", PROMPT, negative_prompt=NEGATIVE, guidance_scale=GUIDANCE,
+                           latents=latents)
+    pipe = StableDiffusionPipeline.from_pretrained(sd_pipeline_dir, local_files_only=True)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(PROMPT, negative_prompt=NEGATIVE, guidance_scale=GUIDANCE, num_inference_steps=STEPS,
+                     latents=latents, output_type="np").images
+    assert float(np.abs(ours - reference).max()) <= 2e-3

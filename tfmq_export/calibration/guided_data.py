@@ -16,21 +16,15 @@ from tqdm.auto import tqdm
 
 from tfmq_export.calibration.data import CalibrationData
 from tfmq_export.contract import INPUT_CONDITIONS
-from tfmq_export.models.guidance import (
-    GuidedConditions,
-    GuidedDenoiser,
-    default_scheduler,
-    guided_sample,
-    rows_by_timestep,
-)
-from tfmq_export.sampling import initial_noise
+from tfmq_export.models.guidance import GuidedConditions, GuidedDenoiser, guided_sample, scheduler_rows
+from tfmq_export.sampling import initial_noise, make_scheduler
 
 __all__ = ["collect_guided_data", "guided_calibration_data"]
 
 
 def collect_guided_data(
     denoise: GuidedDenoiser,
-    make_scheduler: Callable[[], Any],
+    new_scheduler: Callable[[], Any],
     timesteps: Sequence[int],
     sample_shape: tuple[int, ...],
     conditions: GuidedConditions,
@@ -41,11 +35,10 @@ def collect_guided_data(
 ) -> CalibrationData:
     """``num_samples`` guided trajectories (``batch_size`` at a time); returns every UNet input.
 
-    ``make_scheduler()`` gives a fresh scheduler set to its steps (a multistep scheduler keeps
+    ``new_scheduler()`` gives a fresh scheduler set to its steps (a multistep scheduler keeps
     state between calls); ``timesteps`` are the table's rows, each call's timestep maps to its row.
     """
     latents = initial_noise(num_samples, sample_shape, seed)
-    row_of = rows_by_timestep(timesteps)
     xs: list[torch.Tensor] = []
     rows: list[torch.Tensor] = []
     conds: list[torch.Tensor] = []
@@ -58,19 +51,23 @@ def collect_guided_data(
     for start in tqdm(range(0, num_samples, batch_size), desc="calibration data (guided)", disable=not progress,
                       leave=False):
         chunk = latents[start : start + batch_size]
-        guided_sample(denoise, make_scheduler(), chunk, conditions.cycled(start, chunk.shape[0]), row_of, keep)
+        scheduler = new_scheduler()
+        row_of = scheduler_rows(timesteps, scheduler)
+        guided_sample(denoise, scheduler, chunk, conditions.cycled(start, chunk.shape[0]), row_of, keep)
     return CalibrationData(torch.cat(xs), torch.cat(rows), torch.cat(conds), list(timesteps))
 
 
 def guided_calibration_data(fp_sim: Any, model: Any, timesteps: Sequence[int], settings: Any,
                             progress: bool = True) -> CalibrationData:
     """``collect_guided_data`` for a ``LoadedModel`` with ``guided`` conditions, through the
-    full-precision table UNet ``fp_sim`` and the folder's scheduler (``default_scheduler``)."""
+    full-precision table UNet ``fp_sim`` and the calibration's scheduler (``settings.scheduler``; None:
+    the folder's own, ``sampling.make_scheduler``)."""
 
     def denoise(x: torch.Tensor, rows: torch.Tensor, feed: dict[str, torch.Tensor]) -> torch.Tensor:
         return fp_sim(x, rows, feed[INPUT_CONDITIONS])
 
     return collect_guided_data(
-        denoise, lambda: default_scheduler(model.scheduler_config, settings.steps), timesteps, model.sample_shape,
+        denoise, lambda: make_scheduler(settings.scheduler, model.scheduler_config, settings.steps), timesteps,
+        model.sample_shape,
         model.guided, settings.num_samples, settings.seed, settings.batch_size, progress,
     )

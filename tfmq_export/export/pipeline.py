@@ -132,6 +132,7 @@ def _describe(model: LoadedModel, artifact: CalibrationArtifact, target: str, st
         c.PJ_STAGES: stages,
         c.PJ_TOKENIZERS: [stages[name]["tokenizer"] for name in parts.encoder_names],
         c.PJ_SCHEDULER: "scheduler",
+        c.PJ_SAMPLER: settings.get("scheduler"),
         c.PJ_GUIDANCE: float(settings.get("guidance_scale") or DEFAULT_GUIDANCE_SCALE),
         c.PJ_NEGATIVE: settings.get("negative_prompt"),
         c.PJ_STEPS: len(artifact.timesteps),

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 from tfmq_export.errors import TfmqError
+from tfmq_export.sampling import timestep_rows
 
-__all__ = ["GuidedConditions", "GuidedDenoiser", "default_scheduler", "guided_sample", "rows_by_timestep"]
+__all__ = ["GuidedConditions", "GuidedDenoiser", "guided_sample", "scheduler_rows"]
 
 #: (model input [B, C, h, w], table rows [B] int64, {input name: tensor [B, ...]}) -> noise prediction
 GuidedDenoiser = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
@@ -74,18 +75,12 @@ class GuidedConditions:
         return {k: torch.cat([self.uncond[k], self.cond[k]]) for k in self.cond}
 
 
-def rows_by_timestep(timesteps: Sequence[int]) -> Callable[[int, Any], int]:
-    """``row_of(i, t)``: the table row whose timestep is ``t``; one line where the table has none."""
-    rows = {int(t): row for row, t in enumerate(timesteps)}
-
-    def row_of(_step: int, t: Any) -> int:
-        value = float(t)
-        if value != int(value) or int(value) not in rows:
-            raise TfmqError(f"the sampler's timestep {value:g} has no row in the temporal table "
-                            f"(rows for {len(rows)} timesteps); export the table for this sampler")
-        return rows[int(value)]
-
-    return row_of
+def scheduler_rows(table_timesteps: Sequence[Any], scheduler: Any,
+                   source: str = "the model") -> Callable[[int, Any], int]:
+    """``row_of(i, t)``: the table row of the scheduler's call ``i`` (``sampling.timestep_rows``:
+    one line where a timestep has no row)."""
+    rows = timestep_rows(table_timesteps, scheduler.timesteps, source)
+    return lambda step, _t: rows[step]
 
 
 def _step_kwargs(scheduler: Any, eta: float, generator: torch.Generator | None) -> dict[str, Any]:
@@ -137,19 +132,3 @@ def guided_sample(
         # 3. x_t -> x_t-1
         x = scheduler.step(noise, t, x, **step_kwargs, return_dict=False)[0]
     return x
-
-
-def default_scheduler(scheduler_config: dict[str, Any], num_steps: int) -> Any:
-    """The folder's scheduler when it is DDIM, else DDIM from its config, set to ``num_steps`` steps.
-
-    Any diffusers scheduler instance can replace it in ``guided_sample`` (set to its steps).
-    """
-    from diffusers import DDIMScheduler
-
-    config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-    scheduler = DDIMScheduler.from_config(config)
-    if not 1 <= num_steps <= scheduler.config.num_train_timesteps:
-        raise TfmqError(f"--steps {num_steps} must be between 1 and the model's "
-                        f"{scheduler.config.num_train_timesteps} training timesteps")
-    scheduler.set_timesteps(num_steps)
-    return scheduler

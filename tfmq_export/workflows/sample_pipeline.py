@@ -20,7 +20,7 @@ import torch
 from tfmq_export import contract as c
 from tfmq_export.backends.stages import StageRunner
 from tfmq_export.errors import TfmqError
-from tfmq_export.models.guidance import GuidedConditions, default_scheduler, guided_sample, rows_by_timestep
+from tfmq_export.models.guidance import GuidedConditions, guided_sample, scheduler_rows
 from tfmq_export.models.prompts import combine, tokenize
 
 __all__ = [
@@ -123,8 +123,11 @@ def pipeline_images(path: Path, prompt: str, *, negative_prompt: str | None = No
         if num_images < 1:
             raise TfmqError(f"--num-images {num_images} must be positive")
         latents = initial_noise(num_images, pipe.latent_shape, seed)
-    if scheduler is None:
-        scheduler = default_scheduler(pipe.scheduler_config(), int(pipe.described[c.PJ_STEPS]))
+    if scheduler is None:  # the sampler the UNet was calibrated with, at its step count
+        from tfmq_export.sampling import make_scheduler
+
+        scheduler = make_scheduler(pipe.described.get(c.PJ_SAMPLER), pipe.scheduler_config(),
+                                   int(pipe.described[c.PJ_STEPS]))
     precision = pipe.described[c.PJ_PRECISION]
     runners = {stage: StageRunner(backend, pipe.stage_path(stage), "fp32", threads) for stage in pipe.encoder_stages()}
     for runner in runners.values():
@@ -141,7 +144,8 @@ def pipeline_images(path: Path, prompt: str, *, negative_prompt: str | None = No
                      **{k: v.numpy() for k, v in feed.items()}}
             return torch.from_numpy(unet.run(named)[c.OUTPUT_NOISE_PRED].astype(np.float32))
 
-        final = guided_sample(denoise, scheduler, latents, conditions, rows_by_timestep(pipe.described[c.PJ_TIMESTEPS]))
+        rows = scheduler_rows(pipe.described[c.PJ_TIMESTEPS], scheduler, str(pipe.stage_path(c.STAGE_UNET)))
+        final = guided_sample(denoise, scheduler, latents, conditions, rows)
     with StageRunner(backend, pipe.stage_path(c.STAGE_VAE_DECODER), "fp32", threads) as vae:
         images = vae.run({c.VAE_INPUT_LATENTS: final.numpy().astype(np.float32)})[c.VAE_OUTPUT_IMAGES]
     return np.ascontiguousarray(images.transpose(0, 2, 3, 1), dtype=np.float32)
@@ -193,7 +197,8 @@ def sample_pipeline_cli(path: Path, out_path: Path, *, prompt: str | None, negat
         from tfmq_export.sampling import make_scheduler
 
         pipe = ExportedPipeline.read(path)
-        sampler = make_scheduler(scheduler, pipe.scheduler_config(), steps or int(pipe.described[c.PJ_STEPS]))
+        name = scheduler or pipe.described.get(c.PJ_SAMPLER)
+        sampler = make_scheduler(name, pipe.scheduler_config(), steps or int(pipe.described[c.PJ_STEPS]))
     return sample_pipeline_to_files(path, prompt, out_path, npy_path=npy_path, latents_path=latents_path,
                                     negative_prompt=negative_prompt, guidance_scale=guidance_scale,
                                     num_images=1 if num_images is None else num_images, seed=seed, backend=backend,
