@@ -21,9 +21,8 @@ from tfmq_export.images import save_grid
 from tfmq_export.io import atomic_write_text, check_writable
 from tfmq_export.metrics.fid import digits_fid, real_floor_fid
 from tfmq_export.models.loading import load_model
-from tfmq_export.sampling import SamplingSpec
 from tfmq_export.workflows.evaluate import paired_rmse, recipe_settings
-from tfmq_export.workflows.sample import sample_with
+from tfmq_export.workflows.sample import artifact_spec, sample_with
 
 
 def demo_settings() -> dict[str, CalibrationSettings]:
@@ -71,7 +70,7 @@ def run_demo(
         onnx_path = export_onnx(model, artifact, out_dir / "onnx" / f"digits-{name}.onnx", target="onnxruntime")
         onnx_files[name] = onnx_path
         runner = open_runner("onnxruntime", onnx_path, name.split("-")[-1])
-        spec = SamplingSpec(artifact.timesteps, artifact.scheduler_config, model.sample_shape)
+        spec = artifact_spec(artifact, model.sample_shape)
         images = sample_with(runner, spec, num_images, seed, batch_size=250, progress=progress)
         save_grid(images[:64], out_dir / "grids" / f"{name}.png")
         reference = images if reference is None else reference

@@ -28,8 +28,7 @@ from tfmq_export.images import save_grid
 from tfmq_export.io import atomic_write, atomic_write_text
 from tfmq_export.metrics.fid import digits_fid, real_floor_fid
 from tfmq_export.models.loading import LoadedModel, load_model
-from tfmq_export.sampling import SamplingSpec
-from tfmq_export.workflows.sample import sample_with
+from tfmq_export.workflows.sample import artifact_spec, sample_with
 
 BIT_SETTINGS = {"w8a8": (8, 8), "w4a8": (4, 8), "w4a16": (4, 16)}
 #: Samples per setting: with 1,000 the FID of full precision alone ranged 13.8-33.1 over ten seeds,
@@ -78,7 +77,7 @@ def _sampled_images(model, artifact, name: str, out_dir: Path, num_images: int, 
             if str(stored["key"]) == key:
                 return stored["images"]
     onnx_path = export_onnx(model, artifact, out_dir / "onnx" / f"{name}.onnx", target=target)
-    spec = SamplingSpec(artifact.timesteps, artifact.scheduler_config, model.sample_shape)
+    spec = artifact_spec(artifact, model.sample_shape)
     images = sample_with(open_runner("onnxruntime", onnx_path, name), spec, num_images, seed, 250, progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
 

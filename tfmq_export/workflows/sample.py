@@ -16,7 +16,7 @@ from tfmq_export.images import save_grid
 from tfmq_export.io import check_writable
 from tfmq_export.sampling import SamplingSpec, check_schedule, generate
 
-__all__ = ["SourceInfo", "is_digits_fingerprint", "runner_for", "sample_to_files", "sample_with"]
+__all__ = ["SourceInfo", "artifact_spec", "is_digits_fingerprint", "runner_for", "sample_to_files", "sample_with"]
 
 #: backends that run an exported .onnx file directly
 _ONNX_BACKENDS = ("onnxruntime", "openvino")
@@ -49,6 +49,16 @@ def _schedule(recorded_scheduler: str, recorded_steps: int, scheduler: str | Non
     return scheduler or recorded_scheduler or None, steps or recorded_steps or None
 
 
+def artifact_spec(artifact: Any, sample_shape: tuple[int, ...], conditional: bool = False, source: str = "the model",
+                  scheduler: str | None = None, steps: int | None = None) -> SamplingSpec:
+    """How to sample an artifact's table (or its sampler export): the calibrated scheduler and step
+    count unless ``scheduler``/``steps`` say otherwise."""
+    name, count = _schedule(str(artifact.settings.get("scheduler") or ""), int(artifact.settings.get("steps") or 0),
+                            scheduler, steps)
+    return SamplingSpec(artifact.timesteps, artifact.scheduler_config, sample_shape, conditional,
+                        scheduler=name, num_steps=count, source=source)
+
+
 def _artifact_runner(source: Path, backend: str, model: str | None, scheduler: str | None = None,
                      steps: int | None = None) -> tuple[Runner, SourceInfo]:
     """The torch simulation of an artifact folder."""
@@ -62,10 +72,7 @@ def _artifact_runner(source: Path, backend: str, model: str | None, scheduler: s
     artifact = load_artifact(source)
     loaded = load_model_for_artifact(artifact, model)
     artifact.check_model(loaded.fingerprint(), loaded.name)
-    name, count = _schedule(str(artifact.settings.get("scheduler") or ""), int(artifact.settings.get("steps") or 0),
-                            scheduler, steps)
-    spec = SamplingSpec(artifact.timesteps, artifact.scheduler_config, loaded.sample_shape, loaded.is_conditional,
-                        scheduler=name, num_steps=count, source=str(source))
+    spec = artifact_spec(artifact, loaded.sample_shape, loaded.is_conditional, str(source), scheduler, steps)
     check_schedule(spec)
     sim = simulation_from_artifact(loaded.unet, artifact)
     info = SourceInfo(spec, precision_label(artifact.wbits, artifact.abits), artifact.method,
