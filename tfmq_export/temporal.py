@@ -89,6 +89,12 @@ def compute_temporal_features(unet: nn.Module, timesteps: Sequence[int] | torch.
     Runs the UNet's own TIB modules, so a UNet whose TIB layers were swapped for quantized
     ones yields the quantized table.
     """
+    if UNetAdapter(unet).has_text_time:
+        # SDXL: the ResBlocks' time input is h(t) + aug(text_embeds, time_ids); only h(t) is a table
+        rows = timestep_tensor(timesteps)
+        param = next(unet.parameters())
+        h = unet.time_embedding(unet.time_proj(rows).to(param.dtype))
+        return {TIME_EMBEDDING_TABLE: h.float().cpu()}
     return TemporalBranch(unet, timesteps, copy_modules=False).table()
 
 
@@ -119,6 +125,39 @@ class TemporalTableLookup(nn.Module):
         return self.table[step_index.long()]
 
 
+class TimeEmbeddingLookup(TemporalTableLookup):
+    """Replaces SDXL's ``time_embedding`` MLP: the row of h(t) for the step (diffusers calls it
+    with the step index, cast to float by ``get_time_embed``, and a ``timestep_cond``)."""
+
+    def forward(self, step_index: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ARG002
+        return self.table[step_index.long()]
+
+
+#: the table key of SDXL's h(t) (a ``text_time`` UNet has this one table instead of one per ResBlock)
+TIME_EMBEDDING_TABLE = "time_embedding"
+
+
+def pack_added_conditions(encoder_hidden_states: torch.Tensor, text_embeds: torch.Tensor,
+                          time_ids: torch.Tensor) -> torch.Tensor:
+    """SDXL's added conditions as one extra token [B, 1, D] after ``encoder_hidden_states``.
+
+    Calibration data and methods carry one condition tensor per sample; the table UNet unpacks
+    it (``unpack_added_conditions``) before the UNet runs, so no layer ever sees the extra token.
+    """
+    extra = torch.cat([text_embeds, time_ids], dim=-1)
+    dim = encoder_hidden_states.shape[-1]
+    if extra.shape[-1] > dim:
+        raise TfmqError(f"text_embeds + time_ids ({extra.shape[-1]} values) do not fit a {dim}-wide token")
+    token = torch.nn.functional.pad(extra, (0, dim - extra.shape[-1])).unsqueeze(1)
+    return torch.cat([encoder_hidden_states, token.to(encoder_hidden_states.dtype)], dim=1)
+
+
+def unpack_added_conditions(packed: torch.Tensor, text_embeds_dim: int) -> tuple[torch.Tensor, ...]:
+    """(encoder_hidden_states, text_embeds, time_ids) from ``pack_added_conditions``'s tensor."""
+    token = packed[:, -1]
+    return packed[:, :-1], token[:, :text_embeds_dim], token[:, text_embeds_dim : text_embeds_dim + 6]
+
+
 class TemporalTableUNet(nn.Module):
     """A UNet whose temporal branch is a per-step table: ``forward(sample, step_index[, ehs])``.
 
@@ -138,6 +177,13 @@ class TemporalTableUNet(nn.Module):
         self.timesteps = timestep_tensor(timesteps).tolist()
         self.is_conditional = type(unet).__name__ == "UNet2DConditionModel"
         adapter = UNetAdapter(self.unet)
+        #: SDXL (``text_time``): h(t) is the table, the ResBlock projections stay in the graph
+        self.text_time = adapter.has_text_time
+        self.text_embeds_dim = adapter.text_embeds_dim
+        if self.text_time:
+            self._install_time_embedding_table(tables)
+            self.declares_steps = False
+            return
         projections = adapter.temporal_projections()
         missing = {p.resnet_name for p in projections} - set(tables)
         if missing:
@@ -155,13 +201,32 @@ class TemporalTableUNet(nn.Module):
         #: True when quantizers inside need the table row of every sample (per-step factors)
         self.declares_steps = False
 
+    def _install_time_embedding_table(self, tables: dict[str, torch.Tensor]) -> None:
+        table = tables.get(TIME_EMBEDDING_TABLE)
+        if table is None or table.shape[0] != len(self.timesteps):
+            raise TfmqError(f"the temporal table of this text_time UNet needs {TIME_EMBEDDING_TABLE!r} with "
+                            f"{len(self.timesteps)} rows (an artifact of another model?)")
+        self.unet.time_proj = _StepIndexPassthrough()
+        self.unet.time_embedding = TimeEmbeddingLookup(table)
+
     @property
     def num_steps(self) -> int:
         return len(self.timesteps)
 
     def forward(
-        self, sample: torch.Tensor, step_index: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
+        self, sample: torch.Tensor, step_index: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``text_embeds``/``time_ids``: SDXL's added conditions (None: packed into the conditions)."""
+        if self.text_time:
+            if encoder_hidden_states is None:
+                raise TfmqError("this UNet is conditional: encoder_hidden_states is required")
+            if text_embeds is None or time_ids is None:
+                encoder_hidden_states, text_embeds, time_ids = unpack_added_conditions(
+                    encoder_hidden_states, self.text_embeds_dim)
+            added = {"text_embeds": text_embeds, "time_ids": time_ids}
+            return self.unet(sample, step_index, encoder_hidden_states=encoder_hidden_states,
+                             added_cond_kwargs=added, return_dict=False)[0]
         if self.declares_steps:
             with observing_steps(step_index):
                 return self._forward(sample, step_index, encoder_hidden_states)
@@ -183,10 +248,14 @@ def build_table_unet(unet: nn.Module, timesteps: Sequence[float]) -> TemporalTab
 
 
 __all__ = [
+    "TIME_EMBEDDING_TABLE",
     "TemporalBranch",
     "TemporalTableLookup",
     "TemporalTableUNet",
+    "TimeEmbeddingLookup",
     "build_table_unet",
     "compute_temporal_features",
+    "pack_added_conditions",
     "timestep_tensor",
+    "unpack_added_conditions",
 ]

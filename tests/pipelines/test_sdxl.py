@@ -68,3 +68,81 @@ def test_sd_artifact_on_sdxl_folder_refused(sd_pipeline_dir, sdxl_pipeline_dir, 
     result = CliRunner().invoke(cli, ["export-pipeline", str(art), "--out", str(out),
                                       "--model", str(sdxl_pipeline_dir)])
     _refused(result, "calibrated on", "calibrate this model first", left=(out,))
+
+
+@pytest.fixture(scope="module")
+def xl_latents():
+    return torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def xl_reference(sdxl_pipeline_dir, xl_latents):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_pipeline_dir, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe("a handwritten digit seven", negative_prompt="blurry", guidance_scale=5.0, num_inference_steps=3,
+                latents=xl_latents, num_images_per_prompt=2, output_type="np").images
+
+
+def _calibrate_export(pipe_dir, root, *args):
+    from click.testing import CliRunner
+
+    from tfmq_export.cli import cli
+
+    result = CliRunner().invoke(cli, ["calibrate", str(pipe_dir), "--out", str(root / "art"), "--steps", "3",
+                                      "--quiet", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["export-pipeline", str(root / "art"), "--out", str(root / "pipe")])
+    assert result.exit_code == 0, result.output
+    return root / "pipe"
+
+
+def test_sdxl_pipeline_equals_diffusers(sdxl_pipeline_dir, xl_latents, xl_reference, tmp_path):
+    """The parity contract for SDXL: text_embeds/time_ids are UNet graph inputs, h(t) alone is the table."""
+    import json
+
+    from tfmq_export.workflows.sample_pipeline import pipeline_images
+
+    folder = _calibrate_export(sdxl_pipeline_dir, tmp_path, "--wbits", "16", "--abits", "16")
+    described = json.loads((folder / "pipeline.json").read_text())
+    assert described["stages"]["unet"]["inputs"] == ["sample", "step_index", "encoder_hidden_states", "text_embeds",
+                                                     "time_ids"]
+    assert described["time_ids"] == [16, 16, 0, 0, 16, 16] and (folder / "text_encoder_2.onnx").is_file()
+    backends = ["onnxruntime"] + (["openvino"] if _has("openvino") else [])
+    for backend in backends:
+        images = pipeline_images(folder, "a handwritten digit seven", negative_prompt="blurry", guidance_scale=5.0,
+                                 latents=xl_latents, backend=backend)
+        assert float(np.abs(images - xl_reference).max()) <= 2e-3, backend
+
+
+def test_sdxl_w8a8_samples(sdxl_pipeline_dir, xl_latents, xl_reference, tmp_path):
+    from tfmq_export.workflows.sample_pipeline import pipeline_images
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a handwritten digit seven\na handwritten digit one\n")
+    folder = _calibrate_export(sdxl_pipeline_dir, tmp_path, "--prompts", prompts, "--negative-prompt", "blurry",
+                               "--guidance-scale", "5", "--wbits", "8", "--abits", "8", "--num-samples", "4")
+    images = pipeline_images(folder, "a handwritten digit seven", negative_prompt="blurry", latents=xl_latents)
+    assert np.isfinite(images).all()
+    assert 0 < float(np.abs(images - xl_reference).mean()) < 0.05
+
+
+def test_sdxl_calibration_limits(sdxl_pipeline_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from tests.test_bad_input import _refused
+    from tfmq_export.cli import cli
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a digit\n")
+    out = tmp_path / "art"
+    result = CliRunner().invoke(cli, ["calibrate", str(sdxl_pipeline_dir), "--out", str(out), "--prompts",
+                                      str(prompts), "--method", "tfmq", "--steps", "2", "--quiet"])
+    _refused(result, "--method tfmq", "minmax", left=(out,))
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -15,9 +15,10 @@ import torch
 from tqdm.auto import tqdm
 
 from tfmq_export.calibration.data import CalibrationData
-from tfmq_export.contract import INPUT_CONDITIONS
+from tfmq_export.contract import INPUT_CONDITIONS, INPUT_TEXT_EMBEDS, INPUT_TIME_IDS
 from tfmq_export.models.guidance import GuidedConditions, GuidedDenoiser, guided_sample, scheduler_rows
 from tfmq_export.sampling import initial_noise, make_scheduler
+from tfmq_export.temporal import pack_added_conditions
 
 __all__ = ["collect_guided_data", "guided_calibration_data"]
 
@@ -46,7 +47,10 @@ def collect_guided_data(
     def keep(row: int, x: torch.Tensor, feed: dict[str, torch.Tensor]) -> None:
         xs.append(x.clone())
         rows.append(torch.full((x.shape[0],), row, dtype=torch.int64))
-        conds.append(feed[INPUT_CONDITIONS])
+        if INPUT_TEXT_EMBEDS in feed:  # SDXL: one condition tensor per sample, unpacked by the table UNet
+            conds.append(pack_added_conditions(feed[INPUT_CONDITIONS], feed[INPUT_TEXT_EMBEDS], feed[INPUT_TIME_IDS]))
+        else:
+            conds.append(feed[INPUT_CONDITIONS])
 
     for start in tqdm(range(0, num_samples, batch_size), desc="calibration data (guided)", disable=not progress,
                       leave=False):
@@ -64,7 +68,7 @@ def guided_calibration_data(fp_sim: Any, model: Any, timesteps: Sequence[int], s
     the folder's own, ``sampling.make_scheduler``)."""
 
     def denoise(x: torch.Tensor, rows: torch.Tensor, feed: dict[str, torch.Tensor]) -> torch.Tensor:
-        return fp_sim(x, rows, feed[INPUT_CONDITIONS])
+        return fp_sim(x, rows, feed[INPUT_CONDITIONS], feed.get(INPUT_TEXT_EMBEDS), feed.get(INPUT_TIME_IDS))
 
     return collect_guided_data(
         denoise, lambda: make_scheduler(settings.scheduler, model.scheduler_config, settings.steps), timesteps,

@@ -24,6 +24,8 @@ from tfmq_export.artifact import CalibrationArtifact, artifact_problem
 from tfmq_export.contract import (
     INPUT_CONDITIONS,
     INPUT_SAMPLE,
+    INPUT_TEXT_EMBEDS,
+    INPUT_TIME_IDS,
     META_SAMPLE_SHAPE,
     OUTPUT_NOISE_PRED,
     TABLE_KINDS,
@@ -35,6 +37,7 @@ from tfmq_export.errors import TfmqError
 from tfmq_export.export.qdq import TARGETS, insert_qdq, needs_opset_21
 from tfmq_export.export.split_qdq import apply_split_qdq, split_layers
 from tfmq_export.io import check_writable
+from tfmq_export.models.adapter import UNetAdapter
 from tfmq_export.models.loading import LoadedModel
 from tfmq_export.temporal import TemporalTableUNet, compute_temporal_features
 
@@ -67,15 +70,21 @@ def example_inputs(model: LoadedModel, batch: int = 2, seq_len: int = 8) -> tupl
     if not model.is_conditional:
         return sample, step_index
     dim = model.unet.config.cross_attention_dim
-    return sample, step_index, torch.randn((batch, seq_len, dim), generator=generator)
+    conditions = torch.randn((batch, seq_len, dim), generator=generator)
+    adapter = UNetAdapter(model.unet)
+    if not adapter.has_text_time:
+        return sample, step_index, conditions
+    # SDXL: text_embeds [B, P] and time_ids [B, 6] stay graph inputs (contract: INPUT_TEXT_EMBEDS, INPUT_TIME_IDS)
+    text_embeds = torch.randn((batch, adapter.text_embeds_dim), generator=generator)
+    return sample, step_index, conditions, text_embeds, torch.full((batch, 6), 16.0)
 
 
 def trace_to_onnx(table_unet: TemporalTableUNet, inputs: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
     """Trace the full-precision table UNet; batch (and sequence length) are dynamic."""
-    names = list(UNET_INPUTS[: len(inputs)])
+    names = list((*UNET_INPUTS, INPUT_TEXT_EMBEDS, INPUT_TIME_IDS)[: len(inputs)])
     dynamic: dict[str, dict[int, str]] = {name: {0: "batch"} for name in names}
     dynamic[INPUT_SAMPLE].update({2: "height", 3: "width"})
-    if len(inputs) == 3:
+    if len(inputs) >= 3:
         dynamic[INPUT_CONDITIONS][1] = "sequence"
     dynamic[OUTPUT_NOISE_PRED] = {0: "batch", 2: "height", 3: "width"}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():

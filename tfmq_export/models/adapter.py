@@ -66,6 +66,8 @@ class UNetAdapter:
         if name not in ("UNet2DModel", "UNet2DConditionModel"):
             raise TfmqError(f"unsupported UNet class {name}")
         for key in ("class_embed_type", "addition_embed_type", "time_embedding_act_fn", "time_cond_proj_dim"):
+            if key == "addition_embed_type" and self.has_text_time:
+                continue  # SDXL: the added conditioning stays a graph input, h(t) alone becomes the table
             if getattr(cfg, key, None) is not None:
                 raise TfmqError(
                     f"{name} with {key}={getattr(cfg, key)!r}: the time embedding then depends on more than the "
@@ -77,6 +79,19 @@ class UNetAdapter:
             norm = getattr(resnet, "time_embedding_norm", "default")
             if norm not in ("default", "scale_shift"):
                 raise TfmqError(f"{rname}: time_embedding_norm={norm!r} is not supported")
+
+    @property
+    def has_text_time(self) -> bool:
+        """SDXL's ``text_time`` added conditioning (pooled text embeddings + size/crop time ids)."""
+        return getattr(self.unet.config, "addition_embed_type", None) == "text_time"
+
+    @property
+    def text_embeds_dim(self) -> int:
+        """Width of SDXL's pooled ``text_embeds`` input (0 without ``text_time``)."""
+        if not self.has_text_time:
+            return 0
+        cfg = self.unet.config
+        return int(cfg.projection_class_embeddings_input_dim) - 6 * int(cfg.addition_time_embed_dim)
 
     def temporal_projections_raw(self) -> list[tuple[str, nn.Module]]:
         return [
@@ -113,7 +128,8 @@ class UNetAdapter:
         for name, module in self.unet.named_modules():
             if not isinstance(module, (nn.Conv2d, nn.Linear)):
                 continue
-            if self._in_tib(name) or any(fnmatch.fnmatch(name, pat) for pat in self.keep_fp):
+            if self._in_tib(name) or name.startswith("add_embedding.") or any(
+                    fnmatch.fnmatch(name, pat) for pat in self.keep_fp):
                 continue
             layers[name] = module
         return layers
