@@ -59,12 +59,12 @@ __all__ = [
     "PJ_VAE_INCLUDES",
     "PJ_VAE_SCALE",
     "PRECISIONS",
-    "TABLE_KINDS",
     "STAGE_FILES",
     "STAGE_TEXT_ENCODER",
     "STAGE_TEXT_ENCODER_2",
     "STAGE_UNET",
     "STAGE_VAE_DECODER",
+    "TABLE_KINDS",
     "TEXT_INPUT_IDS",
     "TEXT_LAST_HIDDEN",
     "TEXT_PENULTIMATE_HIDDEN",
@@ -152,7 +152,6 @@ META_SCHEDULER_CONFIG = "tfmq.scheduler_config"
 META_SCHEDULER = "tfmq.scheduler"
 """The scheduler the graph was calibrated with (``config.SCHEDULER_NAMES``); sampling's default."""
 META_STEPS = "tfmq.steps"
-"""The calibrated step count; sampling's default."""
 """The calibrated step count; sampling's default."""
 
 # --- labels --------------------------------------------------------------------------------------
