@@ -133,3 +133,26 @@ def test_euler_pipeline_equals_diffusers(sd_pipeline_dir, tmp_path):
     reference = pipe(PROMPT, negative_prompt=NEGATIVE, guidance_scale=GUIDANCE, num_inference_steps=STEPS,
                      latents=latents, output_type="np").images
     assert float(np.abs(ours - reference).max()) <= 2e-3
+
+
+def test_all_timesteps_pipeline_runs_any_step_count(sd_pipeline_dir, fp_export, tmp_path):
+    """export-pipeline --timesteps all: one export samples 5 steps as diffusers does (calibrated on 3);
+    a sampler export refuses that step count in one line."""
+    from diffusers import StableDiffusionPipeline
+
+    result = _run("export-pipeline", fp_export / "art", "--out", tmp_path / "pipe", "--timesteps", "all")
+    assert result.exit_code == 0, result.output
+    described = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())
+    assert len(described["timesteps"]) == 1000 and described["num_inference_steps"] == STEPS
+    npy = tmp_path / "images.npy"
+    result = _run("sample", tmp_path / "pipe", "--prompt", PROMPT, "--guidance-scale", GUIDANCE, "--steps", "5",
+                  "--latents", fp_export / "latents.npy", "--out", tmp_path / "grid.png", "--npy", npy)
+    assert result.exit_code == 0, result.output
+    pipe = StableDiffusionPipeline.from_pretrained(sd_pipeline_dir, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(PROMPT, guidance_scale=GUIDANCE, num_inference_steps=5, num_images_per_prompt=2,
+                     latents=torch.from_numpy(np.load(fp_export / "latents.npy")), output_type="np").images
+    assert float(np.abs(np.load(npy) - reference).max()) <= 2e-3
+    out = tmp_path / "refused.png"
+    _refused(_run("sample", fp_export / "pipe", "--prompt", PROMPT, "--steps", "5", "--out", out), "no row",
+             left=(out,))

@@ -14,9 +14,11 @@ from tfmq_export.cli.errors import friendly
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Pipeline folder to write.")
 @click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="onnxruntime", show_default=True,
               help="Q/DQ flavour of the UNet (text encoder and VAE decoder stay float).")
+@click.option("--timesteps", type=click.Choice(["sampler", "all"]), default="sampler", show_default=True,
+              help="UNet table rows: the calibrated schedule, or every training timestep (sample --steps N).")
 @click.option("--model", default=None, help="The pipeline folder the artifact was calibrated on (default: recorded).")
 @friendly
-def export_pipeline_cmd(artifact_dir, out_dir, target, model) -> None:
+def export_pipeline_cmd(artifact_dir, out_dir, target, timesteps, model) -> None:
     """Export every stage of a calibrated text-to-image pipeline: unet.onnx, text_encoder.onnx,
     vae_decoder.onnx, tokenizer/, scheduler/ and pipeline.json.
 
@@ -26,6 +28,6 @@ def export_pipeline_cmd(artifact_dir, out_dir, target, model) -> None:
     """
     from tfmq_export.workflows.export_pipeline import export_pipeline_folder
 
-    described = export_pipeline_folder(artifact_dir, out_dir, target, model)
+    described = export_pipeline_folder(artifact_dir, out_dir, target, model, timesteps)
     click.echo(f"wrote {out_dir} ({described['pipeline_class']}, {', '.join(described['stages'])}, "
                f"{described['precision']}, {target})")

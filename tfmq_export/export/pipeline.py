@@ -173,8 +173,12 @@ def _commit(folder: Path, out_dir: Path) -> None:
 
 
 def export_pipeline(model: LoadedModel, artifact: CalibrationArtifact, out_dir: Path,
-                    target: str = "onnxruntime") -> Path:
-    """Write every stage of ``model``'s pipeline, its UNet quantized as ``artifact`` says, to ``out_dir``."""
+                    target: str = "onnxruntime", timesteps: str = "sampler") -> Path:
+    """Write every stage of ``model``'s pipeline, its UNet quantized as ``artifact`` says, to ``out_dir``.
+
+    ``timesteps``: the UNet's table rows (``export-onnx --timesteps``): ``sampler`` (the calibrated
+    schedule) or ``all`` (every training timestep: ``sample --steps N`` then runs any step count).
+    """
     from tfmq_export.io import staged_dir
 
     out_dir = Path(out_dir)
@@ -183,7 +187,9 @@ def export_pipeline(model: LoadedModel, artifact: CalibrationArtifact, out_dir: 
         raise TfmqError(f"export-pipeline needs a text-to-image pipeline folder; {model.name} has no text encoder "
                         "(use export-onnx for a UNet)")
     check_pipeline_output(out_dir)
-    graph = build_onnx(model, artifact, target)  # refuses another model's artifact before any stage is written
+    # refuses another model's artifact before any stage is written
+    graph = build_onnx(model, artifact, target, timesteps=timesteps)
+    rows = json.loads({p.key: p.value for p in graph.metadata_props}[c.META_TIMESTEPS])
     with staged_dir(out_dir) as stage:
         folder = stage / out_dir.name
         folder.mkdir()
@@ -195,6 +201,7 @@ def export_pipeline(model: LoadedModel, artifact: CalibrationArtifact, out_dir: 
         stages.update(_export_text_encoders(parts, folder))
         stages[c.STAGE_VAE_DECODER] = _export_vae_decoder(parts, model.sample_shape, folder)
         shutil.copytree(parts.path / "scheduler", folder / "scheduler")
-        (folder / c.PIPELINE_JSON).write_text(json.dumps(_describe(model, artifact, target, stages), indent=2) + "\n")
+        described = {**_describe(model, artifact, target, stages), c.PJ_TIMESTEPS: rows}
+        (folder / c.PIPELINE_JSON).write_text(json.dumps(described, indent=2) + "\n")
         _commit(folder, out_dir)
     return out_dir
