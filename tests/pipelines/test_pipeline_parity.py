@@ -156,3 +156,25 @@ def test_all_timesteps_pipeline_runs_any_step_count(sd_pipeline_dir, fp_export, 
     out = tmp_path / "refused.png"
     _refused(_run("sample", fp_export / "pipe", "--prompt", PROMPT, "--steps", "5", "--out", out), "no row",
              left=(out,))
+
+
+@pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
+def test_v_prediction_pipeline_equals_diffusers(sd_vpred_pipeline_dir, guidance, tmp_path):
+    """SD 2.x style (prediction_type v_prediction from the scheduler config), with and without guidance."""
+    from diffusers import StableDiffusionPipeline
+
+    from tfmq_export.workflows.calibrate import calibrate_model
+    from tfmq_export.workflows.export_pipeline import export_pipeline_folder
+    from tfmq_export.workflows.sample_pipeline import pipeline_images
+
+    calibrate_model(str(sd_vpred_pipeline_dir), tmp_path / "art", {"wbits": 16, "abits": 16, "steps": STEPS},
+                    progress=False)
+    export_pipeline_folder(tmp_path / "art", tmp_path / "pipe")
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(7))
+    ours = pipeline_images(tmp_path / "pipe", PROMPT, guidance_scale=guidance, latents=latents)
+    pipe = StableDiffusionPipeline.from_pretrained(sd_vpred_pipeline_dir, local_files_only=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(PROMPT, guidance_scale=guidance, num_inference_steps=STEPS, latents=latents,
+                     output_type="np").images
+    assert float(np.abs(ours - reference).max()) <= 2e-3
