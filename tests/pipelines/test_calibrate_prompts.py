@@ -45,11 +45,12 @@ def test_calibrate_with_prompts_records_them(sd_pipeline_dir, tmp_path):
     prompts.write_text("a handwritten digit seven\na handwritten digit one\n")
     out = tmp_path / "art"
     result = _run("calibrate", sd_pipeline_dir, "--out", out, "--prompts", prompts, "--negative-prompt", "blurry",
-                  "--guidance-scale", "5", "--wbits", "8", "--abits", "8", *TINY)
+                  "--guidance-scale", "5", "--wbits", "8", "--abits", "8", "--scheduler", "euler", *TINY)
     assert result.exit_code == 0, result.output
     settings = load_artifact(out).settings
     assert settings["prompts"] == ["a handwritten digit seven", "a handwritten digit one"]
     assert settings["negative_prompt"] == "blurry" and settings["guidance_scale"] == 5.0
+    assert settings["scheduler"] == "euler"
 
 
 def test_calibrate_prompts_bad_input(sd_pipeline_dir, unet_cond_dir, tmp_path):

@@ -34,10 +34,12 @@ from tfmq_export.cli.errors import friendly
 @click.option("--negative-prompt", default=None, help="With --prompts: the negative prompt (default: empty).")
 @click.option("--guidance-scale", type=float, default=None,
               help="With --prompts: classifier-free guidance scale, at least 1 (default 7.5).")
+@click.option("--scheduler", type=click.Choice(["ddim", "pndm", "euler", "dpm++"]), default=None,
+              help="Sampler of the calibration pass = the table's rows (default: the model's own; DDIM for DDPM).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly
 def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, seed, batch_size, static_scale_rule,
-              temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, quiet) -> None:
+              temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, quiet) -> None:
     """Calibrate MODEL (`digits` or a local diffusers folder) and write an artifact to --out.
 
     \b
@@ -50,7 +52,7 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
     overrides = {"method": method, "wbits": wbits, "abits": abits, "steps": steps, "num_samples": num_samples,
                  "iters": iters, "seed": seed, "batch_size": batch_size, "static_scale_rule": static_scale_rule,
                  "temporal_table": temporal_table, "negative_prompt": negative_prompt,
-                 "guidance_scale": guidance_scale}
+                 "guidance_scale": guidance_scale, "scheduler": scheduler}
     artifact = calibrate_model(model, out_dir, overrides, recipe=recipe, conditions=conditions, prompts=prompts,
                                progress=not quiet)
     click.echo(
