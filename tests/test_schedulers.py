@@ -34,6 +34,9 @@ def toy_at(timesteps):
 
 
 def test_names_map_to_their_diffusers_classes_and_none_is_the_models_own():
+    from tfmq_export.config import SCHEDULER_NAMES
+
+    assert tuple(SCHEDULERS) == SCHEDULER_NAMES  # the settings' choices and the class table agree
     for name, cls in SCHEDULERS.items():
         assert type(make_scheduler(name, CONFIG, 5)).__name__ == cls
     assert resolve_scheduler_name(None, CONFIG) == "ddim"  # a DDPM config samples with DDIM, as always

@@ -43,7 +43,6 @@ SCHEDULERS: dict[str, str] = {
     "euler": "EulerDiscreteScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
 }
-assert tuple(SCHEDULERS) == SCHEDULER_NAMES
 
 
 def resolve_scheduler_name(name: str | None, scheduler_config: dict[str, Any]) -> str:
@@ -52,8 +51,8 @@ def resolve_scheduler_name(name: str | None, scheduler_config: dict[str, Any]) -
     if name is None:
         own = scheduler_config.get("_class_name")
         return next((key for key, cls in SCHEDULERS.items() if cls == own), "ddim")
-    if name not in SCHEDULERS:
-        raise TfmqError(f"--scheduler {name!r} is not supported (choose from {', '.join(SCHEDULERS)})")
+    if name not in SCHEDULER_NAMES or name not in SCHEDULERS:
+        raise TfmqError(f"--scheduler {name!r} is not supported (choose from {', '.join(SCHEDULER_NAMES)})")
     return name
 
 
