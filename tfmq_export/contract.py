@@ -36,9 +36,11 @@ __all__ = [
     "META_VERSION",
     "META_WBITS",
     "OUTPUT_NOISE_PRED",
+    "OV_DEFAULT",
     "PIPELINE_FORMAT",
     "PIPELINE_JSON",
     "PJ_CLASS",
+    "PJ_ENGINES",
     "PJ_FINGERPRINT",
     "PJ_FORCE_ZEROS",
     "PJ_FORMAT",
@@ -136,6 +138,8 @@ PJ_PRECISION = "precision"
 PJ_TARGET = "target"
 PJ_TIME_IDS = "time_ids"
 PJ_FORCE_ZEROS = "force_zeros_for_empty_prompt"
+PJ_ENGINES = "engines"
+"""``build-engine DIR``: backend -> stage -> engine file, relative to the pipeline folder."""
 
 # --- metadata_props of an exported graph ---------------------------------------------------------
 META_PREFIX = "tfmq."
@@ -157,7 +161,9 @@ META_STEPS = "tfmq.steps"
 # --- labels --------------------------------------------------------------------------------------
 EXPORT_TARGETS = ("tensorrt", "onnxruntime")
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "w8a8", "w4a8", "w4a16", "nncf-int8")
+OV_DEFAULT = "ov-default"
+"""The FP32 graph compiled with OpenVINO's default inference precision (bf16 on CPUs with AMX)."""
+PRECISIONS = ("fp32", "fp16", "w8a8", "w4a8", "w4a16", "nncf-int8", OV_DEFAULT)
 #: ``export-onnx --timesteps``: a row per sampler call, or a row per training timestep.
 TABLE_KINDS = ("sampler", "all")
 

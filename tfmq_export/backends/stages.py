@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tfmq_export.backends.base import Runner, open_runner
+from tfmq_export.contract import OV_DEFAULT
 from tfmq_export.errors import TfmqError
 
 __all__ = ["STAGE_BACKENDS", "StageRunner"]
@@ -23,7 +24,12 @@ STAGE_BACKENDS = ("onnxruntime", "openvino")
 
 
 class StageRunner:
-    """``run({input name: array}) -> {output name: array}`` for one .onnx stage; a context manager."""
+    """``run({input name: array}) -> {output name: array}`` for one stage file; a context manager.
+
+    The file is the exported ``.onnx`` or an engine built from it (onnxruntime's optimised
+    ``.onnx``, OpenVINO's ``.xml``). ``precision`` ``ov-default`` compiles an OpenVINO stage with
+    OpenVINO's own inference precision (bf16 on CPUs with AMX) instead of forcing f32.
+    """
 
     def __init__(self, backend: str, path: Path, precision: str = "fp32", threads: int | None = None) -> None:
         if backend not in STAGE_BACKENDS:
@@ -31,6 +37,10 @@ class StageRunner:
         self.backend = backend
         self.path = Path(path)
         self.runner: Runner = open_runner(backend, self.path, precision, threads=threads)
+        if precision == OV_DEFAULT:
+            if backend != "openvino":
+                raise TfmqError(f"precision {OV_DEFAULT} is OpenVINO's default; {backend} has none")
+            self.runner.inference_precision = None  # type: ignore[attr-defined]
         self.last_ms = 0.0
 
     def __enter__(self) -> StageRunner:
@@ -45,6 +55,10 @@ class StageRunner:
         out = self._run_onnxruntime(feed) if self.backend == "onnxruntime" else self._run_openvino(feed)
         self.last_ms = (time.perf_counter() - start) * 1000.0
         return out
+
+    def model_bytes(self) -> int:
+        """Bytes of the stage's model on disk (an IR's .xml and .bin, an ONNX file and its data)."""
+        return self.runner.model_bytes()
 
     def _run_onnxruntime(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session: Any = self.runner.session  # type: ignore[attr-defined]

@@ -12,7 +12,9 @@ from tfmq_export.cli.errors import friendly
 
 @click.command("build-engine")
 @click.argument("onnx_path", type=click.Path(path_type=Path))
-@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True)
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="The engine file (required for FILE.onnx); for a pipeline folder, the engines' folder "
+                   "(default DIR/engines/BACKEND).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default="onnxruntime",
               show_default=True)
 @click.option("--min-batch", type=int, default=1, show_default=True, help="TensorRT profile.")
@@ -22,14 +24,29 @@ from tfmq_export.cli.errors import friendly
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file.")
 @friendly
 def build_engine(onnx_path, out_path, backend, min_batch, opt_batch, max_batch, timing_cache) -> None:
-    """Build an engine from an exported ONNX graph, with a JSON manifest beside it.
+    """Build an engine from an exported ONNX graph (or every stage of a pipeline folder), with manifests.
 
     \b
     Examples:
       tfmq-export build-engine engines/digits-w8a8.onnx --out engines/digits-w8a8.ort.onnx
       tfmq-export build-engine engines/digits-w8a8.onnx --out engines/digits-w8a8.xml --backend openvino
       tfmq-export build-engine engines/digits-w8a8.onnx --out engines/digits-w8a8.plan --backend tensorrt
+      tfmq-export build-engine pipe-w8a8/ --backend openvino      # every stage; `sample pipe-w8a8/` uses them
     """
+    from tfmq_export.errors import TfmqError
+
+    if onnx_path.is_dir():
+        from tfmq_export.workflows.build_pipeline import build_pipeline_engines
+
+        manifests = build_pipeline_engines(onnx_path, backend, out_path, batches=(min_batch, opt_batch, max_batch),
+                                           timing_cache=timing_cache)
+        for stage, manifest in manifests.items():
+            click.echo(f"{stage}: {manifest['engine']} ({backend}, {manifest['engine_bytes'] / 1e6:.1f} MB, "
+                       f"{manifest.get('build_seconds', 0):.1f} s)")
+        click.echo(f"engines recorded in {onnx_path / 'pipeline.json'} under engines.{backend}")
+        return
+    if out_path is None:
+        raise TfmqError("--out is required when building one .onnx file (the engine's path)")
     from tfmq_export.backends.builders import build_engine as build
 
     options = ({"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch, "timing_cache": timing_cache}

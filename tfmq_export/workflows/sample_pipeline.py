@@ -59,7 +59,11 @@ class ExportedPipeline:
     def latent_shape(self) -> tuple[int, ...]:
         return tuple(self.described[c.PJ_LATENT_SHAPE])
 
-    def stage_path(self, stage: str) -> Path:
+    def stage_path(self, stage: str, backend: str | None = None) -> Path:
+        """The stage's file: the engine ``build-engine DIR --backend`` built for it, else the .onnx."""
+        engine = self.described.get(c.PJ_ENGINES, {}).get(backend or "", {}).get(stage)
+        if engine and (self.path / engine).is_file():
+            return self.path / engine
         return self.path / self.described[c.PJ_STAGES][stage]["file"]
 
     def encoder_stages(self) -> list[str]:
@@ -129,7 +133,8 @@ def pipeline_images(path: Path, prompt: str, *, negative_prompt: str | None = No
         scheduler = make_scheduler(pipe.described.get(c.PJ_SAMPLER), pipe.scheduler_config(),
                                    int(pipe.described[c.PJ_STEPS]))
     precision = pipe.described[c.PJ_PRECISION]
-    runners = {stage: StageRunner(backend, pipe.stage_path(stage), "fp32", threads) for stage in pipe.encoder_stages()}
+    runners = {stage: StageRunner(backend, pipe.stage_path(stage, backend), "fp32", threads)
+               for stage in pipe.encoder_stages()}
     for runner in runners.values():
         runner.__enter__()
     try:
@@ -137,7 +142,7 @@ def pipeline_images(path: Path, prompt: str, *, negative_prompt: str | None = No
     finally:
         for runner in runners.values():
             runner.__exit__()
-    with StageRunner(backend, pipe.stage_path(c.STAGE_UNET), precision, threads) as unet:
+    with StageRunner(backend, pipe.stage_path(c.STAGE_UNET, backend), precision, threads) as unet:
 
         def denoise(x: torch.Tensor, rows: torch.Tensor, feed: dict[str, torch.Tensor]) -> torch.Tensor:
             named = {c.INPUT_SAMPLE: x.numpy(), c.INPUT_STEP_INDEX: rows.numpy(),
@@ -146,7 +151,7 @@ def pipeline_images(path: Path, prompt: str, *, negative_prompt: str | None = No
 
         rows = scheduler_rows(pipe.described[c.PJ_TIMESTEPS], scheduler, str(pipe.stage_path(c.STAGE_UNET)))
         final = guided_sample(denoise, scheduler, latents, conditions, rows)
-    with StageRunner(backend, pipe.stage_path(c.STAGE_VAE_DECODER), "fp32", threads) as vae:
+    with StageRunner(backend, pipe.stage_path(c.STAGE_VAE_DECODER, backend), "fp32", threads) as vae:
         images = vae.run({c.VAE_INPUT_LATENTS: final.numpy().astype(np.float32)})[c.VAE_OUTPUT_IMAGES]
     return np.ascontiguousarray(images.transpose(0, 2, 3, 1), dtype=np.float32)
 

@@ -79,8 +79,17 @@ def build_tensorrt_engine(
     timing_cache: str | os.PathLike[str] | None = None,
     workspace_gb: float | None = None,
     lint: bool = True,
+    fp16: bool = False,
+    shapes: dict[str, list[list[int]]] | None = None,
 ) -> dict[str, Any]:
-    """Build a strongly typed TensorRT plan for the exported UNet; returns (and writes) the manifest.
+    """Build a TensorRT plan for an exported graph; returns (and writes) the manifest.
+
+    The Q/DQ UNet is built strongly typed (the default). ``fp16=True`` is for the float pipeline
+    stages (text encoder, VAE decoder): the network is parsed weakly typed and the builder may run
+    any layer in FP16 (Polygraphy's ``CreateConfig(fp16=True)``, TensorRT's ``BuilderFlag.FP16``,
+    which TensorRT 10.x has; TensorRT 11 removed weak typing and refuses it). ``shapes`` gives the
+    min/opt/max shape of every input where the graph leaves more than the batch dynamic (the VAE
+    decoder's latent height and width).
 
     One optimization profile covers ``min_batch..max_batch`` for every declared input
     (``sample``, ``step_index``, ``encoder_hidden_states`` when present), tuned for ``opt_batch``
@@ -108,7 +117,7 @@ def build_tensorrt_engine(
                 f"{src} breaks TensorRT's Q/DQ rules in {len(violations)} place(s), first [{first.rule}] "
                 f"{first.node}: {first.message}"
             )
-    shapes = profile_shapes(model, min_batch, opt_batch, max_batch)
+    shapes = shapes or profile_shapes(model, min_batch, opt_batch, max_batch)
 
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
@@ -126,8 +135,8 @@ def build_tensorrt_engine(
     with staged_dir(out) as stage:
         # EngineBytesFromNetwork is EngineFromNetwork without the deserialization: the plan bytes
         # are all we store, and the runner deserializes them on its own GPU context.
-        network = NetworkFromOnnxPath(str(src), strongly_typed=True)
-        config = CreateConfig(profiles=[profile], load_timing_cache=cache, memory_pool_limits=pools)
+        network = NetworkFromOnnxPath(str(src), strongly_typed=not fp16)
+        config = CreateConfig(fp16=fp16, profiles=[profile], load_timing_cache=cache, memory_pool_limits=pools)
         try:
             plan = EngineBytesFromNetwork(network, config=config, save_timing_cache=cache)()
         except PolygraphyException as exc:
@@ -145,7 +154,8 @@ def build_tensorrt_engine(
             "source_onnx_sha256": sha256_file(src),
             "source_metadata": onnx_metadata(model),
             "tensorrt_version": trt.__version__,
-            "strongly_typed": True,
+            "strongly_typed": not fp16,
+            "fp16": fp16,
             "gpu": gpu_name(),
             "profiles": [{name: {"min": lo, "opt": mid, "max": hi} for name, (lo, mid, hi) in shapes.items()}],
             "timing_cache": cache,
