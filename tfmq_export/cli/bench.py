@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
+from tfmq_export.errors import TfmqError
 
 
 @click.command("bench")
@@ -15,8 +16,17 @@ from tfmq_export.cli.errors import friendly
               help="Exported graph(s) to time on every ONNX backend of --backends (precision from metadata).")
 @click.option("--variant", "variant_specs", multiple=True, metavar="BACKEND=FILE",
               help="One backend on one file: .onnx, OpenVINO .xml or TensorRT .plan (engines need their manifest).")
-@click.option("--backends", default="torch,onnxruntime", show_default=True,
-              help="Comma-separated: torch (runs MODEL in FP32), onnxruntime, openvino, tensorrt.")
+@click.option("--backends", default=None,
+              help="Comma-separated: torch (runs MODEL in FP32), onnxruntime, openvino, tensorrt "
+                   "[default: torch,onnxruntime; for pipeline folders: onnxruntime].")
+@click.option("--onnx-pipeline", "pipelines", multiple=True, type=click.Path(path_type=Path),
+              help="More exported pipeline folders timed beside MODEL (a pipeline folder), e.g. the W8A8 one.")
+@click.option("--num-images", type=int, default=1, show_default=True, help="Pipeline bench: images per run.")
+@click.option("--prompt", default=None, help="Pipeline bench: the prompt (any prompt times the same).")
+@click.option("--negative-prompt", default=None, help="Pipeline bench: the negative prompt.")
+@click.option("--guidance-scale", type=float, default=None, help="Pipeline bench (default: the folder's).")
+@click.option("--no-ov-default", is_flag=True,
+              help="Pipeline bench: skip the ov-default rows (FP32 on OpenVINO's default precision, bf16 with AMX).")
 @click.option("--nncf", is_flag=True, help="Also time NNCF's INT8 quantization of the FP32 --onnx graph on OpenVINO.")
 @click.option("--nncf-engine", type=click.Path(path_type=Path), default=None,
               help="Where the NNCF IR is built or reused (default: beside the FP32 graph).")
@@ -35,19 +45,44 @@ from tfmq_export.cli.errors import friendly
 @click.option("--no-memory", is_flag=True, help="Skip the per-variant peak-memory subprocesses.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly
-def bench(model, onnx_paths, variant_specs, backends, nncf, nncf_engine, nncf_samples, batches, iters, warmup,
+def bench(model, onnx_paths, variant_specs, backends, pipelines, num_images, prompt, negative_prompt,
+          guidance_scale, no_ov_default, nncf, nncf_engine, nncf_samples, batches, iters, warmup,
           sampling_runs, pause_ms, threads, latent_size, seed, json_path, no_memory, quiet) -> None:
-    """Time UNet calls of several backends/precisions side by side (round-robin) and write JSON.
+    """Time UNet calls (or whole pipelines, stage by stage) of several backends/precisions side by side.
+
+    MODEL a pipeline folder (export-pipeline): every folder (MODEL and each --onnx-pipeline) runs
+    whole text-to-image pipelines on every backend, round-robin, with per-stage times.
 
     \b
     Examples:
       tfmq-export bench digits --onnx fp32.onnx --onnx w8a8.onnx --backends torch,onnxruntime --json bench.json
       tfmq-export bench sd15-arch --onnx fp32.onnx --variant openvino=w8a8.xml --nncf --backends torch,openvino \\
           --latent-size 32 --threads 2 --batch 1 --batch 2 --sampling-runs 1 --json bench.json
+      tfmq-export bench pipe-fp32/ --onnx-pipeline pipe-w8a8/ --backends onnxruntime,openvino --json bench.json
     """
     from tfmq_export.workflows.bench import bench_to_json, format_row
+    from tfmq_export.workflows.sample_pipeline import is_pipeline_dir
 
-    result = bench_to_json(model, list(onnx_paths), backends, list(batches), iters, threads, json_path,
+    if pipelines or is_pipeline_dir(Path(model)):
+        from tfmq_export.workflows.bench.pipeline import bench_pipelines_to_json, format_pipeline_row
+
+        unused = [o for o, v in (("--onnx", onnx_paths), ("--variant", variant_specs), ("--nncf", nncf),
+                                 ("--sampling-runs", sampling_runs), ("--latent-size", latent_size)) if v]
+        if unused:
+            raise TfmqError(f"{', '.join(unused)} time a bare UNet; a pipeline bench takes --onnx-pipeline folders")
+        if len(batches) != 1 or batches[0] != 1:
+            raise TfmqError("a pipeline bench takes --num-images N, not --batch")
+        result = bench_pipelines_to_json([Path(model), *pipelines], backends or "onnxruntime", json_path=json_path,
+                                         num_images=num_images, iters=iters, warmup=warmup, threads=threads,
+                                         prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
+                                         seed=seed, pause_ms=pause_ms, measure_memory=not no_memory,
+                                         ov_default=not no_ov_default, progress=not quiet)
+        for row in result["runs"]:
+            click.echo(format_pipeline_row(row))
+        return
+
+    result = bench_to_json(model, list(onnx_paths), backends or "torch,onnxruntime", list(batches), iters, threads,
+                           json_path,
                            not no_memory, latent_size, variant_specs=list(variant_specs), warmup=warmup,
                            sampling_runs=sampling_runs, pause_ms=pause_ms, seed=seed, nncf=nncf,
                            nncf_engine=nncf_engine, nncf_samples=nncf_samples, progress=not quiet)

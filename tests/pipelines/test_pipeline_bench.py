@@ -1,0 +1,76 @@
+"""bench PIPELINE_DIR --onnx-pipeline OTHER: FP32 and W8A8 pipelines side by side, stage by stage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tests.test_bad_input import _refused
+from tfmq_export.cli import cli
+
+CONTRACT = ("backend", "precision", "batch", "latency_ms_median", "latency_ms_p90", "images_per_s", "peak_mem_mb",
+            "model_bytes")
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_pipeline_bench_rows(sd_exported_pair, tmp_path):
+    """Every contract field, positive stage times; memory probes are tested below (a process each)."""
+    try:
+        import openvino  # noqa: F401
+        backends = "onnxruntime,openvino"
+    except ImportError:
+        backends = "onnxruntime"
+    out = tmp_path / "bench.json"
+    result = _run("bench", sd_exported_pair["fp32"], "--onnx-pipeline", sd_exported_pair["w8a8"], "--backends",
+                  backends, "--iters", "2", "--warmup", "1", "--threads", "1", "--json", out, "--quiet", "--no-memory",
+                  "--prompt", "a handwritten digit seven")
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    rows = {r["label"]: r for r in data["runs"]}
+    expected = {"onnxruntime:fp32", "onnxruntime:w8a8"}
+    if "openvino" in backends:
+        expected |= {"openvino:fp32", "openvino:w8a8", "openvino:ov-default"}
+    assert set(rows) == expected
+    for row in rows.values():
+        assert all(row[k] is not None for k in CONTRACT if k != "peak_mem_mb"), row
+        stages = row["stages"]
+        assert set(stages) == {"text_encoder", "unet", "unet_total", "vae_decoder", "pipeline"}
+        assert all(v > 0 for v in stages.values()), stages
+        assert stages["unet_total"] >= 3 * stages["unet"] * 0.5  # 3 steps
+        assert stages["pipeline"] >= stages["text_encoder"] + stages["unet_total"] + stages["vae_decoder"]
+        assert row["latency_ms_median"] == pytest.approx(stages["pipeline"], abs=1e-2)
+        assert row["images_per_s"] == pytest.approx(1000.0 / row["latency_ms_median"])
+        assert row["model_bytes"] > 0 and row["unet_batch"] == 2
+    assert rows["onnxruntime:fp32"]["images_rel_error_vs_reference"] == 0.0
+    assert 0 < rows["onnxruntime:w8a8"]["images_rel_error_vs_reference"] < 0.2
+    assert rows["onnxruntime:w8a8"]["model_bytes"] < rows["onnxruntime:fp32"]["model_bytes"]
+    assert len([line for line in result.output.splitlines() if "Pipeline" in line]) == len(expected)
+
+
+def test_pipeline_bench_peak_memory(sd_exported_pair):
+    from tfmq_export.workflows.bench.pipeline import bench_pipelines_to_json
+
+    data = bench_pipelines_to_json([sd_exported_pair["w8a8"]], "onnxruntime", iters=1, warmup=0, threads=1,
+                                   prompt="a handwritten digit one", progress=False)
+    (row,) = data["runs"]
+    assert row["precision"] == "w8a8" and 100 < row["peak_mem_mb"] < 4000, row["peak_mem_mb"]
+
+
+def test_pipeline_bench_bad_input(sd_exported_pair, tmp_path):
+    import shutil
+
+    fp32, out = sd_exported_pair["fp32"], tmp_path / "bench.json"
+    _refused(_run("bench", fp32, "--backends", "torch", "--json", out), "--backends torch", left=(out,))
+    _refused(_run("bench", fp32, "--onnx", fp32 / "unet.onnx", "--json", out), "--onnx-pipeline", left=(out,))
+    broken = tmp_path / "broken"
+    shutil.copytree(fp32, broken)
+    (broken / "text_encoder.onnx").unlink()
+    _refused(_run("bench", fp32, "--onnx-pipeline", broken, "--json", out), "missing its text_encoder stage",
+             left=(out,))
+    _refused(_run("bench", fp32, "--onnx-pipeline", tmp_path / "nowhere", "--json", out), "pipeline.json",
+             left=(out,))
