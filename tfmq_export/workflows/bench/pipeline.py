@@ -236,7 +236,8 @@ def _time_all(variants: list[PipelineVariant], settings: dict[str, Any], progres
 def _peak_memory_mb(variant: PipelineVariant, settings: dict[str, Any]) -> float:
     """Peak RSS (MB) of a fresh process that opens the variant and runs the pipeline twice."""
     payload = json.dumps({"variant": asdict(variant), "settings": settings})
-    code = "import sys; from tfmq_export.workflows.bench.pipeline import pipeline_memory_probe_main as m; m(sys.argv[1])"
+    code = ("import sys; from tfmq_export.workflows.bench.pipeline import pipeline_memory_probe_main as m; "
+            "m(sys.argv[1])")
     proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
