@@ -26,12 +26,7 @@ def export_onnx_cmd(artifact_dir, out_path, target, model, table) -> None:
       tfmq-export export-onnx calib/out/w8a8 --out engines/digits-w8a8.onnx --target tensorrt
       tfmq-export export-onnx calib/out/w8a8 --out engines/digits-all.onnx --timesteps all
     """
-    from tfmq_export.artifact import load_artifact
-    from tfmq_export.export.onnx_export import check_onnx_output, export_onnx
-    from tfmq_export.models.loading import load_model_for_artifact
+    from tfmq_export.workflows.export_onnx import export_onnx_file
 
-    check_onnx_output(out_path)
-    artifact = load_artifact(artifact_dir)
-    loaded = load_model_for_artifact(artifact, model)
-    export_onnx(loaded, artifact, out_path, target, timesteps=table)
+    artifact = export_onnx_file(artifact_dir, out_path, target, model, table)
     click.echo(f"wrote {out_path} ({target}, {artifact.method} W{artifact.wbits}A{artifact.abits}, {table} rows)")

@@ -5,8 +5,6 @@ Prints the settings first so a log records how the weights were made.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import click
@@ -35,22 +33,7 @@ def train_digits(out_dir: Path, iters: int, batch_size: int, lr: float, seed: in
     Example:
       tfmq-export train-digits --out /tmp/digits --iters 200
     """
-    import torch
+    from tfmq_export.workflows.train_digits import train_digits_model
 
-    from tfmq_export.metrics.classifier import train_digits_classifier
-    from tfmq_export.models.digits import DIGITS_DIR, train_digits_unet
-
-    out_dir = DIGITS_DIR if out_dir is None else out_dir
-    torch.set_num_threads(threads)
-    settings = {"out": str(out_dir), "iters": iters, "batch_size": batch_size, "lr": lr, "seed": seed,
-                "classifier_epochs": classifier_epochs, "threads": threads, "skip_unet": skip_unet}
-    click.echo("train_digits settings: " + json.dumps(settings))
-    start = time.perf_counter()
-    if not skip_unet:
-        record = train_digits_unet(out_dir, iters=iters, batch_size=batch_size, seed=seed, lr=lr,
-                                   num_threads=threads)
-        click.echo("unet: " + json.dumps(record))
-    record = train_digits_classifier(out_dir / "classifier.safetensors", seed=seed, epochs=classifier_epochs)
-    click.echo("classifier: " + json.dumps(record))
-    click.echo(f"total training time: {time.perf_counter() - start:.0f} s")
-
+    train_digits_model(out_dir, iters=iters, batch_size=batch_size, lr=lr, seed=seed,
+                       classifier_epochs=classifier_epochs, threads=threads, skip_unet=skip_unet, echo=click.echo)

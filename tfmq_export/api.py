@@ -1,0 +1,345 @@
+"""The Python API: every ``tfmq-export`` command as a function, keyword arguments named as its options.
+
+``tfmq_export.calibrate(...)`` is ``tfmq-export calibrate ...``: both call the same workflow
+function (``workflows/``), so the API and the command line cannot drift apart. Options keep their
+command-line names with ``_`` for ``-`` (``--num-samples`` -> ``num_samples``, ``--quiet`` ->
+``quiet``). Every failure on bad input raises ``TfmqError`` with the same one line the command
+prints; nothing is half-written. Heavy libraries (torch, diffusers, onnxruntime) load on the
+first call, not on ``import tfmq_export``.
+
+``EngineUNet`` (``workflows/engine_unet.py``) is the drop-in for a diffusers pipeline's ``unet``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tfmq_export.errors import TfmqError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tfmq_export.artifact import CalibrationArtifact
+    from tfmq_export.export.lint.common import LintViolation
+
+__all__ = [
+    "bench", "build_engine", "calibrate", "demo", "evaluate", "export_onnx", "export_pipeline", "lint", "sample",
+    "train_digits",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+PathLike = str | Path
+
+
+def _one_line(fn: F) -> F:
+    """Unreadable or unwritable files (``OSError``) and ``MemoryError`` become ``TfmqError``, as the CLI's one line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (OSError, MemoryError) as exc:
+            raise TfmqError(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_one_line
+def calibrate(model: PathLike, out: PathLike, *, method: str | None = None, wbits: int | None = None,
+              abits: int | None = None, steps: int | None = None, num_samples: int | None = None,
+              iters: int | None = None, seed: int | None = None, batch_size: int | None = None,
+              static_scale_rule: str | None = None, temporal_table: str | None = None,
+              recipe: PathLike | None = None, conditions: PathLike | None = None,
+              prompts: PathLike | Sequence[str] | None = None, negative_prompt: str | None = None,
+              guidance_scale: float | None = None, scheduler: str | None = None,
+              quiet: bool = False) -> CalibrationArtifact:
+    """``tfmq-export calibrate MODEL --out OUT``: calibrate and write the artifact folder; returns it.
+
+    ``model``: ``digits``, ``sd15-arch`` or a local diffusers folder. ``prompts``: a text file (one
+    prompt per line) or a list of prompts, for a text-to-image pipeline folder (calibrates on both
+    classifier-free guidance halves; ``guidance_scale`` defaults to 7.5). ``None`` = the recipe's or
+    the default value.
+    """
+    from tfmq_export.workflows.calibrate import calibrate_model
+
+    overrides = {"method": method, "wbits": wbits, "abits": abits, "steps": steps, "num_samples": num_samples,
+                 "iters": iters, "seed": seed, "batch_size": batch_size, "static_scale_rule": static_scale_rule,
+                 "temporal_table": temporal_table, "negative_prompt": negative_prompt,
+                 "guidance_scale": guidance_scale, "scheduler": scheduler}
+    prompts_file = None
+    if isinstance(prompts, (str, Path)):
+        prompts_file = Path(prompts)
+    elif prompts is not None:
+        return _calibrate_prompt_list(str(model), Path(out), overrides, list(prompts), recipe, conditions, quiet)
+    return calibrate_model(str(model), Path(out), overrides, recipe=recipe,
+                           conditions=None if conditions is None else Path(conditions), prompts=prompts_file,
+                           progress=not quiet)
+
+
+def _calibrate_prompt_list(model: str, out: Path, overrides: dict[str, Any], prompts: list[str],
+                           recipe: PathLike | None, conditions: PathLike | None, quiet: bool) -> CalibrationArtifact:
+    """A list of prompts goes through the same checks as a prompts file (written to a temporary one)."""
+    import tempfile
+
+    from tfmq_export.workflows.calibrate import calibrate_model
+
+    if not all(isinstance(p, str) for p in prompts):
+        raise TfmqError("prompts must be a prompts file or a list of strings")
+    with tempfile.TemporaryDirectory(prefix="tfmq-prompts-") as folder:
+        path = Path(folder) / "prompts.txt"
+        path.write_text("".join(p.replace("\n", " ") + "\n" for p in prompts), encoding="utf-8")
+        return calibrate_model(model, out, overrides, recipe=recipe,
+                               conditions=None if conditions is None else Path(conditions), prompts=path,
+                               progress=not quiet)
+
+
+@_one_line
+def export_onnx(artifact_dir: PathLike, out: PathLike, *, target: str = "tensorrt", timesteps: str = "sampler",
+                model: str | None = None) -> Path:
+    """``tfmq-export export-onnx ARTIFACT --out OUT.onnx``: the Q/DQ UNet with its temporal table.
+
+    ``timesteps``: ``sampler`` (one row per calibrated step) or ``all`` (one per training timestep).
+    """
+    from tfmq_export.workflows.export_onnx import export_onnx_file
+
+    export_onnx_file(Path(artifact_dir), Path(out), target, model, timesteps)
+    return Path(out)
+
+
+@_one_line
+def export_pipeline(artifact_dir: PathLike, out: PathLike, *, target: str = "onnxruntime",
+                    timesteps: str = "sampler", model: str | None = None) -> dict[str, Any]:
+    """``tfmq-export export-pipeline ARTIFACT --out DIR``: every stage of a text-to-image pipeline;
+    returns the written ``pipeline.json``."""
+    from tfmq_export.workflows.export_pipeline import export_pipeline_folder
+
+    return export_pipeline_folder(Path(artifact_dir), Path(out), target, model, timesteps)
+
+
+@_one_line
+def build_engine(onnx_or_dir: PathLike, out: PathLike | None = None, *, backend: str = "onnxruntime",
+                 min_batch: int = 1, opt_batch: int = 1, max_batch: int = 2,
+                 timing_cache: PathLike | None = None) -> dict[str, Any]:
+    """``tfmq-export build-engine FILE.onnx --out PATH`` (returns the engine's manifest) or
+    ``build-engine DIR`` for a pipeline folder (every stage; returns the manifests by stage).
+
+    ``min_batch``/``opt_batch``/``max_batch``/``timing_cache``: TensorRT's profile and cache.
+    """
+    source = Path(onnx_or_dir)
+    trt = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
+           "timing_cache": None if timing_cache is None else Path(timing_cache)}
+    if source.is_dir():
+        try:
+            from tfmq_export.workflows.build_pipeline import build_pipeline_engines
+        except ImportError:
+            raise TfmqError("building the engines of a pipeline folder is not available in this version") from None
+        return build_pipeline_engines(source, backend, None if out is None else Path(out),
+                                      batches=(min_batch, opt_batch, max_batch), timing_cache=trt["timing_cache"])
+    if out is None:
+        raise TfmqError("out is required when building one .onnx file (the engine's path)")
+    from tfmq_export.backends.builders import build_engine as build
+
+    return build(backend, source, Path(out), **(trt if backend == "tensorrt" else {}))
+
+
+@_one_line
+def lint(onnx_path: PathLike) -> list[LintViolation]:
+    """``tfmq-export lint FILE.onnx``: TensorRT's explicit-quantization rules; returns the violations
+    (empty: clean). The command exits 1 when there are any; the function leaves that to the caller."""
+    from tfmq_export.export.lint import lint_onnx_file
+
+    return lint_onnx_file(Path(onnx_path))
+
+
+@_one_line
+def sample(source: PathLike, *, prompt: str | None = None, negative_prompt: str | None = None,
+           guidance_scale: float | None = None, num_images: int | None = None, seed: int = 0,
+           latents: PathLike | np.ndarray | None = None, backend: str = "onnxruntime", scheduler: str | None = None,
+           steps: int | None = None, batch_size: int = 250, model: str | None = None, out: PathLike | None = None,
+           npy: PathLike | None = None, quiet: bool = False) -> np.ndarray:
+    """``tfmq-export sample SOURCE``: float32 images [N, H, W, C] in [0, 1]; also writes the PNG grid
+    (``out``) and the array (``npy``) when given.
+
+    SOURCE is a folder written by ``export-pipeline`` (then ``prompt`` is required; ``latents``
+    [N, C, h, w], an array or a ``.npy`` file, give N images of the prompt), an exported UNet ``.onnx``
+    (unconditional sampling, ``num_images`` default 64) or an artifact folder (``backend="torch"``).
+    """
+    from tfmq_export.workflows.sample_pipeline import is_pipeline_dir
+
+    source = Path(source)
+    for path, option in ((out, "--out"), (npy, "--npy")):
+        if path is not None:
+            from tfmq_export.io import check_writable
+
+            check_writable(Path(path), option)
+    if is_pipeline_dir(source) or prompt is not None:
+        images = _sample_pipeline(source, prompt, negative_prompt, guidance_scale, num_images, seed, latents,
+                                  backend, scheduler, steps)
+    else:
+        if latents is not None:
+            raise TfmqError("latents are taken by pipeline folders (export-pipeline); this source samples from seed")
+        images = _sample_unet(source, backend, 64 if num_images is None else num_images, seed, batch_size, model,
+                              scheduler, steps, quiet)
+    _write_outputs(images, out, npy)
+    return images
+
+
+def _sample_pipeline(source: Path, prompt: str | None, negative_prompt: str | None, guidance_scale: float | None,
+                     num_images: int | None, seed: int, latents: Any, backend: str, scheduler: str | None,
+                     steps: int | None) -> np.ndarray:
+    """The checks of ``sample DIR --prompt`` (one line each, before any stage runs), then the images."""
+    import numpy as np
+
+    from tfmq_export import contract as c
+    from tfmq_export.workflows.sample_pipeline import ExportedPipeline, pipeline_images, read_latents
+
+    if not (source / c.PIPELINE_JSON).is_file():
+        raise TfmqError(f"--prompt needs a pipeline folder written by export-pipeline; {source} has no "
+                        f"{c.PIPELINE_JSON}")
+    if prompt is None or not prompt.strip():
+        raise TfmqError(f"{source} is a text-to-image pipeline: give --prompt TEXT")
+    if guidance_scale is not None and not guidance_scale >= 1.0:
+        raise TfmqError(f"--guidance-scale {guidance_scale} must be at least 1 (1 = no guidance)")
+    if latents is not None and num_images is not None:
+        raise TfmqError("give --latents or --num-images, not both (the latents decide the number of images)")
+    pipe = ExportedPipeline.read(source)
+    if isinstance(latents, np.ndarray):
+        latents = _latents_from_array(latents, pipe.latent_shape)
+    elif latents is not None:
+        latents = read_latents(Path(latents), pipe.latent_shape)
+    sampler = None
+    if scheduler is not None or steps is not None:
+        from tfmq_export.sampling import make_scheduler
+
+        sampler = make_scheduler(scheduler or pipe.described.get(c.PJ_SAMPLER), pipe.scheduler_config(),
+                                 steps or int(pipe.described[c.PJ_STEPS]))
+    return pipeline_images(source, prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
+                           num_images=1 if num_images is None else num_images, seed=seed, latents=latents,
+                           backend=backend, scheduler=sampler)
+
+
+def _latents_from_array(array: Any, latent_shape: tuple[int, ...]) -> Any:
+    """An in-memory latents array, checked as ``--latents FILE.npy`` is."""
+    import numpy as np
+    import torch
+
+    expected = ", ".join(map(str, latent_shape))
+    if array.dtype.kind != "f" or array.ndim != 4 or tuple(array.shape[1:]) != tuple(latent_shape):
+        raise TfmqError(f"latents must be real floats of shape [N, {expected}]; got {array.dtype} {list(array.shape)}")
+    if array.shape[0] < 1 or not np.isfinite(array).all():
+        raise TfmqError("latents must hold at least one finite latent (no NaN/Inf)")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _sample_unet(source: Path, backend: str, num_images: int, seed: int, batch_size: int, model: str | None,
+                 scheduler: str | None, steps: int | None, quiet: bool) -> np.ndarray:
+    """Unconditional sampling of a UNet graph or artifact: [N, C, H, W] in [-1, 1] -> [N, H, W, C] in [0, 1]."""
+    import numpy as np
+
+    from tfmq_export.workflows.sample import runner_for, sample_with
+
+    if num_images < 1 or batch_size < 1:
+        raise TfmqError("--num-images and --batch-size must be positive")
+    runner, info = runner_for(source, backend, model, scheduler, steps)
+    images = sample_with(runner, info.spec, num_images, seed, batch_size, progress=not quiet)
+    return np.ascontiguousarray((np.clip(images, -1.0, 1.0).transpose(0, 2, 3, 1) + 1.0) / 2.0, dtype=np.float32)
+
+
+def _write_outputs(images: np.ndarray, out: PathLike | None, npy: PathLike | None) -> None:
+    """The PNG grid of the first 64 images and the float32 array, each written atomically."""
+    import numpy as np
+
+    from tfmq_export.images import save_grid
+    from tfmq_export.io import atomic_write
+
+    if out is not None:
+        save_grid(images[:64].transpose(0, 3, 1, 2) * 2.0 - 1.0, Path(out))
+    if npy is not None:
+        Path(npy).parent.mkdir(parents=True, exist_ok=True)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as handle:  # a handle: numpy.save would append .npy to the temp name
+                np.save(handle, images)
+
+        atomic_write(Path(npy), write)
+
+
+@_one_line
+def bench(model: str = "digits", *, onnx: Sequence[PathLike] = (), variant: Sequence[str] = (),
+          backends: str | None = None, pipelines: Sequence[PathLike] = (), num_images: int = 1,
+          prompt: str | None = None, negative_prompt: str | None = None, guidance_scale: float | None = None,
+          no_ov_default: bool = False, nncf: bool = False, nncf_engine: PathLike | None = None,
+          nncf_samples: int = 4, batch: Sequence[int] = (1,), iters: int = 10, warmup: int = 2,
+          sampling_runs: int = 0, pause_ms: float = 0.0, threads: int | None = None, latent_size: int | None = None,
+          seed: int = 0, json: PathLike | None = None, no_memory: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """``tfmq-export bench MODEL --onnx A.onnx ...``: time the variants side by side; returns the bench JSON
+    (``runs`` rows; written to ``json`` when given). ``variant``: ``BACKEND=FILE`` strings.
+
+    A pipeline folder as MODEL (or ``pipelines``, the ``--onnx-pipeline`` folders) times whole
+    text-to-image pipelines stage by stage (``num_images``, ``prompt``, ... apply there).
+    """
+    from tfmq_export.workflows.sample_pipeline import is_pipeline_dir
+
+    json_path = None if json is None else Path(json)
+    if pipelines or is_pipeline_dir(Path(model)):
+        given = [o for o, v in (("onnx", onnx), ("variant", variant), ("nncf", nncf),
+                                ("sampling_runs", sampling_runs), ("latent_size", latent_size)) if v]
+        if given:
+            raise TfmqError(f"{', '.join(given)} time a bare UNet; a pipeline bench takes pipeline folders")
+        if list(batch) != [1]:
+            raise TfmqError("a pipeline bench takes num_images=N, not batch")
+        try:
+            from tfmq_export.workflows.bench.pipeline import bench_pipelines_to_json
+        except ImportError:
+            raise TfmqError("the pipeline bench is not available in this version") from None
+        return bench_pipelines_to_json([Path(model), *map(Path, pipelines)], backends or "onnxruntime",
+                                       json_path=json_path, num_images=num_images, iters=iters, warmup=warmup,
+                                       threads=threads, prompt=prompt, negative_prompt=negative_prompt,
+                                       guidance_scale=guidance_scale, seed=seed, pause_ms=pause_ms,
+                                       measure_memory=not no_memory, ov_default=not no_ov_default, progress=not quiet)
+    from tfmq_export.workflows.bench import bench_to_json
+
+    return bench_to_json(model, [Path(p) for p in onnx], backends or "torch,onnxruntime", list(batch), iters, threads,
+                         json_path, not no_memory, latent_size, variant_specs=list(variant), warmup=warmup,
+                         sampling_runs=sampling_runs, pause_ms=pause_ms, seed=seed, nncf=nncf,
+                         nncf_engine=None if nncf_engine is None else Path(nncf_engine), nncf_samples=nncf_samples,
+                         progress=not quiet)
+
+
+@_one_line
+def evaluate(out: PathLike, *, methods: str | Sequence[str] = "minmax,qdiff,tfmq",
+             bits: str | Sequence[str] = "w8a8,w4a8,w4a16", num_images: int = 5000, seed: int = 0,
+             target: str = "tensorrt", doc: PathLike | None = None, quiet: bool = False) -> dict[str, Any]:
+    """``tfmq-export evaluate --out DIR``: every method x bits on the digits model; returns the results
+    (``rows``), written to ``DIR/results.json`` (and as Markdown to ``doc``)."""
+    from tfmq_export.workflows.evaluate import run_evaluate
+
+    return run_evaluate(Path(out), _names(methods), _names(bits), num_images, seed, target,
+                        None if doc is None else Path(doc), progress=not quiet)
+
+
+def _names(value: str | Sequence[str]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [item.strip() for item in items if item.strip()]
+
+
+@_one_line
+def demo(out: PathLike = "runs/demo", *, num_images: int = 1000, quiet: bool = False) -> str:
+    """``tfmq-export demo``: the main job on the bundled model; returns the report's Markdown."""
+    from tfmq_export.workflows.demo import run_demo
+
+    return run_demo(Path(out), num_images=num_images, progress=not quiet)
+
+
+@_one_line
+def train_digits(out: PathLike | None = None, *, iters: int = 3000, batch_size: int = 64, lr: float = 1.5e-3,
+                 seed: int = 0, classifier_epochs: int = 40, threads: int = 2,
+                 skip_unet: bool = False) -> dict[str, Any]:
+    """``tfmq-export train-digits``: retrain the bundled digits UNet and classifier; returns their records."""
+    from tfmq_export.workflows.train_digits import train_digits_model
+
+    return train_digits_model(None if out is None else Path(out), iters=iters, batch_size=batch_size, lr=lr, seed=seed,
+                              classifier_epochs=classifier_epochs, threads=threads, skip_unet=skip_unet)
