@@ -141,3 +141,25 @@ def test_sdxl_pipeline_with_engine_unet_equals_its_own(sdxl_pipeline_dir, tmp_pa
         assert float(np.abs(_call(pipe, latents) - reference).max()) <= 2e-3
         with pytest.raises(TfmqError, match="added_cond_kwargs needs 'text_embeds'"):
             engine(latents, 334, torch.zeros((2, 16, 64)))
+
+
+def test_engine_unet_runs_the_built_engine(sd_fp, tmp_path):
+    """After `build-engine DIR --backend openvino`, EngineUNet(DIR, backend="openvino") runs the IR it built."""
+    pytest.importorskip("openvino")
+    import shutil
+
+    import tfmq_export
+
+    folder, pipe, latents, reference = sd_fp
+    copy = tmp_path / "pipe"
+    shutil.copytree(folder, copy)
+    tfmq_export.build_engine(copy, backend="openvino")
+    engine = EngineUNet(copy, backend="openvino")
+    assert engine.engine.suffix == ".xml" and engine.path.name == "unet.onnx"
+    original = pipe.unet
+    try:
+        pipe.unet = engine
+        images = _call(pipe, latents, negative_prompt=NEGATIVE)
+    finally:
+        pipe.unet = original
+    assert float(np.abs(images - reference).max()) <= 2e-3

@@ -51,8 +51,10 @@ def _graph_inputs(path: Path) -> dict[str, list[Any]]:
     return {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
 
 
-def _resolve(source: Path) -> tuple[Path, list[Any], tuple[int, ...], str]:
-    """(unet graph, table timesteps, latent shape [C, h, w], precision) of a pipeline folder or a UNet .onnx."""
+def _resolve(source: Path, backend: str) -> tuple[Path, Path, list[Any], tuple[int, ...], str]:
+    """(unet graph, the file to run, table timesteps, latent shape [C, h, w], precision) of a pipeline
+    folder or a UNet .onnx. In a folder, the file to run is the engine ``build-engine DIR --backend``
+    built for ``backend`` when there is one, else the graph."""
     if source.is_dir():
         from tfmq_export.workflows.sample_pipeline import ExportedPipeline, is_pipeline_dir
 
@@ -60,14 +62,14 @@ def _resolve(source: Path) -> tuple[Path, list[Any], tuple[int, ...], str]:
             raise TfmqError(f"{source} is not a folder written by export-pipeline (no {c.PIPELINE_JSON}); "
                             "give it or its unet.onnx")
         pipe = ExportedPipeline.read(source)
-        return (pipe.stage_path(c.STAGE_UNET), list(pipe.described[c.PJ_TIMESTEPS]), pipe.latent_shape,
-                pipe.described[c.PJ_PRECISION])
+        return (pipe.stage_path(c.STAGE_UNET), pipe.stage_path(c.STAGE_UNET, backend),
+                list(pipe.described[c.PJ_TIMESTEPS]), pipe.latent_shape, pipe.described[c.PJ_PRECISION])
     if source.suffix != ".onnx":
         raise TfmqError(f"EngineUNet takes an export-pipeline folder or an exported unet .onnx, not {source}")
     from tfmq_export.export.onnx_export import describe_onnx
 
     info = describe_onnx(source)
-    return source, list(info.timesteps), tuple(info.sample_shape), info.precision
+    return source, source, list(info.timesteps), tuple(info.sample_shape), info.precision
 
 
 class EngineUNet:
@@ -86,13 +88,13 @@ class EngineUNet:
         source = Path(source)
         if not source.exists():
             raise TfmqError(f"{source} does not exist")
-        self.path, self.timesteps, self.latent_shape, self.precision = _resolve(source)
+        self.path, self.engine, self.timesteps, self.latent_shape, self.precision = _resolve(source, backend)
         self.backend = backend
         self.inputs = _graph_inputs(self.path)
         self.config = self._make_config(config)
         self.add_embedding = self._add_embedding()
         self._rows: dict[float, int] = {}
-        self._runner: StageRunner | None = StageRunner(backend, self.path, self.precision, threads).__enter__()
+        self._runner: StageRunner | None = StageRunner(backend, self.engine, self.precision, threads).__enter__()
 
     # --- what diffusers pipelines read --------------------------------------------------------------
     @property
@@ -212,7 +214,7 @@ class EngineUNet:
         self.close()
 
     def __repr__(self) -> str:
-        return f"EngineUNet({str(self.path)!r}, backend={self.backend!r}, precision={self.precision!r})"
+        return f"EngineUNet({str(self.engine)!r}, backend={self.backend!r}, precision={self.precision!r})"
 
 
 def _norm(value: Any) -> Any:
