@@ -74,3 +74,21 @@ def test_pipeline_bench_bad_input(sd_exported_pair, tmp_path):
              left=(out,))
     _refused(_run("bench", fp32, "--onnx-pipeline", tmp_path / "nowhere", "--json", out), "pipeline.json",
              left=(out,))
+
+
+def test_sd15_arch_pipeline_shapes():
+    """The sd15-arch pipeline's text encoder and VAE have SD-1.5's sizes (built on the meta device)."""
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from tfmq_export.models.sd15 import SD15_CLIP_CONFIG, SD15_VAE_CONFIG, small_clip_tokenizer
+
+    with torch.device("meta"):
+        clip = CLIPTextModel(CLIPTextConfig(**SD15_CLIP_CONFIG))
+        vae = AutoencoderKL(**SD15_VAE_CONFIG)
+    assert sum(p.numel() for p in clip.parameters()) == 123_060_480
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+    tokenizer = small_clip_tokenizer()
+    ids = tokenizer(["a photograph of an astronaut riding a horse"], padding="max_length", max_length=77).input_ids[0]
+    assert len(ids) == 77 and max(ids) < SD15_CLIP_CONFIG["vocab_size"] and len(set(ids)) == 9  # 7 words, bos, eos

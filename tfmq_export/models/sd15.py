@@ -16,7 +16,10 @@ import json
 from importlib import resources
 from typing import Any
 
-__all__ = ["SD15_UNET_CONFIG", "SD15_UNET_PARAMETERS", "build_sd15_arch_unet", "load_sd15_config"]
+__all__ = [
+    "SD15_CLIP_CONFIG", "SD15_UNET_CONFIG", "SD15_UNET_PARAMETERS", "SD15_VAE_CONFIG", "build_sd15_arch_pipeline",
+    "build_sd15_arch_unet", "load_sd15_config", "small_clip_tokenizer",
+]
 
 #: SD-1.5 ``unet/config.json`` (diffusers UNet2DConditionModel); everything else is diffusers' default
 SD15_UNET_CONFIG: dict[str, Any] = {
@@ -72,3 +75,76 @@ def build_sd15_arch_unet(seed: int = 0) -> Any:
     finally:
         torch.random.set_rng_state(generator_state)
     return unet.eval()
+
+
+#: CLIP ViT-L/14's text encoder (SD-1.5's ``text_encoder/config.json``), 123 M parameters
+SD15_CLIP_CONFIG: dict[str, Any] = {
+    "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "vocab_size": 49408, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 768,
+}
+#: SD-1.5's AutoencoderKL (``vae/config.json``), 83.7 M parameters
+SD15_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+    "block_out_channels": (128, 256, 512, 512), "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4, "sample_size": 512, "scaling_factor": 0.18215,
+}
+_WORDS = ("a", "photograph", "of", "an", "astronaut", "riding", "horse", "blurry", "cat", "dog", "on", "the", "moon")
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def small_clip_tokenizer(max_length: int = 77) -> Any:
+    """A CLIP BPE tokenizer with a small written vocabulary (letters + ``_WORDS`` kept whole).
+
+    Speed does not depend on which ids a prompt becomes, only on their count (always
+    ``max_length``, padded): ids stay far below CLIP's 49408, no vocabulary is downloaded.
+    """
+    from transformers import CLIPTokenizer
+
+    tokens = [*_LETTERS, *(ch + "</w>" for ch in _LETTERS)]
+    merges: list[tuple[str, str]] = []
+    for word in _WORDS:
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            if (parts[0], parts[1]) not in merges:
+                merges.append((parts[0], parts[1]))
+            parts = [parts[0] + parts[1], *parts[2:]]
+            if parts[0] not in tokens:
+                tokens.append(parts[0])
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length, pad_token="<|endoftext|>")
+
+
+def build_sd15_arch_pipeline(path: Any, latent_size: int = 64, seed: int = 0) -> Any:
+    """Save a ``StableDiffusionPipeline`` folder with SD-1.5's shapes for every stage, random weights.
+
+    UNet (``configs/sd15_unet.json``, its ``sample_size`` set to ``latent_size``), CLIP ViT-L/14
+    text encoder, SD's AutoencoderKL, SD-1.5's DDIM scheduler config and ``small_clip_tokenizer``.
+    About 4.3 GB of float32 safetensors; for speed and memory only: the images are noise.
+    """
+    from pathlib import Path
+
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = small_clip_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    state = torch.random.get_rng_state()
+    try:
+        unet = build_sd15_arch_unet(seed)
+        unet.register_to_config(sample_size=latent_size)
+        torch.manual_seed(seed + 1)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_CLIP_CONFIG, bos_token_id=eos - 1, eos_token_id=eos,
+                                                    pad_token_id=eos)).eval()
+        torch.manual_seed(seed + 2)
+        vae = AutoencoderKL(**SD15_VAE_CONFIG).eval()
+    finally:
+        torch.random.set_rng_state(state)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(path, safe_serialization=True)
+    return Path(path)
