@@ -108,4 +108,6 @@ def test_api_errors_are_one_line_tfmq_errors(sd_pipeline_dir, unet2d_dir, tmp_pa
         tfmq_export.sample(tmp_path, prompt="a digit")
     with pytest.raises(TfmqError, match="does not exist"):
         tfmq_export.sample(tmp_path / "missing.onnx")
+    with pytest.raises(TfmqError, match="nothing to time"):  # backends="" is no backend, not the default
+        tfmq_export.bench("digits", backends="", no_memory=True, quiet=True)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

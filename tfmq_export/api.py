@@ -295,18 +295,19 @@ def bench(model: str = "digits", *, onnx: Sequence[PathLike] = (), variant: Sequ
             from tfmq_export.workflows.bench.pipeline import bench_pipelines_to_json
         except ImportError:
             raise TfmqError("the pipeline bench is not available in this version") from None
-        return bench_pipelines_to_json([Path(model), *map(Path, pipelines)], backends or "onnxruntime",
+        folders = [Path(model), *map(Path, pipelines)]
+        return bench_pipelines_to_json(folders, "onnxruntime" if backends is None else backends,
                                        json_path=json_path, num_images=num_images, iters=iters, warmup=warmup,
                                        threads=threads, prompt=prompt, negative_prompt=negative_prompt,
                                        guidance_scale=guidance_scale, seed=seed, pause_ms=pause_ms,
                                        measure_memory=not no_memory, ov_default=not no_ov_default, progress=not quiet)
     from tfmq_export.workflows.bench import bench_to_json
 
-    return bench_to_json(model, [Path(p) for p in onnx], backends or "torch,onnxruntime", list(batch), iters, threads,
-                         json_path, not no_memory, latent_size, variant_specs=list(variant), warmup=warmup,
-                         sampling_runs=sampling_runs, pause_ms=pause_ms, seed=seed, nncf=nncf,
-                         nncf_engine=None if nncf_engine is None else Path(nncf_engine), nncf_samples=nncf_samples,
-                         progress=not quiet)
+    return bench_to_json(model, [Path(p) for p in onnx], "torch,onnxruntime" if backends is None else backends,
+                         list(batch), iters, threads, json_path, not no_memory, latent_size,
+                         variant_specs=list(variant), warmup=warmup, sampling_runs=sampling_runs, pause_ms=pause_ms,
+                         seed=seed, nncf=nncf, nncf_engine=None if nncf_engine is None else Path(nncf_engine),
+                         nncf_samples=nncf_samples, progress=not quiet)
 
 
 @_one_line
