@@ -34,7 +34,7 @@ def test_pipeline_bench_rows(sd_exported_pair, tmp_path):
     rows = {r["label"]: r for r in data["runs"]}
     expected = {"onnxruntime:fp32", "onnxruntime:w8a8"}
     if "openvino" in backends:
-        expected |= {"openvino:fp32", "openvino:w8a8", "openvino:ov-default"}
+        expected |= {"openvino:fp32", "openvino:w8a8", "openvino:ov-default", "openvino:w8a8+ov-default"}
     assert set(rows) == expected
     for row in rows.values():
         assert all(row[k] is not None for k in CONTRACT if k != "peak_mem_mb"), row
@@ -49,6 +49,9 @@ def test_pipeline_bench_rows(sd_exported_pair, tmp_path):
     assert rows["onnxruntime:fp32"]["images_rel_error_vs_reference"] == 0.0
     assert 0 < rows["onnxruntime:w8a8"]["images_rel_error_vs_reference"] < 0.2
     assert rows["onnxruntime:w8a8"]["model_bytes"] < rows["onnxruntime:fp32"]["model_bytes"]
+    if "openvino" in backends:
+        assert rows["openvino:ov-default"]["precision"] == "ov-default"
+        assert rows["openvino:w8a8+ov-default"]["precision"] == "w8a8"
     assert len([line for line in result.output.splitlines() if "Pipeline" in line]) == len(expected)
 
 

@@ -28,16 +28,18 @@ class StageRunner:
 
     The file is the exported ``.onnx`` or an engine built from it (onnxruntime's optimised
     ``.onnx``, OpenVINO's ``.xml``). ``precision`` ``ov-default`` compiles an OpenVINO stage with
-    OpenVINO's own inference precision (bf16 on CPUs with AMX) instead of forcing f32.
+    OpenVINO's own inference precision (bf16 on CPUs with AMX) instead of forcing f32; so does
+    ``ov_default=True`` for a quantized stage (its int8 layers stay int8, its float parts follow).
     """
 
-    def __init__(self, backend: str, path: Path, precision: str = "fp32", threads: int | None = None) -> None:
+    def __init__(self, backend: str, path: Path, precision: str = "fp32", threads: int | None = None, *,
+                 ov_default: bool = False) -> None:
         if backend not in STAGE_BACKENDS:
             raise TfmqError(f"--backend {backend} cannot run pipeline stages; choose {' or '.join(STAGE_BACKENDS)}")
         self.backend = backend
         self.path = Path(path)
         self.runner: Runner = open_runner(backend, self.path, precision, threads=threads)
-        if precision == OV_DEFAULT:
+        if precision == OV_DEFAULT or ov_default:
             if backend != "openvino":
                 raise TfmqError(f"precision {OV_DEFAULT} is OpenVINO's default; {backend} has none")
             self.runner.inference_precision = None  # type: ignore[attr-defined]

@@ -1,9 +1,11 @@
 """``bench PIPELINE_DIR [--onnx-pipeline OTHER_DIR ...]``: whole text-to-image pipelines, per stage.
 
 Every pipeline folder (``export-pipeline``; the engines of ``build-engine DIR`` where built) runs
-on every backend asked for (onnxruntime, openvino); an FP32 folder on OpenVINO also runs once
-more compiled with OpenVINO's *default* inference precision (``ov-default``: bf16 on CPUs with
-AMX, what a user gets without asking), the baseline a W8A8 pipeline must beat besides forced f32.
+on every backend asked for (onnxruntime, openvino); on OpenVINO every folder also runs once more
+compiled with OpenVINO's *default* inference precision (bf16 on CPUs with AMX, what a user gets
+without asking): an FP32 folder as ``ov-default``, the baseline a W8A8 pipeline must beat besides
+forced f32, and a quantized one as ``openvino:w8a8+ov-default`` (int8 layers stay int8, the float
+layers and the float text encoder / VAE decoder run in bf16).
 
 One pipeline run is what ``sample DIR`` does, with runners kept open: the text encoder(s) on the
 prompt and the negative prompt (one call each, batch 1), the UNet at every step of the folder's
@@ -50,6 +52,8 @@ class PipelineVariant:
     precision: str
     path: str
     label: str = ""
+    #: every stage compiled with OpenVINO's default inference precision (``ov-default`` rows, ``+ov-default``)
+    ov_default: bool = False
 
 
 @dataclass
@@ -86,11 +90,14 @@ def pipeline_variants(paths: list[Path], backends: str | list[str], ov_default: 
         for pipe in pipes:
             precision = pipe.described[c.PJ_PRECISION]
             variants.append(PipelineVariant(backend, precision, str(pipe.path)))
-            if backend == "openvino" and ov_default and precision == "fp32":
-                variants.append(PipelineVariant(backend, c.OV_DEFAULT, str(pipe.path)))
-    labels = [f"{v.backend}:{v.precision}" for v in variants]
+            if backend == "openvino" and ov_default:
+                # FP32: the baseline a user gets without asking; quantized: its float parts and stages in bf16 too
+                label = "" if precision == "fp32" else f"{backend}:{precision}+{c.OV_DEFAULT}"
+                variants.append(PipelineVariant(backend, c.OV_DEFAULT if precision == "fp32" else precision,
+                                                str(pipe.path), label, ov_default=True))
+    labels = [v.label or f"{v.backend}:{v.precision}" for v in variants]
     labels = [n if labels.count(n) == 1 else f"{n}:{Path(v.path).name}" for v, n in zip(variants, labels)]
-    return [PipelineVariant(v.backend, v.precision, v.path, n) for v, n in zip(variants, labels)]
+    return [PipelineVariant(v.backend, v.precision, v.path, n, v.ov_default) for v, n in zip(variants, labels)]
 
 
 def _open(variant: PipelineVariant, prompt: str, negative: str | None, threads: int | None) -> _Open:
@@ -104,7 +111,8 @@ def _open(variant: PipelineVariant, prompt: str, negative: str | None, threads: 
     runners = {}
     for stage in pipe.described[c.PJ_STAGES]:
         precision = variant.precision if stage == c.STAGE_UNET or variant.precision == c.OV_DEFAULT else "fp32"
-        runners[stage] = StageRunner(variant.backend, pipe.stage_path(stage, variant.backend), precision, threads)
+        runners[stage] = StageRunner(variant.backend, pipe.stage_path(stage, variant.backend), precision, threads,
+                                     ov_default=variant.ov_default)
     ids: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
     for stage in pipe.encoder_stages():
         tokenizer = CLIPTokenizer.from_pretrained(str(pipe.path / pipe.described[c.PJ_STAGES][stage]["tokenizer"]))
