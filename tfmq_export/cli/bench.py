@@ -72,7 +72,8 @@ def bench(model, onnx_paths, variant_specs, backends, pipelines, num_images, pro
             raise TfmqError(f"{', '.join(unused)} time a bare UNet; a pipeline bench takes --onnx-pipeline folders")
         if len(batches) != 1 or batches[0] != 1:
             raise TfmqError("a pipeline bench takes --num-images N, not --batch")
-        result = bench_pipelines_to_json([Path(model), *pipelines], backends or "onnxruntime", json_path=json_path,
+        chosen = "onnxruntime" if backends is None else backends
+        result = bench_pipelines_to_json([Path(model), *pipelines], chosen, json_path=json_path,
                                          num_images=num_images, iters=iters, warmup=warmup, threads=threads,
                                          prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
                                          seed=seed, pause_ms=pause_ms, measure_memory=not no_memory,
@@ -81,8 +82,8 @@ def bench(model, onnx_paths, variant_specs, backends, pipelines, num_images, pro
             click.echo(format_pipeline_row(row))
         return
 
-    result = bench_to_json(model, list(onnx_paths), backends or "torch,onnxruntime", list(batches), iters, threads,
-                           json_path,
+    chosen = "torch,onnxruntime" if backends is None else backends
+    result = bench_to_json(model, list(onnx_paths), chosen, list(batches), iters, threads, json_path,
                            not no_memory, latent_size, variant_specs=list(variant_specs), warmup=warmup,
                            sampling_runs=sampling_runs, pause_ms=pause_ms, seed=seed, nncf=nncf,
                            nncf_engine=nncf_engine, nncf_samples=nncf_samples, progress=not quiet)
