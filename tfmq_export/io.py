@@ -27,6 +27,8 @@ __all__ = [
     "check_writable",
     "commit_staged",
     "machine_info",
+    "read_json_object",
+    "replace_folder",
     "sha256_file",
     "staged_dir",
     "utc_now",
@@ -147,3 +149,25 @@ def commit_staged(
     (stage / manifest_name).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     for name in [*names, manifest_name]:
         os.replace(stage / name, out_dir / name)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object (configs, manifests); one line if it does not."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TfmqError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise TfmqError(f"{path} must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
+def replace_folder(folder: Path, out: Path) -> None:
+    """Put the complete ``folder`` at ``out``, replacing an earlier one there (renames, no copies)."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / "previous")
+    os.replace(folder, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -18,9 +18,7 @@ failed export leaves DIR as it was.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from tfmq_export import contract as c
 from tfmq_export.artifact import CalibrationArtifact
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.onnx_export import BASE_OPSET, build_onnx, save_onnx_atomic
-from tfmq_export.io import check_writable
+from tfmq_export.io import check_writable, replace_folder
 from tfmq_export.models.loading import LoadedModel
 from tfmq_export.models.pipeline import PipelineParts, TextEncoderPair
 from tfmq_export.models.prompts import encoder_outputs, xl_time_ids
@@ -161,17 +159,6 @@ def check_pipeline_output(out_dir: Path) -> None:
                         "(remove it or choose another folder)")
 
 
-def _commit(folder: Path, out_dir: Path) -> None:
-    """Put the complete ``folder`` at ``out_dir`` (an earlier export there is replaced)."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-        os.replace(out_dir, old / "previous")
-    os.replace(folder, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_pipeline(model: LoadedModel, artifact: CalibrationArtifact, out_dir: Path,
                     target: str = "onnxruntime", timesteps: str = "sampler") -> Path:
     """Write every stage of ``model``'s pipeline, its UNet quantized as ``artifact`` says, to ``out_dir``.
@@ -203,5 +190,5 @@ def export_pipeline(model: LoadedModel, artifact: CalibrationArtifact, out_dir: 
         shutil.copytree(parts.path / "scheduler", folder / "scheduler")
         described = {**_describe(model, artifact, target, stages), c.PJ_TIMESTEPS: rows}
         (folder / c.PIPELINE_JSON).write_text(json.dumps(described, indent=2) + "\n")
-        _commit(folder, out_dir)
+        replace_folder(folder, out_dir)
     return out_dir

@@ -8,7 +8,6 @@ then assumed). Nothing is fetched from a hub.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 from tfmq_export.errors import TfmqError
+from tfmq_export.io import read_json_object
 from tfmq_export.models.guidance import GuidedConditions
 from tfmq_export.models.pipeline import SUPPORTED_PIPELINES, PipelineParts, pipeline_class_of, read_pipeline
 
@@ -115,16 +115,6 @@ def check_finite_weights(module: torch.nn.Module, source: str) -> None:
             )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TfmqError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(value, dict):
-        raise TfmqError(f"{path} must hold a JSON object, not {type(value).__name__}")
-    return value
-
-
 def _unet_folder(path: Path) -> tuple[Path, Path | None]:
     """Return (unet folder, scheduler folder or None) for a pipeline or bare UNet folder."""
     if (path / "unet" / "config.json").is_file():
@@ -139,7 +129,7 @@ def _unet_folder(path: Path) -> tuple[Path, Path | None]:
 
 def load_unet_folder(unet_dir: Path) -> torch.nn.Module:
     """Load a UNet2DModel / UNet2DConditionModel from a local folder, refusing anything else."""
-    config = _read_json(unet_dir / "config.json")
+    config = read_json_object(unet_dir / "config.json")
     class_name = config.get("_class_name")
     if class_name not in SUPPORTED_UNET_CLASSES:
         raise TfmqError(
@@ -180,7 +170,7 @@ def load_model(model: str | Path) -> LoadedModel:
     unet_dir, sched_dir = _unet_folder(path)
     unet = load_unet_folder(unet_dir)
     if sched_dir is not None:
-        scheduler_config = _read_json(sched_dir / "scheduler_config.json")
+        scheduler_config = read_json_object(sched_dir / "scheduler_config.json")
     else:
         scheduler_config = dict(DEFAULT_SCHEDULER_CONFIG)
     return LoadedModel(path.name, unet, scheduler_config, str(path.resolve()), pipeline=pipeline)

@@ -11,12 +11,12 @@ use. Nothing is fetched from a hub.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tfmq_export.errors import TfmqError
+from tfmq_export.io import read_json_object
 
 __all__ = [
     "PIPELINE_STAGES",
@@ -41,22 +41,12 @@ _STAGE_FILES = {"unet": "config.json", "text_encoder": "config.json", "text_enco
                 "tokenizer_2": "tokenizer_config.json"}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TfmqError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(value, dict):
-        raise TfmqError(f"{path} must hold a JSON object, not {type(value).__name__}")
-    return value
-
-
 def pipeline_class_of(path: Path) -> str | None:
     """The ``_class_name`` of ``path/model_index.json`` (None: not a pipeline folder)."""
     index = Path(path) / "model_index.json"
     if not index.is_file():
         return None
-    name = _read_json(index).get("_class_name")
+    name = read_json_object(index).get("_class_name")
     return name if isinstance(name, str) else ""
 
 
@@ -126,7 +116,7 @@ class PipelineParts:
         if name not in self._cache:
             import transformers
 
-            class_name = _read_json(self.path / name / "config.json").get("architectures", ["CLIPTextModel"])[0]
+            class_name = read_json_object(self.path / name / "config.json").get("architectures", ["CLIPTextModel"])[0]
             if class_name not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
                 raise TfmqError(f"{self.path / name}: text encoder {class_name!r} is not a CLIP text model")
             model = _load(getattr(transformers, class_name), self.path / name)
@@ -142,7 +132,7 @@ class PipelineParts:
         return self._cache["vae"]
 
     def vae_config(self) -> dict[str, Any]:
-        return _read_json(self.path / "vae" / "config.json")
+        return read_json_object(self.path / "vae" / "config.json")
 
     def vae_scale_factor(self) -> int:
         """Image pixels per latent pixel (diffusers: 2 ** (len(block_out_channels) - 1))."""
@@ -150,7 +140,7 @@ class PipelineParts:
 
     def force_zeros_for_empty_prompt(self) -> bool:
         """SDXL's rule: no negative prompt -> zero negative embeddings (model_index.json, default true)."""
-        return bool(_read_json(self.path / "model_index.json").get("force_zeros_for_empty_prompt", True))
+        return bool(read_json_object(self.path / "model_index.json").get("force_zeros_for_empty_prompt", True))
 
 
 def _load(cls: Any, folder: Path) -> Any:
@@ -165,13 +155,13 @@ def _load(cls: Any, folder: Path) -> Any:
 def _tokenizer_size(folder: Path) -> int:
     """Vocabulary size of a saved tokenizer, read from its files (tokenizer.json or vocab.json)."""
     if (folder / "tokenizer.json").is_file():
-        model = _read_json(folder / "tokenizer.json").get("model", {})
+        model = read_json_object(folder / "tokenizer.json").get("model", {})
         vocab = model.get("vocab", {}) if isinstance(model, dict) else {}
-        added = _read_json(folder / "tokenizer.json").get("added_tokens", [])
+        added = read_json_object(folder / "tokenizer.json").get("added_tokens", [])
         ids = [*vocab.values(), *(t.get("id", 0) for t in added if isinstance(t, dict))]
         return max(ids, default=-1) + 1
     if (folder / "vocab.json").is_file():
-        return max(_read_json(folder / "vocab.json").values(), default=-1) + 1
+        return max(read_json_object(folder / "vocab.json").values(), default=-1) + 1
     raise TfmqError(f"{folder} has neither tokenizer.json nor vocab.json; the tokenizer cannot be read")
 
 
@@ -196,11 +186,11 @@ def read_pipeline(path: Path, scheduler_config: dict[str, Any] | None = None) ->
         if encoder not in PIPELINE_STAGES[class_name]:
             continue
         tokenizer_dir = path / encoder.replace("text_encoder", "tokenizer")
-        vocab_size = _read_json(path / encoder / "config.json").get("vocab_size")
+        vocab_size = read_json_object(path / encoder / "config.json").get("vocab_size")
         tokens = _tokenizer_size(tokenizer_dir)
         if isinstance(vocab_size, int) and tokens > vocab_size:
             raise TfmqError(f"{tokenizer_dir.name}/ has {tokens} tokens but {encoder}/ embeds only {vocab_size}; "
                             "the tokenizer does not belong to this text encoder")
     if scheduler_config is None:
-        scheduler_config = _read_json(path / "scheduler" / "scheduler_config.json")
+        scheduler_config = read_json_object(path / "scheduler" / "scheduler_config.json")
     return PipelineParts(path, class_name, scheduler_config)

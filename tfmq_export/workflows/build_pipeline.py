@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from tfmq_export import contract as c
 from tfmq_export.errors import TfmqError
+from tfmq_export.io import replace_folder
 
 __all__ = ["ENGINE_SUFFIXES", "build_pipeline_engines"]
 
@@ -57,17 +56,6 @@ def _check_out(out: Path) -> None:
                         "(remove it or choose another folder)")
 
 
-def _replace_folder(folder: Path, out: Path) -> None:
-    """Put the complete ``folder`` at ``out`` (an earlier build there is replaced)."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, old / "previous")
-    os.replace(folder, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _build_all(pipe: Any, backend: str, out: Path, batches: tuple[int, int, int], timing_cache: Path | None,
                manifests: dict[str, Any]) -> dict[str, str]:
     """Every stage into a private folder, renamed to ``out`` when all are built; returns stage -> file."""
@@ -83,7 +71,7 @@ def _build_all(pipe: Any, backend: str, out: Path, batches: tuple[int, int, int]
             manifests[name] = build_engine(backend, pipe.stage_path(name), target, **options)
         files = {name: f"{name}{ENGINE_SUFFIXES[backend]}" for name in manifests}
         (folder / _MARK).write_text(json.dumps({"backend": backend, "stages": files}, indent=2) + "\n")
-        _replace_folder(folder, out)
+        replace_folder(folder, out)
     return files
 
 
