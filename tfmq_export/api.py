@@ -193,45 +193,25 @@ def _sample_pipeline(source: Path, prompt: str | None, negative_prompt: str | No
     """The checks of ``sample DIR --prompt`` (one line each, before any stage runs), then the images."""
     import numpy as np
 
-    from tfmq_export import contract as c
-    from tfmq_export.workflows.sample_pipeline import ExportedPipeline, pipeline_images, read_latents
+    from tfmq_export.workflows.sample_pipeline import (
+        ExportedPipeline,
+        check_latents,
+        check_sample_options,
+        pipeline_images,
+        read_latents,
+        requested_scheduler,
+    )
 
-    if not (source / c.PIPELINE_JSON).is_file():
-        raise TfmqError(f"--prompt needs a pipeline folder written by export-pipeline; {source} has no "
-                        f"{c.PIPELINE_JSON}")
-    if prompt is None or not prompt.strip():
-        raise TfmqError(f"{source} is a text-to-image pipeline: give --prompt TEXT")
-    if guidance_scale is not None and not guidance_scale >= 1.0:
-        raise TfmqError(f"--guidance-scale {guidance_scale} must be at least 1 (1 = no guidance)")
-    if latents is not None and num_images is not None:
-        raise TfmqError("give --latents or --num-images, not both (the latents decide the number of images)")
-    pipe = ExportedPipeline.read(source)
-    if isinstance(latents, np.ndarray):
-        latents = _latents_from_array(latents, pipe.latent_shape)
-    elif latents is not None:
-        latents = read_latents(Path(latents), pipe.latent_shape)
-    sampler = None
-    if scheduler is not None or steps is not None:
-        from tfmq_export.sampling import make_scheduler
-
-        sampler = make_scheduler(scheduler or pipe.described.get(c.PJ_SAMPLER), pipe.scheduler_config(),
-                                 steps or int(pipe.described[c.PJ_STEPS]))
+    check_sample_options(source, prompt=prompt, guidance_scale=guidance_scale, latents_given=latents is not None,
+                         num_images=num_images)
+    if latents is not None:
+        shape = ExportedPipeline.read(source).latent_shape
+        latents = (check_latents(latents, shape, "latents") if isinstance(latents, np.ndarray)
+                   else read_latents(Path(latents), shape))
+    sampler = requested_scheduler(source, scheduler, steps)
     return pipeline_images(source, prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
                            num_images=1 if num_images is None else num_images, seed=seed, latents=latents,
                            backend=backend, scheduler=sampler)
-
-
-def _latents_from_array(array: Any, latent_shape: tuple[int, ...]) -> Any:
-    """An in-memory latents array, checked as ``--latents FILE.npy`` is."""
-    import numpy as np
-    import torch
-
-    expected = ", ".join(map(str, latent_shape))
-    if array.dtype.kind != "f" or array.ndim != 4 or tuple(array.shape[1:]) != tuple(latent_shape):
-        raise TfmqError(f"latents must be real floats of shape [N, {expected}]; got {array.dtype} {list(array.shape)}")
-    if array.shape[0] < 1 or not np.isfinite(array).all():
-        raise TfmqError("latents must hold at least one finite latent (no NaN/Inf)")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 def _sample_unet(source: Path, backend: str, num_images: int, seed: int, batch_size: int, model: str | None,

@@ -79,14 +79,43 @@ def read_latents(path: Path, latent_shape: tuple[int, ...]) -> torch.Tensor:
         array = np.load(Path(path), allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise TfmqError(f"--latents {path} is not a readable .npy array (numpy.save format)") from exc
+    return check_latents(array, latent_shape, f"--latents {path}")
+
+
+def check_latents(array: Any, latent_shape: tuple[int, ...], source: str) -> torch.Tensor:
+    """Latents from a file or memory: real floats [N >= 1, C, h, w] of the pipeline's shape, finite."""
     if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
-        raise TfmqError(f"--latents {path} must hold real float latents")
+        raise TfmqError(f"{source} must hold real float latents")
     if array.ndim != 4 or tuple(array.shape[1:]) != tuple(latent_shape) or array.shape[0] < 1:
         expected = ", ".join(map(str, latent_shape))
-        raise TfmqError(f"--latents {path} holds shape {list(array.shape)}; expected [N, {expected}]")
+        raise TfmqError(f"{source} holds shape {list(array.shape)}; expected [N, {expected}]")
     if not np.isfinite(array).all():
-        raise TfmqError(f"--latents {path} holds non-finite values (NaN/Inf)")
-    return torch.from_numpy(array.astype(np.float32))
+        raise TfmqError(f"{source} holds non-finite values (NaN/Inf)")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def check_sample_options(path: Path, *, prompt: str | None, guidance_scale: float | None, latents_given: bool,
+                         num_images: int | None) -> None:
+    """The checks of ``sample DIR --prompt`` (CLI and API alike), one line each, before any stage runs."""
+    if not is_pipeline_dir(path):
+        raise TfmqError(f"--prompt needs a pipeline folder written by export-pipeline; {path} has no {c.PIPELINE_JSON}")
+    if prompt is None or not prompt.strip():
+        raise TfmqError(f"{path} is a text-to-image pipeline: give --prompt TEXT")
+    if guidance_scale is not None and not guidance_scale >= 1.0:
+        raise TfmqError(f"--guidance-scale {guidance_scale} must be at least 1 (1 = no guidance)")
+    if latents_given and num_images is not None:
+        raise TfmqError("give --latents or --num-images, not both (the latents decide the number of images)")
+
+
+def requested_scheduler(path: Path, scheduler: str | None, steps: int | None) -> Any:
+    """The scheduler asked for by ``--scheduler``/``--steps`` (the export's own for what is not given), or None."""
+    if scheduler is None and steps is None:
+        return None
+    from tfmq_export.sampling import make_scheduler
+
+    pipe = ExportedPipeline.read(path)
+    name = scheduler or pipe.described.get(c.PJ_SAMPLER)
+    return make_scheduler(name, pipe.scheduler_config(), steps or int(pipe.described[c.PJ_STEPS]))
 
 
 def _encode(pipe: ExportedPipeline, runners: dict[str, StageRunner], prompt: str, negative: str | None,
@@ -189,21 +218,9 @@ def sample_pipeline_cli(path: Path, out_path: Path, *, prompt: str | None, negat
                         latents_path: Path | None, npy_path: Path | None, backend: str,
                         scheduler: str | None = None, steps: int | None = None) -> dict[str, Any]:
     """``sample DIR --prompt ...``: every option checked (one line each) before any stage runs."""
-    if not is_pipeline_dir(path):
-        raise TfmqError(f"--prompt needs a pipeline folder written by export-pipeline; {path} has no {c.PIPELINE_JSON}")
-    if prompt is None or not prompt.strip():
-        raise TfmqError(f"{path} is a text-to-image pipeline: give --prompt TEXT")
-    if guidance_scale is not None and not guidance_scale >= 1.0:
-        raise TfmqError(f"--guidance-scale {guidance_scale} must be at least 1 (1 = no guidance)")
-    if latents_path is not None and num_images is not None:
-        raise TfmqError("give --latents or --num-images, not both (the latents decide the number of images)")
-    sampler = None
-    if scheduler is not None or steps is not None:
-        from tfmq_export.sampling import make_scheduler
-
-        pipe = ExportedPipeline.read(path)
-        name = scheduler or pipe.described.get(c.PJ_SAMPLER)
-        sampler = make_scheduler(name, pipe.scheduler_config(), steps or int(pipe.described[c.PJ_STEPS]))
+    check_sample_options(path, prompt=prompt, guidance_scale=guidance_scale, latents_given=latents_path is not None,
+                         num_images=num_images)
+    sampler = requested_scheduler(path, scheduler, steps)
     return sample_pipeline_to_files(path, prompt, out_path, npy_path=npy_path, latents_path=latents_path,
                                     negative_prompt=negative_prompt, guidance_scale=guidance_scale,
                                     num_images=1 if num_images is None else num_images, seed=seed, backend=backend,

@@ -24,12 +24,19 @@ def peak_memory_mb(variant: Variant, sample_shape: tuple[int, ...], batch: int,
     """Peak RSS (MB) of a fresh process that loads the variant and runs it twice."""
     payload = json.dumps({"variant": asdict(variant), "sample_shape": list(sample_shape), "batch": batch,
                           "cond_shape": None if cond_shape is None else list(cond_shape), "threads": threads})
-    code = ("import sys; from tfmq_export.workflows.bench.memory import memory_probe_main; "
-            "memory_probe_main(sys.argv[1])")
-    proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, timeout=1800)
+    return run_memory_probe("tfmq_export.workflows.bench.memory", "memory_probe_main", payload, variant.name, 1800)
+
+
+def run_memory_probe(module: str, function: str, payload: str, label: str, timeout: int) -> float:
+    """Run ``module.function(payload)`` in a fresh Python process and return the peak RSS (MB) it prints last.
+
+    A fresh process is the only way to see one variant's peak alone; its last stdout line is the figure.
+    """
+    code = f"import sys; from {module} import {function} as probe; probe(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise TfmqError(f"memory probe for {variant.name} failed: {last}")
+        raise TfmqError(f"memory probe for {label} failed: {last}")
     return float(proc.stdout.strip().splitlines()[-1])
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -244,13 +242,10 @@ def _time_all(variants: list[PipelineVariant], settings: dict[str, Any], progres
 def _peak_memory_mb(variant: PipelineVariant, settings: dict[str, Any]) -> float:
     """Peak RSS (MB) of a fresh process that opens the variant and runs the pipeline twice."""
     payload = json.dumps({"variant": asdict(variant), "settings": settings})
-    code = ("import sys; from tfmq_export.workflows.bench.pipeline import pipeline_memory_probe_main as m; "
-            "m(sys.argv[1])")
-    proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, timeout=3600)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise TfmqError(f"memory probe for {variant.label} failed: {last}")
-    return float(proc.stdout.strip().splitlines()[-1])
+    from tfmq_export.workflows.bench.memory import run_memory_probe
+
+    return run_memory_probe("tfmq_export.workflows.bench.pipeline", "pipeline_memory_probe_main", payload,
+                            variant.label, 3600)
 
 
 def pipeline_memory_probe_main(payload: str) -> None:
