@@ -22,7 +22,8 @@ RENAMED: dict = {"out_dir": "out", "out_path": "out", "table": "timesteps", "onn
 NOT_MIRRORED = {("sample", "json"): "the function returns the images; the summary JSON is the command's output"}
 COMMANDS = {"calibrate": "calibrate", "export-onnx": "export_onnx", "export-pipeline": "export_pipeline",
             "build-engine": "build_engine", "lint": "lint", "sample": "sample", "bench": "bench",
-            "evaluate": "evaluate", "demo": "demo", "train-digits": "train_digits"}
+            "evaluate": "evaluate", "demo": "demo", "train-digits": "train_digits",
+            "train-digits-text": "train_digits_text"}
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 The Python API mirrors the command line (``tfmq_export.api``): ``calibrate``, ``export_onnx``,
 ``export_pipeline``, ``build_engine``, ``sample``, ``bench``, ``evaluate``, ``lint``, ``demo``,
-``train_digits``; and ``EngineUNet``, an exported UNet a diffusers pipeline takes as its ``unet``.
+``train_digits``, ``train_digits_text``; and ``EngineUNet``, an exported UNet a diffusers pipeline
+takes as its ``unet``.
 They load on first use, so ``import tfmq_export`` stays light (no torch, no diffusers).
 """
 
@@ -16,13 +17,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EngineUNet", "TfmqError", "__version__", "bench", "build_engine", "calibrate", "demo", "evaluate",
-    "export_onnx", "export_pipeline", "lint", "sample", "train_digits",
+    "export_onnx", "export_pipeline", "lint", "sample", "train_digits", "train_digits_text",
 ]
 
 #: public name -> the module that defines it (imported on first access)
 _LAZY = {
     **{name: "tfmq_export.api" for name in ("bench", "build_engine", "calibrate", "demo", "evaluate", "export_onnx",
-                                            "export_pipeline", "lint", "sample", "train_digits")},
+                                            "export_pipeline", "lint", "sample", "train_digits",
+                                            "train_digits_text")},
     "EngineUNet": "tfmq_export.workflows.engine_unet",
 }
 

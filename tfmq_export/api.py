@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "bench", "build_engine", "calibrate", "demo", "evaluate", "export_onnx", "export_pipeline", "lint", "sample",
     "train_digits",
+    "train_digits_text",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -291,15 +292,18 @@ def bench(model: str = "digits", *, onnx: Sequence[PathLike] = (), variant: Sequ
 
 
 @_one_line
-def evaluate(out: PathLike, *, methods: str | Sequence[str] = "minmax,qdiff,tfmq",
-             bits: str | Sequence[str] = "w8a8,w4a8,w4a16", num_images: int = 5000, seed: int = 0,
-             target: str = "tensorrt", doc: PathLike | None = None, quiet: bool = False) -> dict[str, Any]:
-    """``tfmq-export evaluate --out DIR``: every method x bits on the digits model; returns the results
-    (``rows``), written to ``DIR/results.json`` (and as Markdown to ``doc``)."""
-    from tfmq_export.workflows.evaluate import run_evaluate
+def evaluate(out: PathLike, *, model: str = "digits", methods: str | Sequence[str] = "minmax,qdiff,tfmq",
+             bits: str | Sequence[str] = "w8a8,w4a8,w4a16", num_images: int | None = None, seed: int = 0,
+             target: str = "tensorrt", guidance_scale: float | None = None, doc: PathLike | None = None,
+             quiet: bool = False) -> dict[str, Any]:
+    """``tfmq-export evaluate --out DIR [--model digits-text]``: every method x bits on a bundled model;
+    returns the results (``rows``), written to ``DIR/results.json`` (and as Markdown to ``doc``)."""
+    from tfmq_export.workflows.evaluate_text import evaluate_model
 
-    return run_evaluate(Path(out), _names(methods), _names(bits), num_images, seed, target,
-                        None if doc is None else Path(doc), progress=not quiet)
+    results, _markdown = evaluate_model(model, Path(out), _names(methods), _names(bits), num_images=num_images,
+                                        seed=seed, target=target, guidance_scale=guidance_scale,
+                                        doc_path=None if doc is None else Path(doc), progress=not quiet)
+    return results
 
 
 def _names(value: str | Sequence[str]) -> list[str]:
@@ -324,3 +328,13 @@ def train_digits(out: PathLike | None = None, *, iters: int = 3000, batch_size: 
 
     return train_digits_model(None if out is None else Path(out), iters=iters, batch_size=batch_size, lr=lr, seed=seed,
                               classifier_epochs=classifier_epochs, threads=threads, skip_unet=skip_unet)
+
+
+@_one_line
+def train_digits_text(out: PathLike, *, vae_iters: int = 1000, unet_iters: int = 5000, batch_size: int = 64,
+                      lr: float = 1e-3, seed: int = 0, threads: int = 1) -> dict[str, Any]:
+    """``tfmq-export train-digits-text --out DIR``: retrain the bundled text-to-image pipeline; returns its record."""
+    from tfmq_export.models.digits_text_training import train_digits_text as train
+
+    return train(Path(out), vae_iters=vae_iters, unet_iters=unet_iters, batch_size=batch_size, lr=lr, seed=seed,
+                 threads=threads)

@@ -1,8 +1,7 @@
 """Tiny random-weight text-to-image pipelines saved with ``save_pretrained`` (no downloads).
 
-The CLIP tokenizer's vocabulary is written here: every lowercase letter (alone and word-final,
-``</w>``), and whole-word tokens for the prompt words the tests use, each built by a chain of
-merges from its letters, so "a handwritten digit seven" is four tokens.
+The CLIP tokenizer is the package's own digit-word vocabulary (``tfmq_export.models.clip_vocab``),
+so "a handwritten digit seven" is four tokens.
 """
 
 from __future__ import annotations
@@ -11,36 +10,20 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["WORDS", "build_sd_pipeline", "build_sdxl_pipeline", "tiny_tokenizer"]
+from tfmq_export.models.clip_vocab import BOS, DIGIT_WORDS, EOS, build_clip_tokenizer, clip_vocab
 
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-WORDS = ("a", "handwritten", "digit", "of", "the", "number", "blurry", "photo", *DIGIT_NAMES)
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+WORDS = DIGIT_WORDS
+
+__all__ = ["WORDS", "build_sd_pipeline", "build_sdxl_pipeline", "tiny_tokenizer"]
 
 
 def tiny_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """(vocab, merges) of a CLIP BPE tokenizer that keeps ``WORDS`` whole."""
-    tokens: list[str] = [*_LETTERS, *(c + "</w>" for c in _LETTERS)]
-    merges: list[tuple[str, str]] = []
-    for word in WORDS:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        while len(parts) > 1:  # left to right: ((h a) n) d ...
-            merge = (parts[0], parts[1])
-            if merge not in merges:
-                merges.append(merge)
-            parts = [parts[0] + parts[1], *parts[2:]]
-            if parts[0] not in tokens:
-                tokens.append(parts[0])
-    tokens += [BOS, EOS]
-    return {tok: i for i, tok in enumerate(tokens)}, merges
+    """(vocab, merges) of the tests' CLIP BPE tokenizer (the package's digit-word vocabulary)."""
+    return clip_vocab(WORDS)
 
 
 def tiny_tokenizer(max_length: int = 16, pad_token: str = EOS):
-    from transformers import CLIPTokenizer
-
-    vocab, merges = tiny_vocab()
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length, pad_token=pad_token)
+    return build_clip_tokenizer(max_length, WORDS, pad_token)
 
 
 def _text_encoder(vocab_size: int, max_length: int, *, projection: bool = False, hidden: int = 32, seed: int = 0):

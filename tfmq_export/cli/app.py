@@ -15,6 +15,7 @@ from tfmq_export.cli.export_pipeline import export_pipeline_cmd
 from tfmq_export.cli.lint import lint
 from tfmq_export.cli.sample import sample
 from tfmq_export.cli.train_digits import train_digits
+from tfmq_export.cli.train_digits_text import train_digits_text
 
 __all__ = ["cli", "main"]
 
@@ -34,7 +35,7 @@ def cli() -> None:
 
 
 for _command in (calibrate, export_onnx_cmd, export_pipeline_cmd, build_engine, lint, sample, bench, evaluate, demo,
-                 train_digits):
+                 train_digits, train_digits_text):
     cli.add_command(_command)
 
 

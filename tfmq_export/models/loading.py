@@ -20,6 +20,7 @@ from tfmq_export.models.guidance import GuidedConditions
 from tfmq_export.models.pipeline import SUPPORTED_PIPELINES, PipelineParts, pipeline_class_of, read_pipeline
 
 __all__ = [
+    "BUNDLED_MODELS",
     "DEFAULT_SCHEDULER_CONFIG",
     "SUPPORTED_UNET_CLASSES",
     "LoadedModel",
@@ -31,6 +32,9 @@ __all__ = [
     "load_unet_folder",
     "weights_fingerprint",
 ]
+
+#: MODEL names that need no folder: the shipped models and the SD-1.5 architecture with random weights.
+BUNDLED_MODELS = ("digits", "digits-text", "sd15-arch")
 
 #: diffusers' DDPMScheduler defaults, assumed for a bare UNet folder.
 DEFAULT_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -151,12 +155,18 @@ def load_unet_folder(unet_dir: Path) -> torch.nn.Module:
 
 
 def load_model(model: str | Path) -> LoadedModel:
-    """Load MODEL (``digits``, ``sd15-arch`` or a local folder) for calibration or export."""
+    """Load MODEL (``digits``, ``digits-text``, ``sd15-arch`` or a local folder) for calibration or export."""
     if str(model) == "digits":
         from tfmq_export.models.digits import DIGITS_DIR
 
         loaded = load_model(DIGITS_DIR)
         loaded.name = "digits"
+        return loaded
+    if str(model) == "digits-text":
+        from tfmq_export.models.digits_text import DIGITS_TEXT_DIR
+
+        loaded = load_model(DIGITS_TEXT_DIR)
+        loaded.name = "digits-text"
         return loaded
     if str(model) == "sd15-arch":
         from tfmq_export.models.sd15 import build_sd15_arch_unet
@@ -165,7 +175,7 @@ def load_model(model: str | Path) -> LoadedModel:
         return LoadedModel("sd15-arch", unet, dict(DEFAULT_SCHEDULER_CONFIG), "sd15-arch (random weights)")
     path = Path(model)
     if not path.is_dir():
-        raise TfmqError(f"model {str(model)!r} is neither 'digits' nor an existing folder")
+        raise TfmqError(f"model {str(model)!r} is not 'digits', 'digits-text', 'sd15-arch' or an existing folder")
     pipeline = _text_to_image_pipeline(path)
     unet_dir, sched_dir = _unet_folder(path)
     unet = load_unet_folder(unet_dir)
@@ -240,7 +250,7 @@ def load_conditions(path: Path, model: LoadedModel) -> torch.Tensor:
 def load_model_for_artifact(artifact: Any, model: str | None = None) -> LoadedModel:
     """The model an artifact was calibrated on: ``model`` if given, else the one it records."""
     name = model or (
-        artifact.model_name if artifact.model_name in ("digits", "sd15-arch") else artifact.settings.get("model_source")
+        artifact.model_name if artifact.model_name in BUNDLED_MODELS else artifact.settings.get("model_source")
     )
     if not name:
         raise TfmqError("the artifact does not record its model; pass --model")

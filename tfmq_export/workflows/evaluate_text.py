@@ -1,0 +1,243 @@
+"""``tfmq-export evaluate --model digits-text``: the method x bits table for a text-to-image pipeline.
+
+Each setting runs the deployer's path end to end: calibrate the bundled ``digits-text`` pipeline with
+prompts and classifier-free guidance (the digits recipes' settings), export every stage
+(``export-pipeline``), then sample each digit's prompt through the exported pipeline with
+onnxruntime, with guidance and without (scale 1). Two metrics: digits-FID of the guided images
+against the real digits, and prompt accuracy (the digit classifier agrees with the prompted digit),
+guided and unguided; plus the pixel RMSE to full-precision images drawn from the same noise.
+Finished calibrations and samples are reused, so an interrupted run resumes at its row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from tfmq_export.artifact import CalibrationArtifact, load_artifact
+from tfmq_export.config import METHODS
+from tfmq_export.errors import TfmqError
+from tfmq_export.images import save_grid
+from tfmq_export.io import atomic_write, atomic_write_text
+from tfmq_export.metrics.fid import digits_fid
+from tfmq_export.metrics.prompt_accuracy import pipeline_to_digits, prompt_accuracy
+from tfmq_export.models.digits_text import digit_prompt, digits_text_prompts
+from tfmq_export.workflows.evaluate import BIT_SETTINGS, paired_rmse, recipe_settings
+
+__all__ = ["DEFAULT_TEXT_GUIDANCE", "DEFAULT_TEXT_NUM_IMAGES", "evaluate_model", "run_evaluate_text",
+           "text_results_markdown"]
+
+#: The guidance scale of calibration and of the guided rows (chosen on the FP model: docs/RESULTS-text.md).
+DEFAULT_TEXT_GUIDANCE = 3.0
+#: Images per setting and guidance (a tenth per digit).
+DEFAULT_TEXT_NUM_IMAGES = 2000
+#: Calibration settings taken from the digits recipes (the sampler and reconstruction budget).
+RECIPE_KEYS = ("steps", "num_samples", "batch_size", "iters", "seed", "weight_init", "static_scale_rule",
+               "temporal_table", "extra")
+
+
+def _settings(method: str, bits: str, guidance: float) -> dict[str, Any]:
+    """The overrides for one row: the digits recipe's budget, the row's method and bits, the guidance."""
+    recipe = recipe_settings(method, bits)
+    values = {k: getattr(recipe, k) for k in RECIPE_KEYS}
+    wbits, abits = BIT_SETTINGS[bits] if bits != "fp" else (16, 16)
+    return values | {"method": method, "wbits": wbits, "abits": abits, "guidance_scale": guidance}
+
+
+def _calibrated(name: str, overrides: dict[str, Any], out_dir: Path, progress: bool) -> CalibrationArtifact:
+    """Reuse ``out_dir/calib/name`` when it holds these settings, else calibrate digits-text there."""
+    from tfmq_export.workflows.calibrate import calibrate_model
+
+    folder = out_dir / "calib" / name
+    prompts = out_dir / "prompts.txt"
+    if (folder / "artifact.json").is_file():
+        existing = load_artifact(folder)
+        wanted = overrides | {"prompts": digits_text_prompts()}
+        if all(existing.settings.get(k) == v for k, v in wanted.items() if v is not None):
+            return existing
+    return calibrate_model("digits-text", folder, overrides, prompts=prompts, progress=progress)
+
+
+def _exported(artifact_dir: Path, out_dir: Path, name: str, target: str) -> Path:
+    """Export every stage of the row's artifact into ``out_dir/pipelines/name`` (replacing an old one)."""
+    from tfmq_export.io import replace_folder, staged_dir
+    from tfmq_export.workflows.export_pipeline import export_pipeline_folder
+
+    final = out_dir / "pipelines" / name
+    with staged_dir(final) as stage:
+        export_pipeline_folder(artifact_dir, stage / name, target=target)
+        replace_folder(stage / name, final)
+    return final
+
+
+def _images(pipeline_dir: Path, per_digit: int, seed: int, guidance: float) -> np.ndarray:
+    """Images [10 * per_digit, H, W, 3]: each digit's prompt, noise seeded by (seed, digit)."""
+    from tfmq_export.workflows.sample_pipeline import pipeline_images
+
+    return np.concatenate([pipeline_images(pipeline_dir, digit_prompt(d), num_images=per_digit,
+                                           seed=seed * 1000 + d, guidance_scale=guidance)
+                           for d in range(10)])
+
+
+def _cached_samples(artifact: CalibrationArtifact, name: str, out_dir: Path, per_digit: int, seed: int,
+                    guidance: float, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """(guided, unguided) images of one row, reused from ``out_dir/samples`` when the key matches."""
+    key = hashlib.sha256(json.dumps([artifact.model_fingerprint, artifact.settings, artifact.timings, per_digit,
+                                     seed, guidance, target], sort_keys=True, default=str).encode()).hexdigest()
+    cache = out_dir / "samples" / f"{name}-seed{seed}.npz"
+    if cache.is_file():
+        with np.load(cache) as stored:
+            if str(stored["key"]) == key:
+                return stored["guided"], stored["unguided"]
+    pipeline_dir = _exported(out_dir / "calib" / name, out_dir, name, target)
+    guided = _images(pipeline_dir, per_digit, seed, guidance)
+    unguided = _images(pipeline_dir, per_digit, seed, 1.0)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a handle: np.savez would append .npz to the name
+            np.savez(handle, guided=guided, unguided=unguided, key=np.array(key))
+
+    atomic_write(cache, write)
+    return guided, unguided
+
+
+def _row(artifact: CalibrationArtifact, name: str, out_dir: Path, per_digit: int, seed: int, guidance: float,
+         target: str) -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics of one setting; returns the row and its guided digits images (for the paired RMSE)."""
+    guided, unguided = _cached_samples(artifact, name, out_dir, per_digit, seed, guidance, target)
+    digits = np.repeat(np.arange(10), per_digit)
+    guided_d, unguided_d = pipeline_to_digits(guided), pipeline_to_digits(unguided)
+    grid_order = np.arange(len(guided)).reshape(10, per_digit)[:, : min(per_digit, 8)].T.reshape(-1)
+    save_grid(guided_d[grid_order], out_dir / "grids" / f"{name}-seed{seed}.png", columns=10)
+    row = {"method": artifact.method, "wbits": artifact.wbits, "abits": artifact.abits, "seed": seed,
+           "fid": digits_fid(guided_d), "accuracy": prompt_accuracy(guided_d, digits),
+           "fid_unguided": digits_fid(unguided_d), "accuracy_unguided": prompt_accuracy(unguided_d, digits),
+           "num_samples": len(guided), "guidance_scale": guidance, "backend": "onnxruntime", "target": target,
+           "calib_seconds": round(artifact.timings.get("calib_seconds", 0.0), 2)}
+    return row, guided_d
+
+
+def _check(methods: list[str], bits: list[str], num_images: int, guidance: float) -> None:
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise TfmqError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+    unknown = [b for b in bits if b not in BIT_SETTINGS]
+    if unknown:
+        raise TfmqError(f"unknown bit setting(s) {unknown}; choose from {', '.join(BIT_SETTINGS)}")
+    if num_images < 20 or num_images % 10:
+        raise TfmqError(f"--num-images {num_images}: digits-text needs a multiple of 10 (one share per digit), >= 20")
+    if guidance <= 1.0:
+        raise TfmqError(f"--guidance-scale {guidance}: the guided rows need a scale above 1 (1 = the unguided rows)")
+
+
+def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
+                      num_images: int = DEFAULT_TEXT_NUM_IMAGES, seed: int = 0, target: str = "tensorrt",
+                      guidance_scale: float = DEFAULT_TEXT_GUIDANCE, doc_path: Path | None = None,
+                      progress: bool = True) -> dict[str, Any]:
+    """Evaluate every method x bits on ``digits-text`` through exported pipelines; returns the results."""
+    _check(methods, bits, num_images, guidance_scale)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "prompts.txt", "\n".join(digits_text_prompts()) + "\n")
+    per_digit = num_images // 10
+    rows: list[dict[str, Any]] = []
+    fp = _calibrated("fp", _settings("minmax", "fp", guidance_scale), out_dir, progress)
+    reference = None
+    for fp_seed in (seed, seed + 1):  # two seeds: the metrics' own noise
+        row, images = _row(fp, "fp", out_dir, per_digit, fp_seed, guidance_scale, target)
+        reference = images if reference is None else reference
+        rows.append(row | {"method": "fp", "rmse_vs_fp": paired_rmse(images, reference) if fp_seed == seed else None})
+    jobs = [(m, b) for b in bits for m in methods]
+    for method, bit in tqdm(jobs, desc="evaluate digits-text", disable=not progress):
+        name = f"{method}-{bit}"
+        artifact = _calibrated(name, _settings(method, bit, guidance_scale), out_dir, progress)
+        row, images = _row(artifact, name, out_dir, per_digit, seed, guidance_scale, target)
+        rows.append(row | {"rmse_vs_fp": paired_rmse(images, reference)})
+    results = {"model": "digits-text", "rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "command": f"tfmq-export evaluate --model digits-text --out {out_dir} --methods {','.join(methods)} "
+                          f"--bits {','.join(bits)} --num-images {num_images} --seed {seed} --target {target} "
+                          f"--guidance-scale {guidance_scale}" + (f" --doc {doc_path}" if doc_path else "")}
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+    if doc_path is not None:
+        _publish(results, out_dir, Path(doc_path))
+    return results
+
+
+def _publish(results: dict[str, Any], out_dir: Path, doc_path: Path) -> None:
+    """The Markdown, its JSON and the grids beside it (``<stem>-grids/``)."""
+    grid_dir = doc_path.parent / f"{doc_path.stem}-grids"
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    grids = []
+    for source in sorted((out_dir / "grids").glob("*.png")):
+        data = source.read_bytes()
+        atomic_write(grid_dir / source.name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+        grids.append(f"{grid_dir.name}/{source.name}")
+    atomic_write_text(doc_path.with_suffix(".json"), json.dumps(results, indent=2))
+    atomic_write_text(doc_path, text_results_markdown(results, grids))
+
+
+def text_results_markdown(results: dict[str, Any], grids: list[str] | None = None) -> str:
+    """The table and the judgement of W8A8 against the FP seed-to-seed noise, all from ``results``."""
+    rows = results["rows"]
+    fp = [r for r in rows if r["method"] == "fp"]
+    fid_noise = abs(fp[0]["fid"] - fp[-1]["fid"])
+    acc_noise = abs(fp[0]["accuracy"] - fp[-1]["accuracy"])
+    lines = [
+        "# Results on the bundled text-to-image model digits-text",
+        "",
+        f"Command: `{results['command']}` ({results['created']}).",
+        "",
+        "Each row: calibrate `digits-text` with its ten digit prompts and classifier-free guidance, export every",
+        "stage (`export-pipeline`), sample each digit's prompt through the exported pipeline with onnxruntime.",
+        "Accuracy: the bundled digit classifier agrees with the prompted digit. FID: digits-FID of the guided",
+        "images against the 1,797 real digits. RMSE: pixel RMSE to the FP images drawn from the same noise.",
+        f"FP with two seeds: FID {fp[0]['fid']:.3f} / {fp[-1]['fid']:.3f}, guided accuracy "
+        f"{fp[0]['accuracy']:.3f} / {fp[-1]['accuracy']:.3f} (the metrics' noise).",
+        "",
+        "| method | W | A | guided accuracy | unguided accuracy | FID (guided) | FID (unguided) | RMSE vs FP | "
+        "calibration s | seed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        rmse = "" if r.get("rmse_vs_fp") is None else f"{r['rmse_vs_fp']:.4f}"
+        lines.append(f"| {r['method']} | {r['wbits']} | {r['abits']} | {r['accuracy']:.3f} | "
+                     f"{r['accuracy_unguided']:.3f} | {r['fid']:.3f} | {r['fid_unguided']:.3f} | {rmse} | "
+                     f"{r['calib_seconds']} | {r['seed']} |")
+    lines += ["", "## W8A8 against full precision (computed from the table)", ""]
+    for r in rows:
+        if (r["wbits"], r["abits"]) == (8, 8):
+            d_fid, d_acc = r["fid"] - fp[0]["fid"], r["accuracy"] - fp[0]["accuracy"]
+            within = abs(d_fid) <= fid_noise and abs(d_acc) <= max(acc_noise, 0.01)
+            lines.append(f"- {r['method']} W8A8: FID {d_fid:+.3f} (FP seed noise {fid_noise:.3f}), accuracy "
+                         f"{d_acc:+.3f} (FP seed noise {acc_noise:.3f}): {'within' if within else 'outside'} noise.")
+    if grids:
+        lines += ["", "## Samples (columns: digits 0-9, guided)", ""]
+        lines += [f"- `{Path(g).stem}`: ![{Path(g).stem}]({g})" for g in grids]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_model(model: str, out_dir: Path, methods: list[str], bits: list[str], *, num_images: int | None = None,
+                   seed: int = 0, target: str = "tensorrt", guidance_scale: float | None = None,
+                   doc_path: Path | None = None, progress: bool = True) -> tuple[dict[str, Any], str]:
+    """``evaluate --model digits|digits-text``: (results, their Markdown) for the CLI and the API."""
+    from tfmq_export.workflows.evaluate import DEFAULT_NUM_IMAGES, results_markdown, run_evaluate
+
+    if model == "digits":
+        if guidance_scale is not None:
+            raise TfmqError("--guidance-scale applies to --model digits-text (digits is unconditional)")
+        results = run_evaluate(out_dir, methods, bits, num_images or DEFAULT_NUM_IMAGES, seed, target, doc_path,
+                               progress=progress)
+        return results, results_markdown(results)
+    if model != "digits-text":
+        raise TfmqError(f"--model {model!r}: evaluate runs on the bundled models digits and digits-text")
+    results = run_evaluate_text(out_dir, methods, bits, num_images or DEFAULT_TEXT_NUM_IMAGES, seed, target,
+                                DEFAULT_TEXT_GUIDANCE if guidance_scale is None else guidance_scale, doc_path,
+                                progress)
+    return results, text_results_markdown(results)
