@@ -19,8 +19,9 @@ def test_demo_runs_the_whole_flow_on_tiny_settings(tmp_path, one_thread) -> None
         "fp32": CalibrationSettings(method="minmax", wbits=16, abits=16, **tiny),
         "tfmq-w8a8": CalibrationSettings(method="tfmq", wbits=8, abits=8, iters=2, **tiny),
     }
+    text_recipe = CalibrationSettings(method="tfmq", wbits=8, abits=8, iters=2, **tiny)
     report = run_demo(tmp_path / "demo", num_images=8, progress=False, settings=settings, bench_batches=(1,),
-                      bench_iters=2)
+                      bench_iters=2, text_recipe=text_recipe, text_per_digit=1)
 
     assert (tmp_path / "demo" / "report.md").read_text() == report
     assert "| fp32 |" in report and "| tfmq-w8a8 |" in report
@@ -31,6 +32,13 @@ def test_demo_runs_the_whole_flow_on_tiny_settings(tmp_path, one_thread) -> None
     assert all(math.isfinite(r["fid"]) for r in rows.values())
     timed = {(r["backend"], r["precision"]) for r in data["bench"]}
     assert {("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "w8a8")} <= timed
+    text = {r["setting"]: r for r in data["text"]}  # digits-text through its exported pipeline
+    assert text["fp32"]["rmse_vs_fp"] == 0.0 and 0.0 < text["tfmq-w8a8"]["rmse_vs_fp"] < 0.5
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in text.values())
+    assert "| tfmq-w8a8 | " in report.split("digits-text")[-1]
+    for row in text.values():
+        assert (tmp_path / "demo" / "text" / "pipelines" / row["setting"] / "unet.onnx").is_file()
+        assert (tmp_path / "demo" / "text" / "grids" / f"digits-text-{row['setting']}.png").is_file()
     for name in settings:
         assert (tmp_path / "demo" / "grids" / f"{name}.png").is_file()
         assert (tmp_path / "demo" / "onnx" / f"digits-{name}.onnx").is_file()

@@ -2,8 +2,9 @@
 
 calibrate (FP, TFMQ W8A8 and W4A8 from the digits recipes) -> export ONNX (onnxruntime target)
 -> sample with onnxruntime -> digits-FID and RMSE to the FP samples from the same noise -> bench
-(torch FP32, onnxruntime FP32 and W8A8) -> report.md. The full method x bits table is
-``tfmq-export evaluate``.
+(torch FP32, onnxruntime FP32 and W8A8); then the text-to-image model ``digits-text``: calibrate
+with prompts, export every stage, sample each digit's prompt (``demo_text``) -> report.md. The full
+method x bits tables are ``tfmq-export evaluate [--model digits-text]``.
 """
 
 from __future__ import annotations
@@ -43,13 +44,17 @@ def run_demo(
     settings: dict[str, CalibrationSettings] | None = None,
     bench_batches: tuple[int, ...] = (1, 64),
     bench_iters: int = 20,
+    text_recipe: CalibrationSettings | None = None,
+    text_per_digit: int = 4,
 ) -> str:
     """Run the whole flow into ``out_dir`` and return the Markdown report (also written there).
 
     ``settings`` replaces ``demo_settings()`` (it must keep the keys ``fp32`` and ``tfmq-w8a8``,
-    which the bench compares); tests pass tiny ones.
+    which the bench compares) and ``text_recipe`` the calibration budget of the digits-text part;
+    tests pass tiny ones.
     """
     from tfmq_export.workflows.bench import bench_to_json
+    from tfmq_export.workflows.demo_text import run_demo_text, text_demo_lines
 
     if num_images < 2:
         raise TfmqError("--num-images must be at least 2 (FID needs a covariance)")
@@ -80,10 +85,13 @@ def run_demo(
     bench = bench_to_json("digits", [onnx_files["fp32"], onnx_files["tfmq-w8a8"]], "torch,onnxruntime",
                           list(bench_batches), iters=bench_iters, threads=None, json_path=out_dir / "bench.json",
                           progress=progress)
+    text_rows = run_demo_text(out_dir / "text", per_digit=text_per_digit, seed=seed, progress=progress,
+                              recipe=text_recipe)
     report = _report(rows, floor, bench, num_images, seed)
+    report += "\n".join(text_demo_lines(text_rows, text_per_digit)) + "\n"
     atomic_write_text(out_dir / "report.md", report)
     atomic_write_text(out_dir / "report.json", json.dumps({"rows": rows, "real_floor_fid": floor,
-                                                           "bench": bench["runs"]}, indent=2))
+                                                           "bench": bench["runs"], "text": text_rows}, indent=2))
     return report
 
 

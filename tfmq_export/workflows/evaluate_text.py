@@ -44,9 +44,9 @@ RECIPE_KEYS = ("steps", "num_samples", "batch_size", "iters", "seed", "weight_in
 
 def _settings(method: str, bits: str, guidance: float) -> dict[str, Any]:
     """The overrides for one row: the digits recipe's budget, the row's method and bits, the guidance."""
-    recipe = recipe_settings(method, bits)
+    recipe = recipe_settings(method, "w8a8" if bits == "fp" else bits)
     values = {k: getattr(recipe, k) for k in RECIPE_KEYS}
-    wbits, abits = BIT_SETTINGS[bits] if bits != "fp" else (16, 16)
+    wbits, abits = (16, 16) if bits == "fp" else BIT_SETTINGS[bits]
     return values | {"method": method, "wbits": wbits, "abits": abits, "guidance_scale": guidance}
 
 
