@@ -217,6 +217,11 @@ def test_prompts_without_a_text_encoder(tmp_path, unet_cond_dir):
     _refused(_run("calibrate", unet_cond_dir, "--out", out, "--prompts", prompts, *TINY), "--prompts", left=(out,))
 
 
+def test_text_to_image_pipeline_without_prompts(tmp_path):
+    out = tmp_path / "art"
+    _refused(_run("calibrate", "digits-text", "--out", out, *TINY), "text-to-image pipeline", "--prompts", left=(out,))
+
+
 def test_out_is_an_existing_file(tmp_path, unet2d_dir):
     out = tmp_path / "art"
     out.write_text("keep me")

@@ -144,7 +144,11 @@ class PipelineParts:
 
 
 def _load(cls: Any, folder: Path) -> Any:
-    """``cls.from_pretrained(folder)`` offline, its failures as one line."""
+    """``cls.from_pretrained(folder)`` offline, its failures as one line (and no per-file progress bar:
+    our own bars say what runs)."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     try:
         return cls.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # transformers/diffusers raise many types for damaged files

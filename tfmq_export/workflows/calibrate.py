@@ -49,6 +49,9 @@ def calibrate_model(
     settings = settings_from(load_recipe(recipe) if recipe is not None else None, overrides)
     check_writable(out_dir, "--out", folder=True)  # before minutes of calibration, creating nothing
     loaded = load_model(model)
+    if loaded.pipeline is not None and settings.quantized and prompts is None and conditions is None:
+        raise TfmqError(f"{model} is a text-to-image pipeline: calibrate it with --prompts FILE.txt (one prompt "
+                        "per line; e.g. examples/digits-text-prompts.txt)")
     if loaded.pipeline is not None and loaded.pipeline.is_xl:
         _check_xl(conditions, settings)
     if conditions is not None:
