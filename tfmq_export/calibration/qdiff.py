@@ -89,6 +89,8 @@ def attach_live_temporal_branch(table_unet: TemporalTableUNet, source_unet: nn.M
     unet = table_unet.unet
     unet.time_proj = StepToTimestep(copy.deepcopy(source_unet.time_proj), table_unet.timesteps)
     unet.time_embedding = copy.deepcopy(source_unet.time_embedding)
+    if table_unet.text_time:
+        return  # SDXL: the ResBlocks' projections never left the table UNet (see ``run``)
     for proj in UNetAdapter(source_unet).temporal_projections():
         resnet = unet.get_submodule(proj.resnet_name)
         resnet.time_emb_proj = copy.deepcopy(proj.resnet.time_emb_proj)

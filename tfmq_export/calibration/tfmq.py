@@ -57,7 +57,7 @@ from tfmq_export.quant.modules import (
     step_factors,
 )
 from tfmq_export.quant.simulate import set_act_mode
-from tfmq_export.temporal import TemporalBranch, TemporalTableLookup, TemporalTableUNet
+from tfmq_export.temporal import TemporalBranch, TemporalTableLookup, TemporalTableUNet, table_module_name
 
 __all__ = [
     "finite_set_calibration",
@@ -164,7 +164,7 @@ def step_ranges(table: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def install_table(sim: TemporalTableUNet, table: dict[str, torch.Tensor]) -> None:
     """Overwrite the simulation's temporal table rows (same shapes)."""
     for name, rows in table.items():
-        lookup = sim.unet.get_submodule(f"{name}.time_emb_proj")
+        lookup = sim.unet.get_submodule(table_module_name(name))
         if not isinstance(lookup, TemporalTableLookup) or lookup.table.shape != rows.shape:
             raise TfmqError(f"{name}: the simulation has no temporal table of shape {tuple(rows.shape)}")
         lookup.table.copy_(rows)
