@@ -20,6 +20,13 @@ Notation: t a sampler timestep (a table row), h(t) the time MLP's output, g_i(.)
    learned-activation stage. Every activation quantizer keeps per-step statistics
    (``step_min`` / ``step_max``), and the static engine scale comes from ``static_scale_rule``:
    ``max`` (no step clips) or ``mse`` (least quantization error summed over the steps).
+
+SDXL (``text_time``): diffusers feeds the ResBlocks ``emb = h(t) + aug(text_embeds, time_ids)``,
+so g_i depends on the conditions and only h(t) is a function of t. The TIB is then the time MLP
+alone (``temporal.TemporalBranch``): TIAR's loss is || h(t) - h^(t) ||^2 (AdaRound of
+``linear_2``), FSC ranges its input per step, the table is h(t) (or h^(t)), and the ResBlocks'
+``time_emb_proj`` stay float layers of the graph on the live sum. The block stage sees the added
+conditions: they travel packed with the conditions of every calibration input.
 """
 
 from __future__ import annotations
