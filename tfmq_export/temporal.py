@@ -28,6 +28,10 @@ def timestep_tensor(timesteps: Sequence[float] | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(values, dtype=torch.long if whole else torch.float32).reshape(-1)
 
 
+#: the table key of SDXL's h(t) (a ``text_time`` UNet has this one table instead of one per ResBlock)
+TIME_EMBEDDING_TABLE = "time_embedding"
+
+
 class TemporalBranch(nn.Module):
     """The TIB alone: table rows -> {resnet: g_i(h(t))} for the sampler's timesteps.
 
@@ -39,13 +43,21 @@ class TemporalBranch(nn.Module):
     ``time_proj`` was wrapped, as qdiff's live branch does, passes the inner one). The one
     implementation of the temporal features: the table, TIAR's targets and qdiff's quantized
     table all come from ``forward``.
+
+    SDXL (``text_time``): diffusers adds the added-condition embedding to the time embedding
+    before the ResBlocks (``emb = h(t) + aug(text_embeds, time_ids)``), so g_i sees the
+    conditions and is no function of t. The branch then ends at the time MLP: it yields
+    ``{TIME_EMBEDDING_TABLE: h(t)}``, its Linear layers are the MLP's only, and the ResBlocks'
+    projections stay live (float) layers of the UNet, which ``aug`` reaches at run time.
     """
 
     def __init__(self, unet: nn.Module, timesteps: Sequence[int] | torch.Tensor, copy_modules: bool = True,
                  time_proj: nn.Module | None = None) -> None:
         super().__init__()
         take = copy.deepcopy if copy_modules else (lambda module: module)
-        projections = UNetAdapter(unet).temporal_projections()
+        adapter = UNetAdapter(unet)
+        self.text_time = adapter.has_text_time
+        projections = [] if self.text_time else adapter.temporal_projections()
         self.time_proj = take(unet.time_proj if time_proj is None else time_proj)
         self.time_embedding = take(unet.time_embedding)
         self.resnet_names = [p.resnet_name for p in projections]
@@ -74,6 +86,8 @@ class TemporalBranch(nn.Module):
             param = next(self.parameters())
             t_emb = self.time_proj(self.timesteps[rows.to(self.timesteps.device)]).to(param.dtype)
             emb = self.time_embedding(t_emb)
+            if self.text_time:
+                return {TIME_EMBEDDING_TABLE: emb.float()}
             return {name: proj(act(emb)).float() for name, act, proj in zip(self.resnet_names, self.acts, self.projs)}
 
     def table(self) -> dict[str, torch.Tensor]:
@@ -87,14 +101,9 @@ def compute_temporal_features(unet: nn.Module, timesteps: Sequence[int] | torch.
     """{resnet name: g_i(h(t)) for every t} as [T, C] (or [T, 2C] for scale-shift ResBlocks).
 
     Runs the UNet's own TIB modules, so a UNet whose TIB layers were swapped for quantized
-    ones yields the quantized table.
+    ones yields the quantized table. SDXL: ``{TIME_EMBEDDING_TABLE: h(t)}`` alone (the ResBlocks'
+    time input is h(t) + aug(text_embeds, time_ids), see ``TemporalBranch``).
     """
-    if UNetAdapter(unet).has_text_time:
-        # SDXL: the ResBlocks' time input is h(t) + aug(text_embeds, time_ids); only h(t) is a table
-        rows = timestep_tensor(timesteps)
-        param = next(unet.parameters())
-        h = unet.time_embedding(unet.time_proj(rows).to(param.dtype))
-        return {TIME_EMBEDDING_TABLE: h.float().cpu()}
     return TemporalBranch(unet, timesteps, copy_modules=False).table()
 
 
@@ -133,8 +142,9 @@ class TimeEmbeddingLookup(TemporalTableLookup):
         return self.table[step_index.long()]
 
 
-#: the table key of SDXL's h(t) (a ``text_time`` UNet has this one table instead of one per ResBlock)
-TIME_EMBEDDING_TABLE = "time_embedding"
+def table_module_name(key: str) -> str:
+    """The UNet module a table replaces: SDXL's ``time_embedding`` MLP, else ``{resnet}.time_emb_proj``."""
+    return key if key == TIME_EMBEDDING_TABLE else f"{key}.time_emb_proj"
 
 
 def pack_added_conditions(encoder_hidden_states: torch.Tensor, text_embeds: torch.Tensor,
@@ -217,29 +227,26 @@ class TemporalTableUNet(nn.Module):
         self, sample: torch.Tensor, step_index: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
         text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``text_embeds``/``time_ids``: SDXL's added conditions (None: packed into the conditions)."""
+        """``text_embeds``/``time_ids``: SDXL's added conditions (None: packed into the conditions,
+        ``pack_added_conditions``, as calibration data carries them)."""
+        if not self.is_conditional:
+            return self._forward(sample, step_index, {})
+        if encoder_hidden_states is None:
+            raise TfmqError("this UNet is conditional: encoder_hidden_states is required")
+        kwargs: dict[str, object] = {"encoder_hidden_states": encoder_hidden_states}
         if self.text_time:
-            if encoder_hidden_states is None:
-                raise TfmqError("this UNet is conditional: encoder_hidden_states is required")
             if text_embeds is None or time_ids is None:
                 encoder_hidden_states, text_embeds, time_ids = unpack_added_conditions(
                     encoder_hidden_states, self.text_embeds_dim)
-            added = {"text_embeds": text_embeds, "time_ids": time_ids}
-            return self.unet(sample, step_index, encoder_hidden_states=encoder_hidden_states,
-                             added_cond_kwargs=added, return_dict=False)[0]
-        if self.declares_steps:
-            with observing_steps(step_index):
-                return self._forward(sample, step_index, encoder_hidden_states)
-        return self._forward(sample, step_index, encoder_hidden_states)
+            kwargs = {"encoder_hidden_states": encoder_hidden_states,
+                      "added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}}
+        return self._forward(sample, step_index, kwargs)
 
-    def _forward(
-        self, sample: torch.Tensor, step_index: torch.Tensor, encoder_hidden_states: torch.Tensor | None
-    ) -> torch.Tensor:
-        if self.is_conditional:
-            if encoder_hidden_states is None:
-                raise TfmqError("this UNet is conditional: encoder_hidden_states is required")
-            return self.unet(sample, step_index, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
-        return self.unet(sample, step_index, return_dict=False)[0]
+    def _forward(self, sample: torch.Tensor, step_index: torch.Tensor, kwargs: dict[str, object]) -> torch.Tensor:
+        if self.declares_steps:  # per-step quantizers inside (tfmq's step factors), SDXL included
+            with observing_steps(step_index):
+                return self.unet(sample, step_index, return_dict=False, **kwargs)[0]
+        return self.unet(sample, step_index, return_dict=False, **kwargs)[0]
 
 
 def build_table_unet(unet: nn.Module, timesteps: Sequence[float]) -> TemporalTableUNet:
@@ -256,6 +263,7 @@ __all__ = [
     "build_table_unet",
     "compute_temporal_features",
     "pack_added_conditions",
+    "table_module_name",
     "timestep_tensor",
     "unpack_added_conditions",
 ]

@@ -129,17 +129,19 @@ def test_sdxl_w8a8_samples(sdxl_pipeline_dir, xl_latents, xl_reference, tmp_path
 
 
 def test_sdxl_calibration_limits(sdxl_pipeline_dir, tmp_path):
+    """--conditions lacks text_embeds/time_ids: refused for SDXL (every --method works from --prompts,
+    tests/pipelines/test_sdxl_reconstruction.py)."""
     from click.testing import CliRunner
 
     from tests.test_bad_input import _refused
     from tfmq_export.cli import cli
 
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("a digit\n")
+    conditions = tmp_path / "c.npy"
+    np.save(conditions, np.zeros((1, 8, 64), dtype=np.float32))
     out = tmp_path / "art"
-    result = CliRunner().invoke(cli, ["calibrate", str(sdxl_pipeline_dir), "--out", str(out), "--prompts",
-                                      str(prompts), "--method", "tfmq", "--steps", "2", "--quiet"])
-    _refused(result, "--method tfmq", "minmax", left=(out,))
+    result = CliRunner().invoke(cli, ["calibrate", str(sdxl_pipeline_dir), "--out", str(out), "--conditions",
+                                      str(conditions), "--method", "tfmq", "--steps", "2", "--quiet"])
+    _refused(result, "--prompts", "time_ids", left=(out,))
 
 
 def _has(module: str) -> bool:

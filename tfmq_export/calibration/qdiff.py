@@ -27,6 +27,11 @@ second scales go into the artifact (``{layer}.input_split`` / ``input_scale_spli
 simulation rebuilds them (``quant.modules.install_split_quantizers`` in
 ``simulation_from_artifact``) and the export writes them as ``Split -> (Q/DQ -> Conv) x 2 -> Add``
 (``export.split_qdq.apply_split_qdq`` in ``build_onnx``), so the engine runs both halves in INT8.
+
+SDXL (``text_time``): the ResBlocks' time input is h(t) + aug(text_embeds, time_ids), so their
+``time_emb_proj`` are no part of the table; they stay float live layers in every method (as the
+exported graph has them) and only the time MLP's ``linear_2`` is quantized and reconstructed here;
+the table is the quantized MLP's h^(t) (``UNetAdapter.tib_quantized_names``).
 """
 
 from __future__ import annotations
@@ -89,6 +94,8 @@ def attach_live_temporal_branch(table_unet: TemporalTableUNet, source_unet: nn.M
     unet = table_unet.unet
     unet.time_proj = StepToTimestep(copy.deepcopy(source_unet.time_proj), table_unet.timesteps)
     unet.time_embedding = copy.deepcopy(source_unet.time_embedding)
+    if table_unet.text_time:
+        return  # SDXL: the ResBlocks' projections never left the table UNet (see ``run``)
     for proj in UNetAdapter(source_unet).temporal_projections():
         resnet = unet.get_submodule(proj.resnet_name)
         resnet.time_emb_proj = copy.deepcopy(proj.resnet.time_emb_proj)

@@ -20,6 +20,13 @@ Notation: t a sampler timestep (a table row), h(t) the time MLP's output, g_i(.)
    learned-activation stage. Every activation quantizer keeps per-step statistics
    (``step_min`` / ``step_max``), and the static engine scale comes from ``static_scale_rule``:
    ``max`` (no step clips) or ``mse`` (least quantization error summed over the steps).
+
+SDXL (``text_time``): diffusers feeds the ResBlocks ``emb = h(t) + aug(text_embeds, time_ids)``,
+so g_i depends on the conditions and only h(t) is a function of t. The TIB is then the time MLP
+alone (``temporal.TemporalBranch``): TIAR's loss is || h(t) - h^(t) ||^2 (AdaRound of
+``linear_2``), FSC ranges its input per step, the table is h(t) (or h^(t)), and the ResBlocks'
+``time_emb_proj`` stay float layers of the graph on the live sum. The block stage sees the added
+conditions: they travel packed with the conditions of every calibration input.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ from tfmq_export.quant.modules import (
     step_factors,
 )
 from tfmq_export.quant.simulate import set_act_mode
-from tfmq_export.temporal import TemporalBranch, TemporalTableLookup, TemporalTableUNet
+from tfmq_export.temporal import TemporalBranch, TemporalTableLookup, TemporalTableUNet, table_module_name
 
 __all__ = [
     "finite_set_calibration",
@@ -164,7 +171,7 @@ def step_ranges(table: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def install_table(sim: TemporalTableUNet, table: dict[str, torch.Tensor]) -> None:
     """Overwrite the simulation's temporal table rows (same shapes)."""
     for name, rows in table.items():
-        lookup = sim.unet.get_submodule(f"{name}.time_emb_proj")
+        lookup = sim.unet.get_submodule(table_module_name(name))
         if not isinstance(lookup, TemporalTableLookup) or lookup.table.shape != rows.shape:
             raise TfmqError(f"{name}: the simulation has no temporal table of shape {tuple(rows.shape)}")
         lookup.table.copy_(rows)

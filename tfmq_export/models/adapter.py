@@ -106,11 +106,14 @@ class UNetAdapter:
         return [TemporalProjection(name, module) for name, module in self.temporal_projections_raw()]
 
     def tib_linear_names(self) -> list[str]:
-        """Linear layers inside the TIB, the ones TIAR reconstructs."""
+        """Linear layers inside the TIB, the ones TIAR reconstructs. SDXL: the time MLP's only; the
+        ResBlocks' ``time_emb_proj`` see h(t) + aug(text_embeds, time_ids), so they are no part of
+        the table and stay float layers of the graph (for every method)."""
         return [
             name
             for name, module in self.unet.named_modules()
             if isinstance(module, nn.Linear) and self._in_tib(name)
+            and not (self.has_text_time and name.endswith(".time_emb_proj"))
         ]
 
     def tib_quantized_names(self) -> list[str]:

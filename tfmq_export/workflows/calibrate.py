@@ -53,7 +53,7 @@ def calibrate_model(
         raise TfmqError(f"{model} is a text-to-image pipeline: calibrate it with --prompts FILE.txt (one prompt "
                         "per line; e.g. examples/digits-text-prompts.txt)")
     if loaded.pipeline is not None and loaded.pipeline.is_xl:
-        _check_xl(conditions, settings)
+        _check_xl(conditions)
     if conditions is not None:
         loaded.conditions = load_conditions(conditions, loaded)
     if settings.prompts is not None:
@@ -61,14 +61,13 @@ def calibrate_model(
     return run_calibration(loaded, settings, out_dir, progress=progress)
 
 
-def _check_xl(conditions: Path | None, settings: Any) -> None:
-    """What an SDXL pipeline can be calibrated with today: prompts (its UNet also takes text_embeds and
-    time_ids, which --conditions lacks) and the minmax method (block reconstruction does not carry them)."""
+def _check_xl(conditions: Path | None) -> None:
+    """An SDXL pipeline is calibrated from prompts: its UNet also takes text_embeds and time_ids, which
+    --conditions lacks (every method works: calibration data carries them packed with the conditions,
+    ``temporal.pack_added_conditions``, so block reconstruction sees them too)."""
     if conditions is not None:
         raise TfmqError("an SDXL pipeline is calibrated from --prompts FILE.txt, not --conditions "
                         "(its UNet also takes text_embeds and time_ids)")
-    if settings.quantized and settings.reconstructs:
-        raise TfmqError(f"--method {settings.method} does not support SDXL pipelines yet; use --method minmax")
 
 
 def _guided_conditions(loaded: Any, settings: Any, model: str) -> Any:
