@@ -13,7 +13,8 @@ memory peak is gone before the next):
    ``--num-samples`` prompts x ``--steps`` guided steps: cheap on purpose, the weights are random);
 3. ``export-pipeline`` both (target onnxruntime);
 4. ``tfmq-export bench FP32_DIR --onnx-pipeline W8A8_DIR --backends B``, one run per backend
-   (round-robin within it; OpenVINO adds ``ov-default`` and ``w8a8+ov-default``): all six
+   (round-robin within it; OpenVINO adds ``ov-default``, ``w8a8+ov-default`` and
+   ``w8a8+ov-default-stages``, ``sample``'s default): all seven
    variants open at once took more than this machine's 23 GB (the OOM killer ended the run);
 5. the section "Whole pipelines" of docs/BENCHMARKS.md from the bench JSON.
 
@@ -126,7 +127,8 @@ def report(data: dict[str, Any], commands: list[str]) -> str:
     lines += ["", "Speed-ups of the W8A8 pipeline (only its UNet is quantized; the text encoder and VAE decoder "
               "stay float):", ""]
     for fast, base in (("onnxruntime:w8a8", "onnxruntime:fp32"), ("openvino:w8a8", "openvino:fp32"),
-                       ("openvino:w8a8", "openvino:ov-default"), ("openvino:w8a8+ov-default", "openvino:ov-default")):
+                       ("openvino:w8a8", "openvino:ov-default"), ("openvino:w8a8+ov-default", "openvino:ov-default"),
+                       ("openvino:w8a8+ov-default-stages", "openvino:ov-default")):
         ratios = _speedups(rows, fast, base)
         if ratios is not None:
             whole, unet = ratios

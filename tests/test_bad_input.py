@@ -513,6 +513,14 @@ def test_sample_json_to_a_folder(tmp_path, onnx_path):
     _refused(_run("sample", onnx_path, "--out", out, "--json", js, "--num-images", "2"), "--json", left=(out,))
 
 
+@pytest.mark.parametrize("steps", ["1", "3"])
+def test_sample_pndm_with_too_few_steps(tmp_path, onnx_path, steps):
+    """PNDM's Runge-Kutta warm-up needs 4 steps (diffusers fails with a numpy broadcast error below)."""
+    out = tmp_path / "grid.png"
+    _refused(_run("sample", onnx_path, "--out", out, "--num-images", "2", "--scheduler", "pndm", "--steps", steps),
+             f"--steps {steps}", "at least 4 steps", left=(out,))
+
+
 def test_sample_artifact_folder_on_onnxruntime(tmp_path, artifact_dir):
     out = tmp_path / "grid.png"
     _refused(_run("sample", artifact_dir, "--out", out, "--num-images", "2"), "--backend torch", left=(out,))

@@ -123,11 +123,12 @@ def export_pipeline(artifact_dir: PathLike, out: PathLike, *, target: str = "onn
 @_one_line
 def build_engine(onnx_or_dir: PathLike, out: PathLike | None = None, *, backend: str = "onnxruntime",
                  min_batch: int = 1, opt_batch: int = 1, max_batch: int = 2,
-                 timing_cache: PathLike | None = None) -> dict[str, Any]:
+                 timing_cache: PathLike | None = None, float_stages: str | None = None) -> dict[str, Any]:
     """``tfmq-export build-engine FILE.onnx --out PATH`` (returns the engine's manifest) or
     ``build-engine DIR`` for a pipeline folder (every stage; returns the manifests by stage).
 
     ``min_batch``/``opt_batch``/``max_batch``/``timing_cache``: TensorRT's profile and cache.
+    ``float_stages`` (a pipeline folder): ``default`` (None) or ``fp32`` for its text encoder(s) and VAE decoder.
     """
     source = Path(onnx_or_dir)
     trt = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
@@ -138,7 +139,10 @@ def build_engine(onnx_or_dir: PathLike, out: PathLike | None = None, *, backend:
         except ImportError:
             raise TfmqError("building the engines of a pipeline folder is not available in this version") from None
         return build_pipeline_engines(source, backend, None if out is None else Path(out),
-                                      batches=(min_batch, opt_batch, max_batch), timing_cache=trt["timing_cache"])
+                                      batches=(min_batch, opt_batch, max_batch), timing_cache=trt["timing_cache"],
+                                      float_stages=float_stages or "default")
+    if float_stages is not None:
+        raise TfmqError("float_stages applies to pipeline folders (export-pipeline); one .onnx has no float stages")
     if out is None:
         raise TfmqError("out is required when building one .onnx file (the engine's path)")
     from tfmq_export.backends.builders import build_engine as build
@@ -159,14 +163,17 @@ def lint(onnx_path: PathLike) -> list[LintViolation]:
 def sample(source: PathLike, *, prompt: str | None = None, negative_prompt: str | None = None,
            guidance_scale: float | None = None, num_images: int | None = None, seed: int = 0,
            latents: PathLike | np.ndarray | None = None, backend: str = "onnxruntime", scheduler: str | None = None,
-           steps: int | None = None, batch_size: int = 250, model: str | None = None, out: PathLike | None = None,
-           npy: PathLike | None = None, quiet: bool = False) -> np.ndarray:
+           steps: int | None = None, float_stages: str | None = None, batch_size: int = 250,
+           model: str | None = None, out: PathLike | None = None, npy: PathLike | None = None,
+           quiet: bool = False) -> np.ndarray:
     """``tfmq-export sample SOURCE``: float32 images [N, H, W, C] in [0, 1]; also writes the PNG grid
     (``out``) and the array (``npy``) when given.
 
     SOURCE is a folder written by ``export-pipeline`` (then ``prompt`` is required; ``latents``
-    [N, C, h, w], an array or a ``.npy`` file, give N images of the prompt), an exported UNet ``.onnx``
-    (unconditional sampling, ``num_images`` default 64) or an artifact folder (``backend="torch"``).
+    [N, C, h, w], an array or a ``.npy`` file, give N images of the prompt; ``float_stages``
+    ``default``/``fp32``: the text encoder(s) and VAE decoder at the backend's default precision or
+    FP32), an exported UNet ``.onnx`` (unconditional sampling, ``num_images`` default 64) or an
+    artifact folder (``backend="torch"``; with ``prompt``: in the pipeline it was calibrated on).
     """
     from tfmq_export.workflows.sample_pipeline import is_pipeline_dir
 
@@ -178,10 +185,12 @@ def sample(source: PathLike, *, prompt: str | None = None, negative_prompt: str 
             check_writable(Path(path), option)
     if is_pipeline_dir(source) or prompt is not None:
         images = _sample_pipeline(source, prompt, negative_prompt, guidance_scale, num_images, seed, latents,
-                                  backend, scheduler, steps)
+                                  backend, {"scheduler": scheduler, "steps": steps, "float_stages": float_stages,
+                                            "model": model})
     else:
-        if latents is not None:
-            raise TfmqError("latents are taken by pipeline folders (export-pipeline); this source samples from seed")
+        if latents is not None or float_stages is not None:
+            raise TfmqError("latents and float_stages are taken by pipeline folders (export-pipeline); this source "
+                            "samples a bare UNet from seed")
         images = _sample_unet(source, backend, 64 if num_images is None else num_images, seed, batch_size, model,
                               scheduler, steps, quiet)
     _write_outputs(images, out, npy)
@@ -189,30 +198,29 @@ def sample(source: PathLike, *, prompt: str | None = None, negative_prompt: str 
 
 
 def _sample_pipeline(source: Path, prompt: str | None, negative_prompt: str | None, guidance_scale: float | None,
-                     num_images: int | None, seed: int, latents: Any, backend: str, scheduler: str | None,
-                     steps: int | None) -> np.ndarray:
-    """The checks of ``sample DIR --prompt`` (one line each, before any stage runs), then the images."""
+                     num_images: int | None, seed: int, latents: Any, backend: str,
+                     choices: dict[str, Any]) -> np.ndarray:
+    """The checks of ``sample DIR --prompt`` (one line each, before any stage runs), then the images;
+    ``choices``: scheduler, steps, float_stages, model."""
     import numpy as np
 
     from tfmq_export.workflows.sample_pipeline import (
-        ExportedPipeline,
         check_latents,
         check_sample_options,
-        pipeline_images,
         read_latents,
-        requested_scheduler,
+        sample_pipeline_images,
+        source_latent_shape,
     )
 
     check_sample_options(source, prompt=prompt, guidance_scale=guidance_scale, latents_given=latents is not None,
-                         num_images=num_images)
+                         num_images=num_images, backend=backend)
     if latents is not None:
-        shape = ExportedPipeline.read(source).latent_shape
+        shape = source_latent_shape(source, backend)
         latents = (check_latents(latents, shape, "latents") if isinstance(latents, np.ndarray)
                    else read_latents(Path(latents), shape))
-    sampler = requested_scheduler(source, scheduler, steps)
-    return pipeline_images(source, prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
-                           num_images=1 if num_images is None else num_images, seed=seed, latents=latents,
-                           backend=backend, scheduler=sampler)
+    return sample_pipeline_images(source, prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
+                                  num_images=1 if num_images is None else num_images, seed=seed, latents=latents,
+                                  backend=backend, **choices)
 
 
 def _sample_unet(source: Path, backend: str, num_images: int, seed: int, batch_size: int, model: str | None,
@@ -262,29 +270,25 @@ def bench(model: str = "digits", *, onnx: Sequence[PathLike] = (), variant: Sequ
     A pipeline folder as MODEL (or ``pipelines``, the ``--onnx-pipeline`` folders) times whole
     text-to-image pipelines stage by stage (``num_images``, ``prompt``, ... apply there).
     """
-    from tfmq_export.workflows.sample_pipeline import is_pipeline_dir
+    from tfmq_export.workflows.bench import bench_mode
 
     json_path = None if json is None else Path(json)
-    if pipelines or is_pipeline_dir(Path(model)):
-        given = [o for o, v in (("onnx", onnx), ("variant", variant), ("nncf", nncf),
-                                ("sampling_runs", sampling_runs), ("latent_size", latent_size)) if v]
-        if given:
-            raise TfmqError(f"{', '.join(given)} time a bare UNet; a pipeline bench takes pipeline folders")
-        if list(batch) != [1]:
-            raise TfmqError("a pipeline bench takes num_images=N, not batch")
+    unet_only = {"onnx": onnx, "variant": variant, "nncf": nncf, "sampling_runs": sampling_runs,
+                 "latent_size": latent_size}
+    is_pipeline, chosen = bench_mode(str(model), pipelines, backends, batch, unet_only, cli=False)
+    if is_pipeline:
         try:
             from tfmq_export.workflows.bench.pipeline import bench_pipelines_to_json
         except ImportError:
             raise TfmqError("the pipeline bench is not available in this version") from None
         folders = [Path(model), *map(Path, pipelines)]
-        return bench_pipelines_to_json(folders, "onnxruntime" if backends is None else backends,
-                                       json_path=json_path, num_images=num_images, iters=iters, warmup=warmup,
-                                       threads=threads, prompt=prompt, negative_prompt=negative_prompt,
+        return bench_pipelines_to_json(folders, chosen, json_path=json_path, num_images=num_images, iters=iters,
+                                       warmup=warmup, threads=threads, prompt=prompt, negative_prompt=negative_prompt,
                                        guidance_scale=guidance_scale, seed=seed, pause_ms=pause_ms,
                                        measure_memory=not no_memory, ov_default=not no_ov_default, progress=not quiet)
     from tfmq_export.workflows.bench import bench_to_json
 
-    return bench_to_json(model, [Path(p) for p in onnx], "torch,onnxruntime" if backends is None else backends,
+    return bench_to_json(model, [Path(p) for p in onnx], chosen,
                          list(batch), iters, threads, json_path, not no_memory, latent_size,
                          variant_specs=list(variant), warmup=warmup, sampling_runs=sampling_runs, pause_ms=pause_ms,
                          seed=seed, nncf=nncf, nncf_engine=None if nncf_engine is None else Path(nncf_engine),

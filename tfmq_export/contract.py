@@ -17,6 +17,7 @@ from tfmq_export.errors import TfmqError
 __all__ = [
     "BACKENDS",
     "EXPORT_TARGETS",
+    "FLOAT_STAGES",
     "INPUT_CONDITIONS",
     "INPUT_SAMPLE",
     "INPUT_STEP_INDEX",
@@ -41,6 +42,7 @@ __all__ = [
     "PIPELINE_JSON",
     "PJ_CLASS",
     "PJ_ENGINES",
+    "PJ_ENGINE_PRECISIONS",
     "PJ_FINGERPRINT",
     "PJ_FORCE_ZEROS",
     "PJ_FORMAT",
@@ -140,6 +142,11 @@ PJ_TIME_IDS = "time_ids"
 PJ_FORCE_ZEROS = "force_zeros_for_empty_prompt"
 PJ_ENGINES = "engines"
 """``build-engine DIR``: backend -> stage -> engine file, relative to the pipeline folder."""
+PJ_ENGINE_PRECISIONS = "engine_precisions"
+"""``build-engine DIR``: backend -> stage -> the precision label that stage's engine runs at."""
+FLOAT_STAGES = ("default", "fp32")
+"""``--float-stages``: the text encoder(s) and VAE decoder at the backend's default precision
+(OpenVINO: ``ov-default``, TensorRT: ``fp16``, onnxruntime: ``fp32``) or forced to ``fp32``."""
 
 # --- metadata_props of an exported graph ---------------------------------------------------------
 META_PREFIX = "tfmq."

@@ -62,12 +62,18 @@ def make_scheduler(name: str | None, scheduler_config: dict[str, Any], num_steps
     ``num_steps`` inference steps."""
     import diffusers
 
-    cls = getattr(diffusers, SCHEDULERS[resolve_scheduler_name(name, scheduler_config)])
+    resolved = resolve_scheduler_name(name, scheduler_config)
+    cls = getattr(diffusers, SCHEDULERS[resolved])
     config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     scheduler = cls.from_config(config)
     train_steps = scheduler.config.num_train_timesteps
     if not 1 <= num_steps <= train_steps:
         raise TfmqError(f"--steps {num_steps} must be between 1 and the model's {train_steps} training timesteps")
+    order = int(getattr(scheduler, "pndm_order", 0))
+    if resolved == "pndm" and not scheduler.config.skip_prk_steps and num_steps < order:
+        # diffusers' set_timesteps fails with a numpy broadcast error there
+        raise TfmqError(f"--scheduler pndm with --steps {num_steps}: PNDM's Runge-Kutta warm-up (skip_prk_steps false "
+                        f"in the scheduler config) needs at least {order} steps")
     scheduler.set_timesteps(num_steps)
     return scheduler
 

@@ -69,10 +69,16 @@ def test_prompts_file(tmp_path):
         read_prompts(tmp_path / "bin.txt")
 
 
-def test_long_prompt_truncated_with_warning(sd_pipeline_dir):
+def test_long_prompt_truncated_with_warning(sd_pipeline_dir, caplog):
+    """One logged line (as diffusers logs its own), naming the limit and the cut-off words."""
+    import logging
+
     tokenizer = load_model(sd_pipeline_dir).pipeline.tokenizer()
-    with pytest.warns(UserWarning, match="longer than the tokenizer's 16 tokens"):
+    with caplog.at_level(logging.WARNING, logger="tfmq_export.models.prompts"):
         ids = tokenize(tokenizer, [" ".join(["seven"] * 20)])
+    (record,) = [r for r in caplog.records if r.name == "tfmq_export.models.prompts"]
+    line = record.getMessage()
+    assert "longer than the tokenizer's 16 tokens" in line and "cut off: 'seven" in line and "\n" not in line
     assert ids.shape == (1, 16) and ids[0, -1] == tokenizer.eos_token_id
 
 

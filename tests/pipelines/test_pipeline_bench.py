@@ -34,7 +34,8 @@ def test_pipeline_bench_rows(sd_exported_pair, tmp_path):
     rows = {r["label"]: r for r in data["runs"]}
     expected = {"onnxruntime:fp32", "onnxruntime:w8a8"}
     if "openvino" in backends:
-        expected |= {"openvino:fp32", "openvino:w8a8", "openvino:ov-default", "openvino:w8a8+ov-default"}
+        expected |= {"openvino:fp32", "openvino:w8a8", "openvino:ov-default", "openvino:w8a8+ov-default",
+                     "openvino:w8a8+ov-default-stages"}
     assert set(rows) == expected
     for row in rows.values():
         assert all(row[k] is not None for k in CONTRACT if k != "peak_mem_mb"), row
@@ -49,9 +50,17 @@ def test_pipeline_bench_rows(sd_exported_pair, tmp_path):
     assert rows["onnxruntime:fp32"]["images_rel_error_vs_reference"] == 0.0
     assert 0 < rows["onnxruntime:w8a8"]["images_rel_error_vs_reference"] < 0.2
     assert rows["onnxruntime:w8a8"]["model_bytes"] < rows["onnxruntime:fp32"]["model_bytes"]
+    assert rows["onnxruntime:w8a8"]["sample_default"] and rows["onnxruntime:w8a8"]["stage_precisions"] == {
+        "text_encoder": "fp32", "unet": "w8a8", "vae_decoder": "fp32"}
     if "openvino" in backends:
         assert rows["openvino:ov-default"]["precision"] == "ov-default"
         assert rows["openvino:w8a8+ov-default"]["precision"] == "w8a8"
+        # sample DIR --backend openvino's default: the UNet as calibrated, the float stages at OpenVINO's default
+        default = rows["openvino:w8a8+ov-default-stages"]
+        assert default["sample_default"] and default["stage_precisions"] == {
+            "text_encoder": "ov-default", "unet": "w8a8", "vae_decoder": "ov-default"}
+        assert rows["openvino:w8a8+ov-default"]["stage_precisions"]["unet"] == "w8a8+ov-default"
+        assert not any(rows[k]["sample_default"] for k in ("openvino:fp32", "openvino:w8a8", "openvino:ov-default"))
     assert len([line for line in result.output.splitlines() if "Pipeline" in line]) == len(expected)
 
 

@@ -62,11 +62,13 @@ def test_export_pipeline_writes_every_stage(fp_export, sd_pipeline_dir):
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_sample_pipeline_equals_diffusers(backend, fp_export, diffusers_images, tmp_path):
+    """The parity contract runs the float stages in FP32 (--float-stages fp32): OpenVINO's default
+    precision (bf16 on AMX CPUs) is not within 2e-3 of diffusers."""
     if backend == "openvino":
         pytest.importorskip("openvino")
     npy = tmp_path / "images.npy"
     result = _run("sample", fp_export / "pipe", "--prompt", PROMPT, "--negative-prompt", NEGATIVE, "--guidance-scale",
-                  GUIDANCE, "--latents", fp_export / "latents.npy", "--backend", backend,
+                  GUIDANCE, "--latents", fp_export / "latents.npy", "--backend", backend, "--float-stages", "fp32",
                   "--out", tmp_path / "grid.png", "--npy", npy)
     assert result.exit_code == 0, result.output
     images = np.load(npy)
@@ -103,8 +105,8 @@ def test_sample_pipeline_bad_input(fp_export, tmp_path):
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((1, 4, 4, 4), dtype=np.float32))
     _refused(_run("sample", pipe, "--prompt", PROMPT, "--latents", bad, "--out", out), "[N, 4, 8, 8]", left=(out,))
-    _refused(_run("sample", pipe, "--prompt", PROMPT, "--backend", "torch", "--out", out), "cannot run pipeline stages",
-             left=(out,))
+    _refused(_run("sample", pipe, "--prompt", PROMPT, "--backend", "torch", "--out", out),
+             "--backend torch runs the torch simulation of an artifact folder", left=(out,))
     full = tmp_path / "full"
     full.mkdir()
     (full / "notes.txt").write_text("mine")

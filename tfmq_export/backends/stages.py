@@ -3,6 +3,11 @@
 A pipeline stage is not the UNet contract, so ``Runner.infer`` does not fit; ``StageRunner``
 opens the registry's runner for the file (``open_runner``: the same sessions and compile options
 as every other workflow) and runs it with a dict of named arrays, returning every output by name.
+
+``float_stage_precision`` is the one place that says what precision the float stages (text
+encoder(s), VAE decoder) run at per backend: ``--float-stages default`` is what the backend gives
+without asking (OpenVINO's own inference precision, bf16 on CPUs with AMX; TensorRT FP16;
+onnxruntime FP32), ``fp32`` forces FP32 (the parity contract with diffusers needs it).
 """
 
 from __future__ import annotations
@@ -14,20 +19,29 @@ from typing import Any
 import numpy as np
 
 from tfmq_export.backends.base import Runner, open_runner
-from tfmq_export.contract import OV_DEFAULT
+from tfmq_export.contract import FLOAT_STAGES, OV_DEFAULT
 from tfmq_export.errors import TfmqError
 
-__all__ = ["STAGE_BACKENDS", "StageRunner"]
+__all__ = ["STAGE_BACKENDS", "StageRunner", "float_stage_precision"]
 
-#: backends that run an exported stage file (.onnx) with named inputs and outputs
-STAGE_BACKENDS = ("onnxruntime", "openvino")
+#: backends that run an exported stage file (.onnx, or the engine built from it) with named inputs and outputs
+STAGE_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+#: backend -> the precision label of its float stages under ``--float-stages default``
+_DEFAULT_FLOAT = {"openvino": OV_DEFAULT, "tensorrt": "fp16"}
+
+
+def float_stage_precision(backend: str, float_stages: str = "default") -> str:
+    """The precision label the text encoder(s) and VAE decoder run at on ``backend``."""
+    if float_stages not in FLOAT_STAGES:
+        raise TfmqError(f"--float-stages {float_stages!r} is not one of {', '.join(FLOAT_STAGES)}")
+    return _DEFAULT_FLOAT.get(backend, "fp32") if float_stages == "default" else "fp32"
 
 
 class StageRunner:
     """``run({input name: array}) -> {output name: array}`` for one stage file; a context manager.
 
     The file is the exported ``.onnx`` or an engine built from it (onnxruntime's optimised
-    ``.onnx``, OpenVINO's ``.xml``). ``precision`` ``ov-default`` compiles an OpenVINO stage with
+    ``.onnx``, OpenVINO's ``.xml``, TensorRT's ``.plan``). ``precision`` ``ov-default`` compiles an OpenVINO stage with
     OpenVINO's own inference precision (bf16 on CPUs with AMX) instead of forcing f32; so does
     ``ov_default=True`` for a quantized stage (its int8 layers stay int8, its float parts follow).
     """
@@ -54,7 +68,9 @@ class StageRunner:
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
-        out = self._run_onnxruntime(feed) if self.backend == "onnxruntime" else self._run_openvino(feed)
+        run = {"onnxruntime": self._run_onnxruntime, "openvino": self._run_openvino,
+               "tensorrt": self._run_tensorrt}[self.backend]
+        out = run(feed)
         self.last_ms = (time.perf_counter() - start) * 1000.0
         return out
 
@@ -85,3 +101,6 @@ class StageRunner:
             for name in port.get_names():
                 out[name] = value
         return out
+
+    def _run_tensorrt(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runner.run_named(feed)  # type: ignore[attr-defined]

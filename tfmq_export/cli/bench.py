@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
-from tfmq_export.errors import TfmqError
 
 
 @click.command("bench")
@@ -60,19 +59,14 @@ def bench(model, onnx_paths, variant_specs, backends, pipelines, num_images, pro
           --latent-size 32 --threads 2 --batch 1 --batch 2 --sampling-runs 1 --json bench.json
       tfmq-export bench pipe-fp32/ --onnx-pipeline pipe-w8a8/ --backends onnxruntime,openvino --json bench.json
     """
-    from tfmq_export.workflows.bench import bench_to_json, format_row
-    from tfmq_export.workflows.sample_pipeline import is_pipeline_dir
+    from tfmq_export.workflows.bench import bench_mode, bench_to_json, format_row
 
-    if pipelines or is_pipeline_dir(Path(model)):
+    unet_only = {"onnx": onnx_paths, "variant": variant_specs, "nncf": nncf, "sampling_runs": sampling_runs,
+                 "latent_size": latent_size}
+    is_pipeline, chosen = bench_mode(model, pipelines, backends, batches, unet_only, cli=True)
+    if is_pipeline:
         from tfmq_export.workflows.bench.pipeline import bench_pipelines_to_json, format_pipeline_row
 
-        unused = [o for o, v in (("--onnx", onnx_paths), ("--variant", variant_specs), ("--nncf", nncf),
-                                 ("--sampling-runs", sampling_runs), ("--latent-size", latent_size)) if v]
-        if unused:
-            raise TfmqError(f"{', '.join(unused)} time a bare UNet; a pipeline bench takes --onnx-pipeline folders")
-        if len(batches) != 1 or batches[0] != 1:
-            raise TfmqError("a pipeline bench takes --num-images N, not --batch")
-        chosen = "onnxruntime" if backends is None else backends
         result = bench_pipelines_to_json([Path(model), *pipelines], chosen, json_path=json_path,
                                          num_images=num_images, iters=iters, warmup=warmup, threads=threads,
                                          prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
@@ -82,7 +76,6 @@ def bench(model, onnx_paths, variant_specs, backends, pipelines, num_images, pro
             click.echo(format_pipeline_row(row))
         return
 
-    chosen = "torch,onnxruntime" if backends is None else backends
     result = bench_to_json(model, list(onnx_paths), chosen, list(batches), iters, threads, json_path,
                            not no_memory, latent_size, variant_specs=list(variant_specs), warmup=warmup,
                            sampling_runs=sampling_runs, pause_ms=pause_ms, seed=seed, nncf=nncf,

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
+from tfmq_export.contract import FLOAT_STAGES
 
 
 @click.command("build-engine")
@@ -22,8 +23,11 @@ from tfmq_export.cli.errors import friendly
 @click.option("--max-batch", type=int, default=2, show_default=True,
               help="TensorRT profile (classifier-free guidance doubles the batch).")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file.")
+@click.option("--float-stages", type=click.Choice(FLOAT_STAGES), default=None,
+              help="Pipeline folder: text encoder(s) and VAE decoder at the backend's default precision (OpenVINO: "
+                   "its own, bf16 on AMX CPUs; TensorRT: FP16) or fp32; recorded in pipeline.json [default: default].")
 @friendly
-def build_engine(onnx_path, out_path, backend, min_batch, opt_batch, max_batch, timing_cache) -> None:
+def build_engine(onnx_path, out_path, backend, min_batch, opt_batch, max_batch, timing_cache, float_stages) -> None:
     """Build an engine from an exported ONNX graph (or every stage of a pipeline folder), with manifests.
 
     \b
@@ -32,6 +36,7 @@ def build_engine(onnx_path, out_path, backend, min_batch, opt_batch, max_batch, 
       tfmq-export build-engine engines/digits-w8a8.onnx --out engines/digits-w8a8.xml --backend openvino
       tfmq-export build-engine engines/digits-w8a8.onnx --out engines/digits-w8a8.plan --backend tensorrt
       tfmq-export build-engine pipe-w8a8/ --backend openvino      # every stage; `sample pipe-w8a8/` uses them
+      tfmq-export build-engine pipe-fp32/ --backend openvino --float-stages fp32   # FP32 text encoder and VAE
     """
     from tfmq_export.errors import TfmqError
 
@@ -39,12 +44,15 @@ def build_engine(onnx_path, out_path, backend, min_batch, opt_batch, max_batch, 
         from tfmq_export.workflows.build_pipeline import build_pipeline_engines
 
         manifests = build_pipeline_engines(onnx_path, backend, out_path, batches=(min_batch, opt_batch, max_batch),
-                                           timing_cache=timing_cache)
+                                           timing_cache=timing_cache, float_stages=float_stages or "default")
         for stage, manifest in manifests.items():
-            click.echo(f"{stage}: {manifest['engine']} ({backend}, {manifest['engine_bytes'] / 1e6:.1f} MB, "
-                       f"{manifest.get('build_seconds', 0):.1f} s)")
+            click.echo(f"{stage}: {manifest['engine']} ({backend}, {manifest['stage_precision']}, "
+                       f"{manifest['engine_bytes'] / 1e6:.1f} MB, {manifest.get('build_seconds', 0):.1f} s)")
         click.echo(f"engines recorded in {onnx_path / 'pipeline.json'} under engines.{backend}")
         return
+    if float_stages is not None:
+        raise TfmqError("--float-stages applies to pipeline folders (export-pipeline); one .onnx file has no float "
+                        "stages")
     if out_path is None:
         raise TfmqError("--out is required when building one .onnx file (the engine's path)")
     from tfmq_export.backends.builders import build_engine as build

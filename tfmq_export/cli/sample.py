@@ -8,13 +8,15 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
+from tfmq_export.contract import FLOAT_STAGES
 
 
 @click.command("sample")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="PNG grid to write.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "torch"]), default="onnxruntime",
-              show_default=True, help="torch runs the simulation of an artifact folder.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt", "torch"]), default="onnxruntime",
+              show_default=True, help="torch runs the simulation of an artifact folder (with --prompt: in the "
+                                      "pipeline it was calibrated on); tensorrt: a pipeline folder's built engines.")
 @click.option("--num-images", type=int, default=None, help="Images to sample (default 64; a pipeline: 1 per prompt).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=250, show_default=True)
@@ -33,11 +35,15 @@ from tfmq_export.cli.errors import friendly
               help="Pipeline folder: classifier-free guidance, at least 1 (default: recorded in pipeline.json).")
 @click.option("--latents", "latents_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Pipeline folder: initial latents [N, C, h, w] (.npy); N images of the prompt.")
+@click.option("--float-stages", type=click.Choice(FLOAT_STAGES), default=None,
+              help="Pipeline folder: text encoder(s) and VAE decoder at the backend's default precision (OpenVINO: "
+                   "its own, bf16 on AMX CPUs; TensorRT: FP16) or fp32 (diffusers parity) [default: as build-engine "
+                   "recorded, else default].")
 @click.option("--npy", "npy_path", type=click.Path(path_type=Path), default=None,
               help="Pipeline folder: also write the images as float32 [N, H, W, 3] in [0, 1] (.npy).")
 @friendly
 def sample(source, out_path, backend, num_images, seed, batch_size, json_path, model, scheduler, steps, prompt,
-           negative_prompt, guidance_scale, latents_path, npy_path) -> None:
+           negative_prompt, guidance_scale, latents_path, float_stages, npy_path) -> None:
     """Sample images with the shared sampling loop from an exported ONNX file or an artifact folder.
 
     \b
@@ -45,7 +51,9 @@ def sample(source, out_path, backend, num_images, seed, batch_size, json_path, m
       tfmq-export sample engines/digits-w8a8.onnx --out samples.png --num-images 64
       tfmq-export sample engines/digits-all.onnx --scheduler euler --steps 25 --out samples.png
       tfmq-export sample engines/sd-w8a8 --prompt "a handwritten digit seven" --num-images 4 --out grid.png
+      tfmq-export sample calib/sd-w8a8 --prompt "a handwritten digit seven" --backend torch --out grid.png
     """
+    from tfmq_export.errors import TfmqError
     from tfmq_export.workflows.sample import sample_to_files
     from tfmq_export.workflows.sample_pipeline import is_pipeline_dir, sample_pipeline_cli
 
@@ -53,9 +61,11 @@ def sample(source, out_path, backend, num_images, seed, batch_size, json_path, m
         summary = sample_pipeline_cli(source, out_path, prompt=prompt, negative_prompt=negative_prompt,
                                       guidance_scale=guidance_scale, num_images=num_images, seed=seed,
                                       latents_path=latents_path, npy_path=npy_path, backend=backend,
-                                      scheduler=scheduler, steps=steps)
+                                      scheduler=scheduler, steps=steps, float_stages=float_stages, model=model)
         click.echo(json.dumps(summary))
         return
+    if float_stages is not None:
+        raise TfmqError("--float-stages applies to pipeline folders (export-pipeline); a bare UNet has no float stages")
     summary = sample_to_files(source, out_path, backend, 64 if num_images is None else num_images, seed, batch_size,
                               json_path, model, scheduler, steps)
     click.echo(json.dumps(summary))

@@ -35,7 +35,9 @@ from tfmq_export.models.loading import LoadedModel
 from tfmq_export.models.pipeline import PipelineParts, TextEncoderPair
 from tfmq_export.models.prompts import encoder_outputs, xl_time_ids
 
-__all__ = ["DEFAULT_GUIDANCE_SCALE", "VAE_DECODER_FORMULA", "check_pipeline_output", "export_pipeline"]
+__all__ = [
+    "DEFAULT_GUIDANCE_SCALE", "VAE_DECODER_FORMULA", "VaeDecoderStage", "check_pipeline_output", "export_pipeline",
+]
 
 #: diffusers' default guidance for SD pipelines, recorded when the artifact was calibrated without prompts
 DEFAULT_GUIDANCE_SCALE = 7.5
@@ -59,7 +61,7 @@ class _TextEncoderStage(nn.Module):
         return tuple(outs[name] for name in self.names())
 
 
-class _VaeDecoderStage(nn.Module):
+class VaeDecoderStage(nn.Module):
     """Denoised latents -> images in [0, 1] (section 8 of diffusers' ``__call__`` and its postprocess)."""
 
     def __init__(self, vae: nn.Module) -> None:
@@ -109,7 +111,7 @@ def _export_text_encoders(parts: PipelineParts, stage: Path) -> dict[str, Any]:
 
 
 def _export_vae_decoder(parts: PipelineParts, latent_shape: tuple[int, ...], stage: Path) -> dict[str, Any]:
-    module = _VaeDecoderStage(parts.vae())
+    module = VaeDecoderStage(parts.vae())
     example = torch.randn((1, *latent_shape), generator=torch.Generator().manual_seed(0))
     dynamic = {c.VAE_INPUT_LATENTS: {0: "batch", 2: "height", 3: "width"},
                c.VAE_OUTPUT_IMAGES: {0: "batch", 2: "image_height", 3: "image_width"}}

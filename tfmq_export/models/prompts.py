@@ -12,7 +12,7 @@ every step but the text encoder call itself:
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ from tfmq_export.models.guidance import GuidedConditions
 from tfmq_export.models.pipeline import PipelineParts, TextEncoderPair
 
 __all__ = ["combine", "encode_guided", "encoder_outputs", "read_prompts", "tokenize", "xl_time_ids"]
+
+log = logging.getLogger(__name__)
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -55,15 +57,19 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
-    """int64 ids [N, model_max_length]; longer prompts are cut with a warning, as diffusers does."""
+    """int64 ids [N, model_max_length]; longer prompts are cut with a warning, as diffusers does.
+
+    The warning is one logged line (diffusers logs its own with ``logger.warning`` too): no
+    ``warnings`` source-line echo, the cut-off text ``repr``-quoted so it cannot break the line.
+    """
     max_length = int(tokenizer.model_max_length)
     ids = tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True).input_ids
-    full = tokenizer(list(texts), padding="longest").input_ids
+    full = tokenizer(list(texts), padding="longest", verbose=False).input_ids  # no warning of its own: ours
     for text, row in zip(texts, full):
         if len(row) > max_length:
             removed = tokenizer.decode(row[max_length - 1 : -1])
-            warnings.warn(f"the prompt {text[:40]!r} is longer than the tokenizer's {max_length} tokens; "
-                          f"this part was cut off: {removed!r}", stacklevel=2)
+            log.warning("warning: the prompt %r is longer than the tokenizer's %d tokens; this part was cut off: %r",
+                        text[:40], max_length, removed)
     return np.asarray(ids, dtype=np.int64)
 
 

@@ -7,10 +7,18 @@ folder is renamed into place only when every stage is built; then ``pipeline.jso
 engine files under ``engines.<backend>`` (rewritten atomically), which ``sample DIR --backend B``
 and ``bench DIR`` use. A failed build leaves the folder and ``pipeline.json`` as they were.
 
+``--float-stages default|fp32`` chooses the precision of the float stages (text encoder(s), VAE
+decoder; ``backends.stages.float_stage_precision``): ``default`` is the backend's own (OpenVINO:
+its default inference precision, ``ov-default``, bf16 on CPUs with AMX; TensorRT: FP16;
+onnxruntime: FP32), ``fp32`` forces FP32. The UNet keeps the precision it was exported at. Every
+stage's label goes into ``pipeline.json`` (``engine_precisions.<backend>``) and its manifest
+(``stage_precision``); ``sample DIR --backend B`` runs them so unless told otherwise. An OpenVINO
+IR is the same file either way (weights kept f32): its precision is applied when it is compiled.
+
 TensorRT: the Q/DQ UNet is built strongly typed (as ``build-engine FILE.onnx``), the float text
-encoder(s) and VAE decoder in FP16; one optimization profile per stage (batch ``min..max``, the
-VAE decoder's latent size fixed from ``pipeline.json``). Without TensorRT or a GPU: one line,
-before anything is written.
+encoder(s) and VAE decoder in FP16 (FP32 with ``--float-stages fp32``); one optimization profile
+per stage (batch ``min..max``, the VAE decoder's latent size fixed from ``pipeline.json``).
+Without TensorRT or a GPU: one line, before anything is written.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ _MARK = "engines.json"  # written into OUTDIR: what this folder holds (so a rebu
 
 
 def _stage_options(backend: str, stage: str, described: dict[str, Any], batches: tuple[int, int, int],
-                   timing_cache: Path | None) -> dict[str, Any]:
+                   timing_cache: Path | None, precision: str) -> dict[str, Any]:
     """Builder options per stage: TensorRT profiles and precision; the CPU builders take none."""
     if backend != "tensorrt":
         return {}
@@ -40,7 +48,7 @@ def _stage_options(backend: str, stage: str, described: dict[str, Any], batches:
     options: dict[str, Any] = {"min_batch": lo, "opt_batch": opt, "max_batch": hi, "timing_cache": timing_cache}
     if stage == c.STAGE_UNET:
         return options  # strongly typed, the Q/DQ graph linted first
-    options.update(fp16=True, lint=False)
+    options.update(fp16=precision == "fp16", lint=False)
     if stage == c.STAGE_VAE_DECODER:
         latent = list(described[c.PJ_LATENT_SHAPE])
         options["shapes"] = {c.VAE_INPUT_LATENTS: [[b, *latent] for b in batches]}
@@ -57,9 +65,10 @@ def _check_out(out: Path) -> None:
 
 
 def _build_all(pipe: Any, backend: str, out: Path, batches: tuple[int, int, int], timing_cache: Path | None,
-               manifests: dict[str, Any]) -> dict[str, str]:
+               manifests: dict[str, Any], precisions: dict[str, str]) -> dict[str, str]:
     """Every stage into a private folder, renamed to ``out`` when all are built; returns stage -> file."""
     from tfmq_export.backends.builders import build_engine
+    from tfmq_export.backends.manifest import manifest_path
     from tfmq_export.io import staged_dir
 
     with staged_dir(out) as stage:
@@ -67,8 +76,11 @@ def _build_all(pipe: Any, backend: str, out: Path, batches: tuple[int, int, int]
         folder.mkdir()
         for name in pipe.described[c.PJ_STAGES]:
             target = folder / f"{name}{ENGINE_SUFFIXES[backend]}"
-            options = _stage_options(backend, name, pipe.described, batches, timing_cache)
-            manifests[name] = build_engine(backend, pipe.stage_path(name), target, **options)
+            options = _stage_options(backend, name, pipe.described, batches, timing_cache, precisions[name])
+            manifest = {**build_engine(backend, pipe.stage_path(name), target, **options),
+                        "stage_precision": precisions[name]}
+            manifest_path(target).write_text(json.dumps(manifest, indent=2) + "\n")
+            manifests[name] = manifest
         files = {name: f"{name}{ENGINE_SUFFIXES[backend]}" for name in manifests}
         (folder / _MARK).write_text(json.dumps({"backend": backend, "stages": files}, indent=2) + "\n")
         replace_folder(folder, out)
@@ -76,19 +88,24 @@ def _build_all(pipe: Any, backend: str, out: Path, batches: tuple[int, int, int]
 
 
 def build_pipeline_engines(pipeline_dir: Path, backend: str, out_dir: Path | None = None, *,
-                           batches: tuple[int, int, int] = (1, 2, 2),
-                           timing_cache: Path | None = None) -> dict[str, Any]:
+                           batches: tuple[int, int, int] = (1, 2, 2), timing_cache: Path | None = None,
+                           float_stages: str = "default") -> dict[str, Any]:
     """Build every stage of ``pipeline_dir`` with ``backend``; returns ``{stage: engine manifest}``.
 
     ``batches``: TensorRT's (min, opt, max) batch (classifier-free guidance runs the UNet at 2N).
+    ``float_stages``: ``default`` or ``fp32`` for the text encoder(s) and VAE decoder.
     """
     from tfmq_export.backends.builders import ENGINE_BUILDERS
+    from tfmq_export.backends.stages import float_stage_precision
     from tfmq_export.io import atomic_write_text
     from tfmq_export.workflows.sample_pipeline import ExportedPipeline
 
     if backend not in ENGINE_BUILDERS:
         raise TfmqError(f"unknown backend {backend!r}; choose from {', '.join(ENGINE_BUILDERS)}")
+    float_precision = float_stage_precision(backend, float_stages)
     pipe = ExportedPipeline.read(pipeline_dir)  # refuses a folder with a missing stage
+    precisions = {name: pipe.described[c.PJ_PRECISION] if name == c.STAGE_UNET else float_precision
+                  for name in pipe.described[c.PJ_STAGES]}
     if backend == "tensorrt":
         from tfmq_export.backends.tensorrt.availability import check_tensorrt_available
 
@@ -100,7 +117,7 @@ def build_pipeline_engines(pipeline_dir: Path, backend: str, out_dir: Path | Non
     manifests: dict[str, Any] = {}
     made_parent = not out.parent.exists()
     try:
-        files = _build_all(pipe, backend, out, batches, timing_cache, manifests)
+        files = _build_all(pipe, backend, out, batches, timing_cache, manifests, precisions)
     except BaseException:
         if made_parent and out.parent.is_dir() and not any(out.parent.iterdir()):
             out.parent.rmdir()  # nothing half-written: not even an empty engines/ folder
@@ -109,5 +126,6 @@ def build_pipeline_engines(pipeline_dir: Path, backend: str, out_dir: Path | Non
     engines = dict(described.get(c.PJ_ENGINES) or {})
     engines[backend] = {name: os.path.relpath(out / file, pipe.path) for name, file in files.items()}
     described[c.PJ_ENGINES] = engines
+    described[c.PJ_ENGINE_PRECISIONS] = {**(described.get(c.PJ_ENGINE_PRECISIONS) or {}), backend: precisions}
     atomic_write_text(pipe.path / c.PIPELINE_JSON, json.dumps(described, indent=2) + "\n")
     return manifests

@@ -126,5 +126,20 @@ class TensorRTRunner(Runner):
         # Polygraphy reuses its host buffers: copy; a strongly typed FP16 graph may return half
         return np.array(out, dtype=np.float32, copy=True)
 
+    def run_named(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Any engine by input name (a pipeline's text encoder or VAE decoder): every input the
+        engine declares, cast to its dtype (ids may be int32); float outputs as float32 copies."""
+        if self._runner is None:
+            raise TfmqError("the TensorRT runner is not active; use it as a context manager")
+        inputs = {}
+        for name, dtype in self._input_dtypes.items():
+            if name not in feed:
+                raise TfmqError(f"{self.engine_path} takes input {name!r}, which was not given")
+            inputs[name] = np.ascontiguousarray(feed[name], dtype=dtype)
+        outputs = self._runner.infer(inputs)  # copies to host and synchronizes the stream
+        # Polygraphy reuses its host buffers: copy; an FP16 engine may return half
+        return {name: np.array(value, dtype=np.float32 if np.asarray(value).dtype.kind == "f" else None, copy=True)
+                for name, value in outputs.items()}
+
     def model_bytes(self) -> int:
         return self.engine_path.stat().st_size

@@ -5,7 +5,12 @@ on every backend asked for (onnxruntime, openvino); on OpenVINO every folder als
 compiled with OpenVINO's *default* inference precision (bf16 on CPUs with AMX, what a user gets
 without asking): an FP32 folder as ``ov-default``, the baseline a W8A8 pipeline must beat besides
 forced f32, and a quantized one as ``openvino:w8a8+ov-default`` (int8 layers stay int8, the float
-layers and the float text encoder / VAE decoder run in bf16).
+layers and the float text encoder / VAE decoder run in bf16). A quantized folder also runs as
+``openvino:w8a8+ov-default-stages``: what ``sample DIR --backend openvino`` runs by default (the
+Q/DQ UNet as calibrated, its float parts in f32; text encoder and VAE decoder at OpenVINO's
+default precision). The plain ``backend:precision`` rows run the float stages in FP32. Every row
+says what each stage ran at (``stage_precisions``) and whether it is ``sample``'s default
+(``sample_default``).
 
 One pipeline run is what ``sample DIR`` does, with runners kept open: the text encoder(s) on the
 prompt and the negative prompt (one call each, batch 1), the UNet at every step of the folder's
@@ -52,6 +57,27 @@ class PipelineVariant:
     label: str = ""
     #: every stage compiled with OpenVINO's default inference precision (``ov-default`` rows, ``+ov-default``)
     ov_default: bool = False
+    #: ``--float-stages`` of the text encoder(s) and VAE decoder (``default``: ``+ov-default-stages`` rows)
+    float_stages: str = "fp32"
+
+    def stage_precision(self, stage: str) -> str:
+        """The precision label ``stage`` runs at in this variant."""
+        from tfmq_export.backends.stages import float_stage_precision
+
+        if self.ov_default:  # a quantized UNet: int8 layers, its float parts at OpenVINO's default
+            quantized_unet = stage == c.STAGE_UNET and self.precision != c.OV_DEFAULT
+            return f"{self.precision}+{c.OV_DEFAULT}" if quantized_unet else c.OV_DEFAULT
+        if stage == c.STAGE_UNET:
+            return self.precision
+        return float_stage_precision(self.backend, self.float_stages)
+
+    @property
+    def sample_default(self) -> bool:
+        """Whether ``sample DIR --backend B`` (no ``--float-stages``) runs the folder so."""
+        from tfmq_export.backends.stages import float_stage_precision
+
+        return (not self.ov_default and self.precision != c.OV_DEFAULT
+                and self.stage_precision(c.STAGE_VAE_DECODER) == float_stage_precision(self.backend))
 
 
 @dataclass
@@ -93,9 +119,14 @@ def pipeline_variants(paths: list[Path], backends: str | list[str], ov_default: 
                 label = "" if precision == "fp32" else f"{backend}:{precision}+{c.OV_DEFAULT}"
                 variants.append(PipelineVariant(backend, c.OV_DEFAULT if precision == "fp32" else precision,
                                                 str(pipe.path), label, ov_default=True))
+                if precision != "fp32":  # sample's default: the UNet as calibrated, the float stages ov-default
+                    variants.append(PipelineVariant(backend, precision, str(pipe.path),
+                                                    f"{backend}:{precision}+{c.OV_DEFAULT}-stages",
+                                                    float_stages="default"))
     labels = [v.label or f"{v.backend}:{v.precision}" for v in variants]
     labels = [n if labels.count(n) == 1 else f"{n}:{Path(v.path).name}" for v, n in zip(variants, labels)]
-    return [PipelineVariant(v.backend, v.precision, v.path, n, v.ov_default) for v, n in zip(variants, labels)]
+    return [PipelineVariant(v.backend, v.precision, v.path, n, v.ov_default, v.float_stages)
+            for v, n in zip(variants, labels)]
 
 
 def _open(variant: PipelineVariant, prompt: str, negative: str | None, threads: int | None) -> _Open:
@@ -108,7 +139,9 @@ def _open(variant: PipelineVariant, prompt: str, negative: str | None, threads: 
     pipe = ExportedPipeline.read(variant.path)
     runners = {}
     for stage in pipe.described[c.PJ_STAGES]:
-        precision = variant.precision if stage == c.STAGE_UNET or variant.precision == c.OV_DEFAULT else "fp32"
+        precision = variant.stage_precision(stage)
+        if variant.ov_default and stage == c.STAGE_UNET:
+            precision = variant.precision  # the runner's label; ov_default sets the compile precision
         runners[stage] = StageRunner(variant.backend, pipe.stage_path(stage, variant.backend), precision, threads,
                                      ov_default=variant.ov_default)
     ids: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
@@ -196,6 +229,8 @@ def _row(v: _Open, num_images: int, ref: np.ndarray | None, load_s: float) -> di
         "unet_batch": v.unet_batch, "sampling_steps": steps, "iters": len(ms), "load_s": round(load_s, 3),
         "latency_ms_all": [round(float(t), 2) for t in ms],
         "stage_files": {s: os.path.relpath(v.pipe.stage_path(s, v.variant.backend), v.pipe.path) for s in v.runners},
+        "stage_precisions": {s: v.variant.stage_precision(s) for s in v.runners},
+        "sample_default": v.variant.sample_default,
         "path": v.variant.path,
         "images_rel_error_vs_reference": None if ref is None or v.images is None else rel_l2(v.images, ref),
     }
@@ -299,8 +334,8 @@ def format_pipeline_row(row: dict[str, Any]) -> str:
     """One line per run, the stages as TensorRT's diffusion demo lists them."""
     s = row["stages"]
     mem = row.get("peak_mem_mb")
-    return (f"{row['label']:>28s}: CLIP {s['text_encoder']:.1f} ms | UNet x {row['sampling_steps']} "
+    return (f"{row['label']:>32s}: CLIP {s['text_encoder']:.1f} ms | UNet x {row['sampling_steps']} "
             f"{s['unet_total']:.1f} ms ({s['unet']:.1f} ms/call, batch {row['unet_batch']}) | "
             f"VAE-Dec {s['vae_decoder']:.1f} ms | Pipeline {s['pipeline']:.1f} ms | "
             f"{row['images_per_s']:.3f} img/s | {'-' if mem is None else f'{mem:.0f}'} MB peak | "
-            f"{row['model_bytes'] / 1e6:.1f} MB")
+            f"{row['model_bytes'] / 1e6:.1f} MB{' | sample default' if row.get('sample_default') else ''}")

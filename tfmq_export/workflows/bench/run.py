@@ -26,7 +26,7 @@ from tfmq_export.workflows.bench.plan import (
 from tfmq_export.workflows.bench.report import write_json
 from tfmq_export.workflows.bench.timing import run_bench
 
-__all__ = ["bench_to_json"]
+__all__ = ["bench_mode", "bench_to_json"]
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +128,28 @@ def bench_to_json(
     if json_path is not None:
         write_json(result, Path(json_path))
     return result
+
+
+def bench_mode(model: str, pipelines: Any, backends: str | None, batches: Any, unet_only: dict[str, Any], *,
+               cli: bool) -> tuple[bool, str]:
+    """``(is a pipeline bench, backends to time)`` for ``bench MODEL``, shared by the command and the API.
+
+    A pipeline folder as MODEL, or any ``pipelines`` (``--onnx-pipeline``), asks for a pipeline
+    bench (default backends ``onnxruntime``; else ``torch,onnxruntime``); then the bare-UNet options
+    given in ``unet_only`` (API names: ``onnx``, ``variant``, ...) and a batch other than 1 are
+    refused in one line, naming them as the caller spells them (``cli``: ``--sampling-runs``).
+    """
+    from tfmq_export.workflows.sample_pipeline import is_pipeline_dir
+
+    def name(option: str) -> str:
+        return f"--{option.replace('_', '-')}" if cli else option
+
+    if not (pipelines or is_pipeline_dir(Path(model))):
+        return False, "torch,onnxruntime" if backends is None else backends
+    given = [name(option) for option, value in unet_only.items() if value]
+    if given:
+        folders = "--onnx-pipeline folders" if cli else "pipeline folders"
+        raise TfmqError(f"{', '.join(given)} time a bare UNet; a pipeline bench takes {folders}")
+    if list(batches) != [1]:
+        raise TfmqError(f"a pipeline bench takes {name('num_images')} N, not {name('batch')}")
+    return True, "onnxruntime" if backends is None else backends
