@@ -26,7 +26,8 @@ def test_prompt_words_are_single_tokens_and_other_words_still_tokenize() -> None
     ids = tokenizer("a handwritten digit seven").input_ids
     assert len(ids) == 4 + 2  # four words, BOS and EOS
     assert tokenizer.decode(ids, skip_special_tokens=True).strip() == "a handwritten digit seven"
-    assert len(tokenizer("zebra").input_ids) == 5 + 2  # an unknown word falls back to its letters
+    unknown = tokenizer("zebra").input_ids  # a word outside the vocabulary falls back to letters and merges
+    assert len(unknown) - 2 > 1 and tokenizer.decode(unknown, skip_special_tokens=True).strip() == "zebra"
 
 
 def test_prompts_name_their_digit() -> None:
@@ -53,18 +54,18 @@ def test_the_shipped_model_draws_the_prompted_digit() -> None:
 
     pipe = StableDiffusionPipeline.from_pretrained(DIGITS_TEXT_DIR, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    per_digit = 4
+    per_digit = 3
     latents = torch.randn((10 * per_digit, 4, 8, 8), generator=torch.Generator().manual_seed(0))
     prompts = [p for p in digits_text_prompts() for _ in range(per_digit)]
     digits = np.repeat(np.arange(10), per_digit)
     accuracy = {}
-    for scale in (1.0, 3.0):
-        images = pipe(prompts, num_inference_steps=20, guidance_scale=scale, latents=latents,
+    for scale in (1.0, 2.0):
+        images = pipe(prompts, num_inference_steps=15, guidance_scale=scale, latents=latents,
                       output_type="np").images
-        assert images.shape == (40, 16, 16, 3)
+        assert images.shape == (30, 16, 16, 3)
         accuracy[scale] = prompt_accuracy(pipeline_to_digits(images), digits)
-    assert accuracy[3.0] >= 0.8
-    assert accuracy[3.0] >= accuracy[1.0]
+    assert accuracy[2.0] >= 0.8
+    assert accuracy[2.0] >= accuracy[1.0]
 
 
 def test_training_writes_a_complete_pipeline_and_refuses_zero_iterations(tmp_path) -> None:

@@ -20,7 +20,7 @@ from tfmq_export.cli.errors import friendly
               help="Samples per setting [default: 5000 for digits (FID with 1,000 moved 13.8-33.1 between seeds), "
                    "2000 for digits-text, per guidance setting].")
 @click.option("--guidance-scale", type=float, default=None,
-              help="digits-text: the classifier-free guidance scale of calibration and the guided rows [default: 3].")
+              help="digits-text: the classifier-free guidance scale of calibration and the guided rows [default: 2].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True)
 @click.option("--doc", "doc_path", type=click.Path(path_type=Path), default=None,

@@ -34,7 +34,7 @@ __all__ = ["DEFAULT_TEXT_GUIDANCE", "DEFAULT_TEXT_NUM_IMAGES", "evaluate_model",
            "text_results_markdown"]
 
 #: The guidance scale of calibration and of the guided rows (chosen on the FP model: docs/RESULTS-text.md).
-DEFAULT_TEXT_GUIDANCE = 3.0
+DEFAULT_TEXT_GUIDANCE = 2.0
 #: Images per setting and guidance (a tenth per digit).
 DEFAULT_TEXT_NUM_IMAGES = 2000
 #: Calibration settings taken from the digits recipes (the sampler and reconstruction budget).
