@@ -76,17 +76,18 @@ def _exported(artifact_dir: Path, out_dir: Path, name: str, target: str) -> Path
     return final
 
 
-def _images(pipeline_dir: Path, per_digit: int, seed: int, guidance: float) -> np.ndarray:
+def _images(pipeline_dir: Path, per_digit: int, seed: int, guidance: float, progress: bool) -> np.ndarray:
     """Images [10 * per_digit, H, W, 3]: each digit's prompt, noise seeded by (seed, digit)."""
     from tfmq_export.workflows.sample_pipeline import pipeline_images
 
+    digits = tqdm(range(10), desc=f"sample {pipeline_dir.name} (guidance {guidance:g}), per digit",
+                  disable=not progress)
     return np.concatenate([pipeline_images(pipeline_dir, digit_prompt(d), num_images=per_digit,
-                                           seed=seed * 1000 + d, guidance_scale=guidance)
-                           for d in range(10)])
+                                           seed=seed * 1000 + d, guidance_scale=guidance) for d in digits])
 
 
 def _cached_samples(artifact: CalibrationArtifact, name: str, out_dir: Path, per_digit: int, seed: int,
-                    guidance: float, target: str) -> tuple[np.ndarray, np.ndarray]:
+                    guidance: float, target: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """(guided, unguided) images of one row, reused from ``out_dir/samples`` when the key matches."""
     key = hashlib.sha256(json.dumps([artifact.model_fingerprint, artifact.settings, artifact.timings, per_digit,
                                      seed, guidance, target], sort_keys=True, default=str).encode()).hexdigest()
@@ -96,8 +97,8 @@ def _cached_samples(artifact: CalibrationArtifact, name: str, out_dir: Path, per
             if str(stored["key"]) == key:
                 return stored["guided"], stored["unguided"]
     pipeline_dir = _exported(out_dir / "calib" / name, out_dir, name, target)
-    guided = _images(pipeline_dir, per_digit, seed, guidance)
-    unguided = _images(pipeline_dir, per_digit, seed, 1.0)
+    guided = _images(pipeline_dir, per_digit, seed, guidance, progress)
+    unguided = _images(pipeline_dir, per_digit, seed, 1.0, progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: str) -> None:
@@ -109,9 +110,9 @@ def _cached_samples(artifact: CalibrationArtifact, name: str, out_dir: Path, per
 
 
 def _row(artifact: CalibrationArtifact, name: str, out_dir: Path, per_digit: int, seed: int, guidance: float,
-         target: str) -> tuple[dict[str, Any], np.ndarray]:
+         target: str, progress: bool) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics of one setting; returns the row and its guided digits images (for the paired RMSE)."""
-    guided, unguided = _cached_samples(artifact, name, out_dir, per_digit, seed, guidance, target)
+    guided, unguided = _cached_samples(artifact, name, out_dir, per_digit, seed, guidance, target, progress)
     digits = np.repeat(np.arange(10), per_digit)
     guided_d, unguided_d = pipeline_to_digits(guided), pipeline_to_digits(unguided)
     grid_order = np.arange(len(guided)).reshape(10, per_digit)[:, : min(per_digit, 8)].T.reshape(-1)
@@ -151,14 +152,14 @@ def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
     fp = _calibrated("fp", _settings("minmax", "fp", guidance_scale), out_dir, progress)
     reference = None
     for fp_seed in (seed, seed + 1):  # two seeds: the metrics' own noise
-        row, images = _row(fp, "fp", out_dir, per_digit, fp_seed, guidance_scale, target)
+        row, images = _row(fp, "fp", out_dir, per_digit, fp_seed, guidance_scale, target, progress)
         reference = images if reference is None else reference
         rows.append(row | {"method": "fp", "rmse_vs_fp": paired_rmse(images, reference) if fp_seed == seed else None})
     jobs = [(m, b) for b in bits for m in methods]
     for method, bit in tqdm(jobs, desc="evaluate digits-text", disable=not progress):
         name = f"{method}-{bit}"
         artifact = _calibrated(name, _settings(method, bit, guidance_scale), out_dir, progress)
-        row, images = _row(artifact, name, out_dir, per_digit, seed, guidance_scale, target)
+        row, images = _row(artifact, name, out_dir, per_digit, seed, guidance_scale, target, progress)
         rows.append(row | {"rmse_vs_fp": paired_rmse(images, reference)})
     results = {"model": "digits-text", "rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "command": f"tfmq-export evaluate --model digits-text --out {out_dir} --methods {','.join(methods)} "
