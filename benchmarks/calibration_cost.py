@@ -187,8 +187,9 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     """The table of one run, with its command, for docs/."""
+    bits = sorted({row["bits"] for row in result["rows"]})
     lines = [
-        "# Calibration cost and quality per method (bundled digits model)",
+        f"# Calibration cost and quality per method at {', '.join(b.upper() for b in bits)} (bundled digits model)",
         "",
         f"Command: `{result['command']}` ({result['created']}, {result['threads']} thread(s), "
         f"{result['cpu_count']} cores). Output error: relative L2 of the noise prediction against full",

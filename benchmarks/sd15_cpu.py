@@ -178,10 +178,10 @@ def bench_command(graphs: dict[str, Path], engines: dict[str, Path], json_path: 
            "--variant", f"openvino={engines['openvino:w8a8-onnxruntime']}",
            "--nncf", "--nncf-engine", str(engines["nncf"]), "--nncf-samples", str(args.nncf_samples),
            "--latent-size", str(args.latent), "--threads", str(args.threads),
-           "--iters", str(args.iters), "--warmup", "2", "--sampling-runs", str(args.sampling_runs),
+           "--timed-calls", str(args.iters), "--warmup", "2", "--sampling-runs", str(args.sampling_runs),
            "--pause-ms", str(args.pause_ms), "--seed", str(args.seed), "--json", str(json_path)]
     for batch in args.batches:
-        cmd += ["--batch", str(batch)]
+        cmd += ["--batch-size", str(batch)]
     return [_rel(c) for c in cmd]
 
 

@@ -86,7 +86,7 @@ def prepare(work: Path, args: argparse.Namespace) -> dict[str, Path]:
 
 def bench_command(folders: dict[str, Path], args: argparse.Namespace, backend: str) -> list[str]:
     return tfmq("bench", folders["fp32"].relative_to(ROOT), "--onnx-pipeline", folders["w8a8"].relative_to(ROOT),
-                "--backends", backend, "--threads", args.threads, "--iters", args.iters, "--warmup", 1,
+                "--backends", backend, "--threads", args.threads, "--timed-calls", args.iters, "--warmup", 1,
                 "--pause-ms", 100, "--seed", args.seed, "--prompt", PROMPTS[0],
                 *([] if args.memory else ["--no-memory"]), "--json", RESULTS[backend].relative_to(ROOT), "--quiet")
 

@@ -16,10 +16,16 @@ from tfmq_export.cli import cli
 
 #: the command-line parameter names that the function spells differently (a path argument is `out`, ...)
 RENAMED: dict = {"out_dir": "out", "out_path": "out", "table": "timesteps", "onnx_paths": "onnx",
-                 "variant_specs": "variant", "batches": "batch", "json_path": "json", "doc_path": "doc",
+                 "variant_specs": "variant", "batch_sizes": "batch_size", "json_path": "json", "doc_path": "doc",
                  "latents_path": "latents", "npy_path": "npy", ("build-engine", "onnx_path"): "onnx_or_dir"}
 #: command-line options with no function keyword, and why
-NOT_MIRRORED = {("sample", "json"): "the function returns the images; the summary JSON is the command's output"}
+NOT_MIRRORED = {("sample", "json"): "the function returns the images; the summary JSON is the command's output",
+                **{(command, "verbose"): "the command's log level and timing lines; callers configure logging"
+                   for command in ("calibrate", "export-onnx", "export-pipeline", "build-engine", "lint", "sample",
+                                   "bench", "evaluate", "demo", "train-digits", "train-digits-text")},
+                **{(command, "quiet"): "no progress bars to hide: the function prints nothing"
+                   for command in ("export-onnx", "export-pipeline", "build-engine", "lint", "train-digits",
+                                   "train-digits-text")}}
 COMMANDS = {"calibrate": "calibrate", "export-onnx": "export_onnx", "export-pipeline": "export_pipeline",
             "build-engine": "build_engine", "lint": "lint", "sample": "sample", "bench": "bench",
             "evaluate": "evaluate", "demo": "demo", "train-digits": "train_digits",

@@ -530,7 +530,7 @@ def test_sample_artifact_folder_on_onnxruntime(tmp_path, artifact_dir):
 
 
 def _bench(model, *args):
-    return _run("bench", model, "--iters", "1", "--warmup", "0", "--no-memory", "--quiet", *args)
+    return _run("bench", model, "--timed-calls", "1", "--warmup", "0", "--no-memory", "--quiet", *args)
 
 
 def test_bench_fingerprint_mismatch(tmp_path, onnx_path, other_unet_dir):
@@ -570,8 +570,8 @@ def test_bench_unknown_backend(unet2d_dir, onnx_path):
     _refused(_bench(unet2d_dir, "--onnx", onnx_path, "--backends", "onnxruntime,cuda"), "cuda")
 
 
-@pytest.mark.parametrize("option", [("--iters", "0"), ("--batch", "0"), ("--threads", "0")],
-                         ids=["iters", "batch", "threads"])
+@pytest.mark.parametrize("option", [("--timed-calls", "0"), ("--batch-size", "0"), ("--threads", "0")],
+                         ids=["timed-calls", "batch-size", "threads"])
 def test_bench_non_positive_counts(unet2d_dir, onnx_path, option):
     result = _run("bench", unet2d_dir, "--onnx", onnx_path, "--backends", "onnxruntime", "--no-memory", "--quiet",
                   *option)

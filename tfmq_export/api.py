@@ -261,21 +261,27 @@ def bench(model: str = "digits", *, onnx: Sequence[PathLike] = (), variant: Sequ
           backends: str | None = None, pipelines: Sequence[PathLike] = (), num_images: int = 1,
           prompt: str | None = None, negative_prompt: str | None = None, guidance_scale: float | None = None,
           no_ov_default: bool = False, nncf: bool = False, nncf_engine: PathLike | None = None,
-          nncf_samples: int = 4, batch: Sequence[int] = (1,), iters: int = 10, warmup: int = 2,
+          nncf_samples: int = 4, batch_size: Sequence[int] = (1,), timed_calls: int = 10, warmup: int = 2,
           sampling_runs: int = 0, pause_ms: float = 0.0, threads: int | None = None, latent_size: int | None = None,
-          seed: int = 0, json: PathLike | None = None, no_memory: bool = False, quiet: bool = False) -> dict[str, Any]:
+          seed: int = 0, json: PathLike | None = None, no_memory: bool = False, quiet: bool = False,
+          batch: Sequence[int] | None = None, iters: int | None = None) -> dict[str, Any]:
     """``tfmq-export bench MODEL --onnx A.onnx ...``: time the variants side by side; returns the bench JSON
-    (``runs`` rows; written to ``json`` when given). ``variant``: ``BACKEND=FILE`` strings.
+    (``runs`` rows; written to ``json`` when given). ``variant``: ``BACKEND=FILE`` strings;
+    ``batch_size``: the UNet batch sizes to time; ``timed_calls``: timed calls per variant and batch size.
 
     A pipeline folder as MODEL (or ``pipelines``, the ``--onnx-pipeline`` folders) times whole
     text-to-image pipelines stage by stage (``num_images``, ``prompt``, ... apply there).
+    ``batch`` and ``iters`` are the deprecated names of ``batch_size`` and ``timed_calls``.
     """
     from tfmq_export.workflows.bench import bench_mode
+
+    batch_size = _deprecated("batch", "batch_size", batch, batch_size)
+    iters = _deprecated("iters", "timed_calls", iters, timed_calls)
 
     json_path = None if json is None else Path(json)
     unet_only = {"onnx": onnx, "variant": variant, "nncf": nncf, "sampling_runs": sampling_runs,
                  "latent_size": latent_size}
-    is_pipeline, chosen = bench_mode(str(model), pipelines, backends, batch, unet_only, cli=False)
+    is_pipeline, chosen = bench_mode(str(model), pipelines, backends, batch_size, unet_only, cli=False)
     if is_pipeline:
         try:
             from tfmq_export.workflows.bench.pipeline import bench_pipelines_to_json
@@ -289,10 +295,20 @@ def bench(model: str = "digits", *, onnx: Sequence[PathLike] = (), variant: Sequ
     from tfmq_export.workflows.bench import bench_to_json
 
     return bench_to_json(model, [Path(p) for p in onnx], chosen,
-                         list(batch), iters, threads, json_path, not no_memory, latent_size,
+                         list(batch_size), iters, threads, json_path, not no_memory, latent_size,
                          variant_specs=list(variant), warmup=warmup, sampling_runs=sampling_runs, pause_ms=pause_ms,
                          seed=seed, nncf=nncf, nncf_engine=None if nncf_engine is None else Path(nncf_engine),
                          nncf_samples=nncf_samples, progress=not quiet)
+
+
+def _deprecated(old: str, new: str, old_value: Any, new_value: Any) -> Any:
+    """``old_value`` when the deprecated keyword was given (a ``DeprecationWarning``), else ``new_value``."""
+    if old_value is None:
+        return new_value
+    import warnings
+
+    warnings.warn(f"bench({old}=...) is deprecated, use {new}= (same meaning)", DeprecationWarning, stacklevel=3)
+    return old_value
 
 
 @_one_line

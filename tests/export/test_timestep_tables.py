@@ -143,8 +143,8 @@ def test_bench_samples_an_all_rows_graph_with_its_recorded_schedule(loaded_unet2
     artifact = calibrate(loaded_unet2d, CalibrationSettings(wbits=16, abits=16, steps=3), progress=False)
     graph = export_onnx(loaded_unet2d, artifact, tmp_path / "all.onnx", "onnxruntime", timesteps="all")
     out = tmp_path / "bench.json"
-    args = ["bench", unet2d_dir, "--onnx", graph, "--backends", "torch,onnxruntime", "--iters", "1", "--warmup", "0",
-            "--threads", "1", "--sampling-runs", "1", "--no-memory", "--json", out, "--quiet"]
+    args = ["bench", unet2d_dir, "--onnx", graph, "--backends", "torch,onnxruntime", "--timed-calls", "1",
+            "--warmup", "0", "--threads", "1", "--sampling-runs", "1", "--no-memory", "--json", out, "--quiet"]
     result = CliRunner().invoke(cli, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     runs = {r["backend"]: r for r in json.loads(out.read_text())["runs"]}

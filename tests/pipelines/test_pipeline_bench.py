@@ -27,8 +27,8 @@ def test_pipeline_bench_rows(sd_exported_pair, tmp_path):
         backends = "onnxruntime"
     out = tmp_path / "bench.json"
     result = _run("bench", sd_exported_pair["fp32"], "--onnx-pipeline", sd_exported_pair["w8a8"], "--backends",
-                  backends, "--iters", "2", "--warmup", "1", "--threads", "1", "--json", out, "--quiet", "--no-memory",
-                  "--prompt", "a handwritten digit seven")
+                  backends, "--timed-calls", "2", "--warmup", "1", "--threads", "1", "--json", out, "--quiet",
+                  "--no-memory", "--prompt", "a handwritten digit seven")
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     rows = {r["label"]: r for r in data["runs"]}

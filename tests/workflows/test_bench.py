@@ -47,7 +47,7 @@ def graphs(tmp_path_factory, loaded_unet2d):
 def bench_json(graphs, unet2d_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("bench_json") / "bench.json"
     result = _run("bench", unet2d_dir, "--onnx", graphs["fp32"], "--onnx", graphs["w8a8"],
-                  "--backends", "torch,onnxruntime,openvino", "--iters", "3", "--warmup", "1", "--threads", "1",
+                  "--backends", "torch,onnxruntime,openvino", "--timed-calls", "3", "--warmup", "1", "--threads", "1",
                   "--sampling-runs", "1", "--json", path, "--quiet")
     assert result.exit_code == 0, result.output
     return json.loads(path.read_text())
@@ -148,7 +148,7 @@ def test_graph_without_tfmq_metadata_is_refused(unet2d_dir, tmp_path, graphs):
 
 def test_torch_alone_uses_a_25_step_table(unet2d_dir, tmp_path):
     path = tmp_path / "torch.json"
-    result = _run("bench", unet2d_dir, "--backends", "torch", "--iters", "1", "--sampling-runs", "1",
+    result = _run("bench", unet2d_dir, "--backends", "torch", "--timed-calls", "1", "--sampling-runs", "1",
                   "--no-memory", "--json", path, "--quiet")
     assert result.exit_code == 0, result.output
     (row,) = json.loads(path.read_text())["runs"]

@@ -25,9 +25,11 @@ __all__ = ["cli", "main"]
 def cli() -> None:
     """TFMQ-DM quantization of diffusion UNets, exported as Q/DQ ONNX for TensorRT, OpenVINO and onnxruntime.
 
+    Every command takes --quiet and --verbose; `tfmq-export COMMAND --help` shows each option's default.
+
     \b
     Typical flow on the bundled model:
-      tfmq-export calibrate digits --out calib/out/w8a8 --method minmax --wbits 8 --abits 8
+      tfmq-export calibrate digits --recipe digits-tfmq-w8a8 --out calib/out/w8a8
       tfmq-export export-onnx calib/out/w8a8 --out engines/digits-w8a8.onnx --target onnxruntime
       tfmq-export sample engines/digits-w8a8.onnx --out grid.png
       tfmq-export bench digits --onnx engines/digits-w8a8.onnx --json bench.json

@@ -7,46 +7,57 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
+from tfmq_export.cli.options import deprecated_alias, output_options, replace_deprecated
 
 
 @click.command("bench")
 @click.argument("model", default="digits")
-@click.option("--onnx", "onnx_paths", multiple=True, type=click.Path(path_type=Path),
+@click.option("--onnx", "onnx_paths", multiple=True, type=click.Path(path_type=Path), show_default="none",
               help="Exported graph(s) to time on every ONNX backend of --backends (precision from metadata).")
-@click.option("--variant", "variant_specs", multiple=True, metavar="BACKEND=FILE",
+@click.option("--variant", "variant_specs", multiple=True, metavar="BACKEND=FILE", show_default="none",
               help="One backend on one file: .onnx, OpenVINO .xml or TensorRT .plan (engines need their manifest).")
-@click.option("--backends", default=None,
-              help="Comma-separated: torch (runs MODEL in FP32), onnxruntime, openvino, tensorrt "
-                   "[default: torch,onnxruntime; for pipeline folders: onnxruntime].")
-@click.option("--onnx-pipeline", "pipelines", multiple=True, type=click.Path(path_type=Path),
+@click.option("--backends", default=None, show_default="torch,onnxruntime; for pipeline folders: onnxruntime",
+              help="Comma-separated: torch (runs MODEL in FP32), onnxruntime, openvino, tensorrt.")
+@click.option("--onnx-pipeline", "pipelines", multiple=True, type=click.Path(path_type=Path), show_default="none",
               help="More exported pipeline folders timed beside MODEL (a pipeline folder), e.g. the W8A8 one.")
-@click.option("--num-images", type=int, default=1, show_default=True, help="Pipeline bench: images per run.")
-@click.option("--prompt", default=None, help="Pipeline bench: the prompt (any prompt times the same).")
-@click.option("--negative-prompt", default=None, help="Pipeline bench: the negative prompt.")
-@click.option("--guidance-scale", type=float, default=None, help="Pipeline bench (default: the folder's).")
+@click.option("--num-images", type=int, default=1, show_default=True,
+              help="Pipeline bench: images generated per timed pipeline call.")
+@click.option("--prompt", default=None, show_default="a fixed prompt",
+              help="Pipeline bench: the prompt (any prompt times the same).")
+@click.option("--negative-prompt", default=None, show_default="empty", help="Pipeline bench: the negative prompt.")
+@click.option("--guidance-scale", type=float, default=None, show_default="the folder's",
+              help="Pipeline bench: classifier-free guidance scale, above 1 (the bench times guided sampling).")
 @click.option("--no-ov-default", is_flag=True,
               help="Pipeline bench: skip the ov-default rows (FP32 on OpenVINO's default precision, bf16 with AMX).")
 @click.option("--nncf", is_flag=True, help="Also time NNCF's INT8 quantization of the FP32 --onnx graph on OpenVINO.")
-@click.option("--nncf-engine", type=click.Path(path_type=Path), default=None,
-              help="Where the NNCF IR is built or reused (default: beside the FP32 graph).")
-@click.option("--nncf-samples", type=int, default=4, show_default=True, help="FP32 trajectories NNCF calibrates on.")
-@click.option("--batch", "batches", multiple=True, type=int, default=(1,), show_default=True)
-@click.option("--iters", type=int, default=10, show_default=True, help="Timed UNet calls per variant and batch.")
-@click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--nncf-engine", type=click.Path(path_type=Path), default=None, show_default="beside the FP32 graph",
+              help="Where the NNCF IR is built or reused.")
+@click.option("--nncf-samples", type=int, default=4, show_default=True,
+              help="FP32 trajectories NNCF calibrates on (calibration trajectories, as calibrate --num-samples).")
+@click.option("--batch-size", "batch_sizes", multiple=True, type=int, default=(1,), show_default=True,
+              help="Samples per UNet call to time; repeat for several (--batch-size 1 --batch-size 2).")
+@deprecated_alias("--batch", "--batch-size", multiple=True, type=int)
+@click.option("--timed-calls", type=int, default=10, show_default=True,
+              help="Timed calls per variant and batch size (UNet calls; whole pipeline calls for pipeline folders).")
+@deprecated_alias("--iters", "--timed-calls", type=int)
+@click.option("--warmup", type=int, default=2, show_default=True,
+              help="Untimed calls per variant and batch size before the timed ones.")
 @click.option("--sampling-runs", type=int, default=0, show_default=True,
               help="Full DDIM sampling runs per variant and batch (0: images/s derived from the UNet latency).")
 @click.option("--pause-ms", type=float, default=0.0, show_default=True,
               help="Idle time between calls, so one backend's spinning threads do not slow the next.")
-@click.option("--threads", type=int, default=None, help="Threads per backend (default: all cores).")
-@click.option("--latent-size", type=int, default=None, help="Sample height/width (default: the graphs' own).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option("--threads", type=int, default=None, show_default="all cores", help="Threads per backend.")
+@click.option("--latent-size", type=int, default=None, show_default="the graphs' own",
+              help="Sample height/width of the timed inputs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the timed inputs.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, show_default="not written",
+              help="Also write the results as JSON here.")
 @click.option("--no-memory", is_flag=True, help="Skip the per-variant peak-memory subprocesses.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@output_options
 @friendly
 def bench(model, onnx_paths, variant_specs, backends, pipelines, num_images, prompt, negative_prompt,
-          guidance_scale, no_ov_default, nncf, nncf_engine, nncf_samples, batches, iters, warmup,
-          sampling_runs, pause_ms, threads, latent_size, seed, json_path, no_memory, quiet) -> None:
+          guidance_scale, no_ov_default, nncf, nncf_engine, nncf_samples, batch_sizes, batch, timed_calls, iters,
+          warmup, sampling_runs, pause_ms, threads, latent_size, seed, json_path, no_memory, quiet) -> None:
     """Time UNet calls (or whole pipelines, stage by stage) of several backends/precisions side by side.
 
     MODEL a pipeline folder (export-pipeline): every folder (MODEL and each --onnx-pipeline) runs
@@ -56,11 +67,13 @@ def bench(model, onnx_paths, variant_specs, backends, pipelines, num_images, pro
     Examples:
       tfmq-export bench digits --onnx fp32.onnx --onnx w8a8.onnx --backends torch,onnxruntime --json bench.json
       tfmq-export bench sd15-arch --onnx fp32.onnx --variant openvino=w8a8.xml --nncf --backends torch,openvino \\
-          --latent-size 32 --threads 2 --batch 1 --batch 2 --sampling-runs 1 --json bench.json
+          --latent-size 32 --threads 2 --batch-size 1 --batch-size 2 --sampling-runs 1 --json bench.json
       tfmq-export bench pipe-fp32/ --onnx-pipeline pipe-w8a8/ --backends onnxruntime,openvino --json bench.json
     """
     from tfmq_export.workflows.bench import bench_mode, bench_to_json, format_row
 
+    batches = replace_deprecated("--batch", "--batch-size", batch, batch_sizes, "batch_sizes")
+    iters = replace_deprecated("--iters", "--timed-calls", iters, timed_calls, "timed_calls")
     unet_only = {"onnx": onnx_paths, "variant": variant_specs, "nncf": nncf, "sampling_runs": sampling_runs,
                  "latent_size": latent_size}
     is_pipeline, chosen = bench_mode(model, pipelines, backends, batches, unet_only, cli=True)

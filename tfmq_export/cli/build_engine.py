@@ -8,24 +8,29 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
+from tfmq_export.cli.options import output_options
 from tfmq_export.contract import FLOAT_STAGES
 
 
 @click.command("build-engine")
 @click.argument("onnx_path", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
-              help="The engine file (required for FILE.onnx); for a pipeline folder, the engines' folder "
-                   "(default DIR/engines/BACKEND).")
+              show_default="DIR/engines/BACKEND for a pipeline folder",
+              help="The engine file to write (required for FILE.onnx); for a pipeline folder, the engines' folder.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default="onnxruntime",
-              show_default=True)
-@click.option("--min-batch", type=int, default=1, show_default=True, help="TensorRT profile.")
-@click.option("--opt-batch", type=int, default=1, show_default=True, help="TensorRT profile.")
+              show_default=True, help="Runtime the engine is built for.")
+@click.option("--min-batch", type=int, default=1, show_default=True,
+              help="TensorRT profile: the smallest UNet batch size.")
+@click.option("--opt-batch", type=int, default=1, show_default=True,
+              help="TensorRT profile: the UNet batch size tuned for.")
 @click.option("--max-batch", type=int, default=2, show_default=True,
-              help="TensorRT profile (classifier-free guidance doubles the batch).")
-@click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file.")
-@click.option("--float-stages", type=click.Choice(FLOAT_STAGES), default=None,
+              help="TensorRT profile: the largest UNet batch size (classifier-free guidance doubles it).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None, show_default="none",
+              help="TensorRT timing cache file (read and updated).")
+@click.option("--float-stages", type=click.Choice(FLOAT_STAGES), default=None, show_default="default",
               help="Pipeline folder: text encoder(s) and VAE decoder at the backend's default precision (OpenVINO: "
-                   "its own, bf16 on AMX CPUs; TensorRT: FP16) or fp32; recorded in pipeline.json [default: default].")
+                   "its own, bf16 on AMX CPUs; TensorRT: FP16) or fp32; recorded in pipeline.json.")
+@output_options
 @friendly
 def build_engine(onnx_path, out_path, backend, min_batch, opt_batch, max_batch, timing_cache, float_stages) -> None:
     """Build an engine from an exported ONNX graph (or every stage of a pipeline folder), with manifests.

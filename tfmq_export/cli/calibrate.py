@@ -7,45 +7,80 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
+from tfmq_export.cli.options import ABITS, WBITS, is_verbose, output_options
+from tfmq_export.config import DEFAULT_ITERS, CalibrationSettings
+
+_BUILT_IN = CalibrationSettings()
+
+
+def _default(field: str) -> str:
+    """The built-in value shown as the default: a recipe's value wins over it, a given option over both."""
+    return f"{getattr(_BUILT_IN, field)} without --recipe"
 
 
 @click.command("calibrate")
 @click.argument("model")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Artifact folder to write.")
-@click.option("--method", type=click.Choice(["minmax", "qdiff", "tfmq"]), default=None, help="Calibration method.")
-@click.option("--wbits", type=int, default=None, help="Weight bits: 4, 8 or 16 (16 = float).")
-@click.option("--abits", type=int, default=None, help="Activation bits: 8 or 16 (16 = float).")
-@click.option("--steps", type=int, default=None, help="DDIM sampler steps = rows of the temporal table.")
-@click.option("--num-samples", type=int, default=None, help="Full-precision trajectories; every step of each is kept.")
-@click.option("--iters", type=int, default=None, help="Reconstruction iterations per block (qdiff, tfmq).")
-@click.option("--seed", type=int, default=None)
-@click.option("--batch-size", type=int, default=None)
+@click.option("--recipe", default=None, metavar="NAME|FILE.json", show_default="none: built-in defaults",
+              help="A shipped recipe name (e.g. digits-tfmq-w4a8) or a JSON file of settings; the options below "
+                   "that are given override it.")
+@click.option("--method", type=click.Choice(["minmax", "qdiff", "tfmq"]), default=None,
+              show_default=_default("method"),
+              help="Calibration method: minmax (observed ranges), qdiff (Q-Diffusion) or tfmq (TFMQ-DM).")
+@click.option("--wbits", type=WBITS, default=None, show_default=_default("wbits"),
+              help="Weight bits (16 = float weights).")
+@click.option("--abits", type=ABITS, default=None, show_default=_default("abits"),
+              help="Activation bits (16 = float activations).")
+@click.option("--steps", type=int, default=None, show_default=_default("steps"),
+              help="Sampler steps of the calibration pass = rows of the temporal table.")
+@click.option("--num-samples", type=int, default=None, show_default=_default("num_samples"),
+              help="Calibration trajectories (full precision); every step of each is kept, so the data holds "
+                   "num-samples x steps inputs. Not images: see --num-images of sample/evaluate.")
+@click.option("--iters", type=int, default=None, show_default=f"0 = {DEFAULT_ITERS} without --recipe",
+              help="Reconstruction iterations per block (qdiff, tfmq; minmax has none).")
+@click.option("--seed", type=int, default=None, show_default=_default("seed"),
+              help="Random seed of the calibration trajectories and the reconstruction.")
+@click.option("--batch-size", type=int, default=None, show_default=_default("batch_size"),
+              help="Inputs per UNet call while the trajectories and activation ranges are collected.")
 @click.option("--static-scale-rule", type=click.Choice(["max", "mse"]), default=None,
-              help="Engine activation scale from the per-step ranges: max over steps (default) or the least "
-                   "error summed over the steps.")
+              show_default=_default("static_scale_rule"),
+              help="Engine activation scale from the per-step ranges: max over steps or the least error summed "
+                   "over the steps.")
 @click.option("--temporal-table", type=click.Choice(["fp", "quantized"]), default=None,
+              show_default=_default("temporal_table"),
               help="Build the table from the full-precision or the TIAR-quantized temporal block (tfmq).")
-@click.option("--recipe", default=None, metavar="NAME|FILE.json",
-              help="A shipped recipe name (e.g. digits-tfmq-w4a8) or a JSON file; command-line options override it.")
 @click.option("--conditions", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="encoder_hidden_states [N, S, D] (.npy) for a conditional UNet.")
+              show_default="none", help="encoder_hidden_states [N, S, D] (.npy) for a conditional UNet.")
 @click.option("--prompts", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              show_default="none",
               help="Prompts (one per line) for a text-to-image pipeline folder: calibrates on both guidance halves.")
-@click.option("--negative-prompt", default=None, help="With --prompts: the negative prompt (default: empty).")
-@click.option("--guidance-scale", type=float, default=None,
-              help="With --prompts: classifier-free guidance scale, at least 1 (default 7.5).")
+@click.option("--negative-prompt", default=None, show_default="empty",
+              help="With --prompts: the negative prompt.")
+@click.option("--guidance-scale", type=float, default=None, show_default="7.5",
+              help="With --prompts: classifier-free guidance scale, at least 1 (1 = no guidance).")
 @click.option("--scheduler", type=click.Choice(["ddim", "pndm", "euler", "dpm++"]), default=None,
-              help="Sampler of the calibration pass = the table's rows (default: the model's own; DDIM for DDPM).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+              show_default="the model's own; DDIM for DDPM",
+              help="Sampler of the calibration pass = the table's rows.")
+@output_options
 @friendly
 def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, seed, batch_size, static_scale_rule,
               temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, quiet) -> None:
     """Calibrate MODEL (`digits` or a local diffusers folder) and write an artifact to --out.
 
+    Settings come from three places, in this order of precedence: the options given here, then the
+    --recipe (it may set method, wbits, abits, steps, num_samples, iters, seed, batch_size,
+    weight_init, static_scale_rule, temporal_table, scheduler, negative_prompt, guidance_scale and
+    the method options in "extra"), then the built-in defaults shown below. The built-in defaults are
+    not the shipped recipes': `--method tfmq --wbits 4 --abits 8` alone uses the max static-scale
+    rule, `--recipe digits-tfmq-w4a8` the mse rule (each recipe's notes explain its values).
+    --verbose prints the resolved settings before calibrating.
+
     \b
-    Example:
-      tfmq-export calibrate digits --out calib/out/tfmq-w4a8 --method tfmq --wbits 4 --abits 8
-      tfmq-export calibrate ./my-sd15 --prompts prompts.txt --guidance-scale 7.5 --out calib/out/sd-w8a8
+    Examples:
+      tfmq-export calibrate digits --recipe digits-tfmq-w4a8 --out calib/out/tfmq-w4a8
+      tfmq-export calibrate digits --recipe digits-tfmq-w8a8 --seed 1 --out calib/out/tfmq-w8a8-s1
+      tfmq-export calibrate ./my-sd15 --recipe sd-v1-4-w8a8 --prompts prompts.txt --guidance-scale 7.5 \\
+          --out calib/out/sd-w8a8
     """
     from tfmq_export.workflows.calibrate import calibrate_model
 
@@ -53,6 +88,11 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
                  "iters": iters, "seed": seed, "batch_size": batch_size, "static_scale_rule": static_scale_rule,
                  "temporal_table": temporal_table, "negative_prompt": negative_prompt,
                  "guidance_scale": guidance_scale, "scheduler": scheduler}
+    if is_verbose():
+        from tfmq_export.config import load_recipe, settings_from
+
+        resolved = settings_from(load_recipe(recipe) if recipe is not None else None, overrides)
+        click.echo(f"settings: {resolved.record()}", err=True)
     artifact = calibrate_model(model, out_dir, overrides, recipe=recipe, conditions=conditions, prompts=prompts,
                                progress=not quiet)
     click.echo(

@@ -7,12 +7,15 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
+from tfmq_export.cli.options import output_options
 
 
 @click.command("demo")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
-@click.option("--num-images", type=int, default=1000, show_default=True)
-@click.option("--quiet", is_flag=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
+              help="Run folder to write (report.md, artifacts, graphs, grids).")
+@click.option("--num-images", type=int, default=1000, show_default=True,
+              help="Images generated per setting for digits-FID.")
+@output_options
 @friendly
 def demo(out_dir, num_images, quiet) -> None:
     """The main job on the bundled model: calibrate (TFMQ W8A8, W4A8), export, sample, bench, report."""

@@ -7,25 +7,32 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
+from tfmq_export.cli.options import TARGET_HELP, output_options
 
 
 @click.command("evaluate")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Run folder to write (artifacts, graphs, samples, results.json); finished rows are reused.")
 @click.option("--model", type=click.Choice(["digits", "digits-text"]), default="digits", show_default=True,
-              help="digits: the unconditional UNet; digits-text: the text-to-image pipeline, sampled through "
-                   "its exported stages with and without guidance (adds prompt accuracy).")
-@click.option("--methods", default="minmax,qdiff,tfmq", show_default=True)
-@click.option("--bits", default="w8a8,w4a8,w4a16", show_default=True)
-@click.option("--num-images", type=int, default=None,
-              help="Samples per setting [default: 5000 for digits (FID with 1,000 moved 13.8-33.1 between seeds), "
-                   "2000 for digits-text, per guidance setting].")
-@click.option("--guidance-scale", type=float, default=None,
-              help="digits-text: the classifier-free guidance scale of calibration and the guided rows [default: 2].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True)
+              help="The bundled model to evaluate. digits: the unconditional UNet; digits-text: the text-to-image "
+                   "pipeline, sampled through its exported stages with and without guidance (adds prompt accuracy).")
+@click.option("--methods", default="minmax,qdiff,tfmq", show_default=True,
+              help="Comma-separated calibration methods.")
+@click.option("--bits", default="w8a8,w4a8,w4a16", show_default=True,
+              help="Comma-separated bit settings (W8A8: 8-bit weights, 8-bit activations).")
+@click.option("--num-images", type=int, default=None, show_default="5000 for digits, 2000 for digits-text",
+              help="Images generated per setting (digits-text: per guidance setting). digits takes at least 2 (FID "
+                   "needs a covariance), but FID is only stable from 5,000 (with 1,000 it moved 13.8-33.1 between "
+                   "seeds); digits-text takes a multiple of 10 (one share per digit), at least 20.")
+@click.option("--guidance-scale", type=float, default=None, show_default="2",
+              help="digits-text: classifier-free guidance scale of calibration and the guided rows, above 1.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed of the generated images (calibration uses the recipes' seeds).")
+@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True,
+              help=TARGET_HELP)
 @click.option("--doc", "doc_path", type=click.Path(path_type=Path), default=None,
-              help="Also write the Markdown table here (e.g. docs/RESULTS.md).")
-@click.option("--quiet", is_flag=True)
+              show_default="not written", help="Also write the Markdown table here (e.g. docs/RESULTS.md).")
+@output_options
 @friendly
 def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, target, doc_path, quiet) -> None:
     """Calibrate (or reuse), export, sample and score every method x bits on a bundled model.

@@ -7,16 +7,20 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
+from tfmq_export.cli.options import TARGET_HELP, output_options
 
 
 @click.command("export-onnx")
 @click.argument("artifact_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
-@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True)
-@click.option("--model", default=None, help="The model the artifact was calibrated on (default: recorded in it).")
+@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True,
+              help=TARGET_HELP)
+@click.option("--model", default=None, show_default="recorded in the artifact",
+              help="The model (folder or bundled name) the artifact was calibrated on.")
 @click.option("--timesteps", "table", type=click.Choice(["sampler", "all"]), default="sampler", show_default=True,
               help="Temporal table rows: one per calibrated sampler step, or one per training timestep "
                    "(any step count of DDIM/PNDM/Euler/DPM++ with integer timesteps from one engine).")
+@output_options
 @friendly
 def export_onnx_cmd(artifact_dir, out_path, target, model, table) -> None:
     """Export the calibrated UNet of ARTIFACT_DIR as a Q/DQ ONNX graph with the temporal table.

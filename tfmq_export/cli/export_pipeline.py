@@ -7,16 +7,19 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
+from tfmq_export.cli.options import TARGET_HELP, output_options
 
 
 @click.command("export-pipeline")
 @click.argument("artifact_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Pipeline folder to write.")
 @click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="onnxruntime", show_default=True,
-              help="Q/DQ flavour of the UNet (text encoder and VAE decoder stay float).")
+              help=TARGET_HELP + " Text encoder and VAE decoder stay float.")
 @click.option("--timesteps", type=click.Choice(["sampler", "all"]), default="sampler", show_default=True,
               help="UNet table rows: the calibrated schedule, or every training timestep (sample --steps N).")
-@click.option("--model", default=None, help="The pipeline folder the artifact was calibrated on (default: recorded).")
+@click.option("--model", default=None, show_default="recorded in the artifact",
+              help="The model (pipeline folder) the artifact was calibrated on.")
+@output_options
 @friendly
 def export_pipeline_cmd(artifact_dir, out_dir, target, timesteps, model) -> None:
     """Export every stage of a calibrated text-to-image pipeline: unet.onnx, text_encoder.onnx,

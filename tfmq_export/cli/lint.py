@@ -7,11 +7,13 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
+from tfmq_export.cli.options import output_options
 from tfmq_export.errors import TfmqError
 
 
 @click.command("lint")
 @click.argument("onnx_path", type=click.Path(path_type=Path))
+@output_options
 @friendly
 def lint(onnx_path) -> None:
     """Check an exported graph against TensorRT's explicit-quantization rules; exit 1 on violations."""

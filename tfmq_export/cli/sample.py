@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
+from tfmq_export.cli.options import output_options
 from tfmq_export.contract import FLOAT_STAGES
 
 
@@ -17,30 +18,36 @@ from tfmq_export.contract import FLOAT_STAGES
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt", "torch"]), default="onnxruntime",
               show_default=True, help="torch runs the simulation of an artifact folder (with --prompt: in the "
                                       "pipeline it was calibrated on); tensorrt: a pipeline folder's built engines.")
-@click.option("--num-images", type=int, default=None, help="Images to sample (default 64; a pipeline: 1 per prompt).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=int, default=250, show_default=True)
+@click.option("--num-images", type=int, default=None, show_default="64; a pipeline folder: 1",
+              help="Images to generate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the initial noise.")
+@click.option("--batch-size", type=int, default=250, show_default=True,
+              help="Samples per UNet call while sampling a bare UNet.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Also write a JSON summary (and digits-FID for the digits model).")
-@click.option("--model", default=None,
+              show_default="not written", help="Also write a JSON summary (and digits-FID for the digits model).")
+@click.option("--model", default=None, show_default="recorded in the artifact or graph",
               help="The model (torch backend: the one the artifact folder was calibrated on; ONNX: checked "
                    "against the graph's recorded weight fingerprint).")
 @click.option("--scheduler", type=click.Choice(["ddim", "pndm", "euler", "dpm++"]), default=None,
-              help="Sampler (default: the one calibrated on); the table needs a row for each of its timesteps.")
-@click.option("--steps", type=int, default=None,
-              help="Sampler steps (default: the calibrated count); other counts need an --timesteps all export.")
-@click.option("--prompt", default=None, help="Pipeline folder (export-pipeline): the prompt.")
-@click.option("--negative-prompt", default=None, help="Pipeline folder: the negative prompt (default: empty).")
-@click.option("--guidance-scale", type=float, default=None,
-              help="Pipeline folder: classifier-free guidance, at least 1 (default: recorded in pipeline.json).")
+              show_default="the one calibrated on",
+              help="Sampler; the table needs a row for each of its timesteps.")
+@click.option("--steps", type=int, default=None, show_default="the calibrated count",
+              help="Sampler steps; other counts need an export with --timesteps all.")
+@click.option("--prompt", default=None, show_default="none", help="Pipeline folder (export-pipeline): the prompt.")
+@click.option("--negative-prompt", default=None, show_default="empty", help="Pipeline folder: the negative prompt.")
+@click.option("--guidance-scale", type=float, default=None, show_default="recorded in pipeline.json",
+              help="Pipeline folder: classifier-free guidance scale, at least 1 (1 = no guidance).")
 @click.option("--latents", "latents_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              show_default="from --seed",
               help="Pipeline folder: initial latents [N, C, h, w] (.npy); N images of the prompt.")
 @click.option("--float-stages", type=click.Choice(FLOAT_STAGES), default=None,
+              show_default="as build-engine recorded, else default",
               help="Pipeline folder: text encoder(s) and VAE decoder at the backend's default precision (OpenVINO: "
-                   "its own, bf16 on AMX CPUs; TensorRT: FP16) or fp32 (diffusers parity) [default: as build-engine "
-                   "recorded, else default].")
+                   "its own, bf16 on AMX CPUs; TensorRT: FP16) or fp32 (diffusers parity).")
 @click.option("--npy", "npy_path", type=click.Path(path_type=Path), default=None,
+              show_default="not written",
               help="Pipeline folder: also write the images as float32 [N, H, W, 3] in [0, 1] (.npy).")
+@output_options
 @friendly
 def sample(source, out_path, backend, num_images, seed, batch_size, json_path, model, scheduler, steps, prompt,
            negative_prompt, guidance_scale, latents_path, float_stages, npy_path) -> None:

@@ -304,7 +304,7 @@ def bench_pipelines_to_json(paths: list[Path], backends: str | list[str], *, jso
     from tfmq_export.workflows.bench.report import machine_info, write_json
 
     if iters < 1 or warmup < 0 or num_images < 1 or pause_ms < 0:
-        raise TfmqError("--iters and --num-images must be positive, --warmup and --pause-ms not negative")
+        raise TfmqError("--timed-calls and --num-images must be positive, --warmup and --pause-ms not negative")
     if threads is not None and threads < 1:
         raise TfmqError(f"--threads must be positive, not {threads}")
     if guidance_scale is not None and not guidance_scale > 1.0:

@@ -37,7 +37,7 @@ TORCH_ONLY_STEPS = 25
 def _check_options(batches: list[int], iters: int, threads: int | None, latent_size: int | None, warmup: int,
                    sampling_runs: int, pause_ms: float) -> None:
     if iters < 1 or not batches or any(b < 1 for b in batches):
-        raise TfmqError("--iters and --batch must be positive")
+        raise TfmqError("--timed-calls and --batch-size must be positive")
     if warmup < 0 or sampling_runs < 0 or pause_ms < 0:
         raise TfmqError("--warmup, --sampling-runs and --pause-ms cannot be negative")
     if threads is not None and threads < 1:
@@ -151,5 +151,5 @@ def bench_mode(model: str, pipelines: Any, backends: str | None, batches: Any, u
         folders = "--onnx-pipeline folders" if cli else "pipeline folders"
         raise TfmqError(f"{', '.join(given)} time a bare UNet; a pipeline bench takes {folders}")
     if list(batches) != [1]:
-        raise TfmqError(f"a pipeline bench takes {name('num_images')} N, not {name('batch')}")
+        raise TfmqError(f"a pipeline bench takes {name('num_images')} N, not {name('batch_size')}")
     return True, "onnxruntime" if backends is None else backends
