@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from tfmq_export.cli.device_option import device_option
 from tfmq_export.cli.errors import friendly
 
 
@@ -37,9 +38,11 @@ from tfmq_export.cli.errors import friendly
 @click.option("--scheduler", type=click.Choice(["ddim", "pndm", "euler", "dpm++"]), default=None,
               help="Sampler of the calibration pass = the table's rows (default: the model's own; DDIM for DDPM).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@device_option
 @friendly
 def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, seed, batch_size, static_scale_rule,
-              temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, quiet) -> None:
+              temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, quiet,
+              device) -> None:
     """Calibrate MODEL (`digits` or a local diffusers folder) and write an artifact to --out.
 
     \b
@@ -54,7 +57,7 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
                  "temporal_table": temporal_table, "negative_prompt": negative_prompt,
                  "guidance_scale": guidance_scale, "scheduler": scheduler}
     artifact = calibrate_model(model, out_dir, overrides, recipe=recipe, conditions=conditions, prompts=prompts,
-                               progress=not quiet)
+                               progress=not quiet, device=device)
     click.echo(
         f"wrote {out_dir} ({artifact.method} W{artifact.wbits}A{artifact.abits}, {len(artifact.layers)} quantized "
         f"layers, {len(artifact.timesteps)} steps, {artifact.timings['calib_seconds']:.1f} s)"
