@@ -2,10 +2,10 @@
 
 Usage:
   python benchmarks/calib_device.py [--recipes digits-tfmq-w8a8,digits-tfmq-w4a8] [--iters N]
-         [--devices cpu,cuda] [--out runs/calib-device] [--json benchmarks/results/calib_device.json]
+         [--num-samples N] [--devices cpu,cuda] [--out runs/calib-device] [--json benchmarks/results/calib_device.json]
 
 Each (recipe, device) pair runs ``tfmq_export.calibrate("digits", ..., recipe=..., device=...)`` once,
-with the shipped recipe (``--iters`` overrides its budget for a quick look) and writes its artifact
+with the shipped recipe (``--iters`` / ``--num-samples`` override its budget for a quick look) and writes its artifact
 under ``--out/<recipe>-<device>``. The JSON records every run's wall time, the artifact's own
 timings (data collection, TIAR, weight reconstruction, activation calibration), the machine (CPU
 count, load average, torch version, GPU name) and, per recipe, the CUDA speed-up over the CPU and
@@ -55,7 +55,8 @@ def _distance(cuda_dir: Path, cpu_dir: Path) -> dict[str, float]:
     return {"weight_int_differ_fraction": differ / max(total, 1), "max_float_rel_l2": rel}
 
 
-def run(recipes: list[str], devices: list[str], iters: int | None, out: Path) -> dict[str, Any]:
+def run(recipes: list[str], devices: list[str], iters: int | None, out: Path,
+        num_samples: int | None = None) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     for device in devices:
@@ -68,9 +69,11 @@ def run(recipes: list[str], devices: list[str], iters: int | None, out: Path) ->
         for device in ready:
             folder = out / f"{recipe}-{device.replace(':', '')}"
             started = time.perf_counter()
-            artifact = calibrate("digits", folder, recipe=recipe, iters=iters, device=device, quiet=True)
+            artifact = calibrate("digits", folder, recipe=recipe, iters=iters, num_samples=num_samples,
+                                 device=device, quiet=True)
             runs.append({"recipe": recipe, "device": device, "wall_s": round(time.perf_counter() - started, 2),
                          "folder": str(folder), "iters": artifact.settings.get("iters"),
+                         "num_samples": artifact.settings.get("num_samples"),
                          "timings": artifact.timings})
     speedups: list[dict[str, Any]] = []
     for recipe in recipes:
@@ -107,11 +110,12 @@ def main() -> None:
     parser.add_argument("--recipes", default=DEFAULT_RECIPES)
     parser.add_argument("--devices", default="cpu,cuda")
     parser.add_argument("--iters", type=int, default=None, help="override the recipes' iterations per block")
+    parser.add_argument("--num-samples", type=int, default=None, help="override the recipes' trajectories")
     parser.add_argument("--out", type=Path, default=Path("runs/calib-device"))
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/calib_device.json"))
     args = parser.parse_args()
     result = run([r for r in args.recipes.split(",") if r], [d for d in args.devices.split(",") if d], args.iters,
-                 args.out)
+                 args.out, args.num_samples)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(_table(result))
