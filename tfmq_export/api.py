@@ -56,13 +56,13 @@ def calibrate(model: PathLike, out: PathLike, *, method: str | None = None, wbit
               recipe: PathLike | None = None, conditions: PathLike | None = None,
               prompts: PathLike | Sequence[str] | None = None, negative_prompt: str | None = None,
               guidance_scale: float | None = None, scheduler: str | None = None,
-              quiet: bool = False) -> CalibrationArtifact:
+              quiet: bool = False, device: str = "cpu") -> CalibrationArtifact:
     """``tfmq-export calibrate MODEL --out OUT``: calibrate and write the artifact folder; returns it.
 
     ``model``: ``digits``, ``sd15-arch`` or a local diffusers folder. ``prompts``: a text file (one
     prompt per line) or a list of prompts, for a text-to-image pipeline folder (calibrates on both
     classifier-free guidance halves; ``guidance_scale`` defaults to 7.5). ``None`` = the recipe's or
-    the default value.
+    the default value. ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (where torch computes; not a setting).
     """
     from tfmq_export.workflows.calibrate import calibrate_model
 
@@ -74,14 +74,16 @@ def calibrate(model: PathLike, out: PathLike, *, method: str | None = None, wbit
     if isinstance(prompts, (str, Path)):
         prompts_file = Path(prompts)
     elif prompts is not None:
-        return _calibrate_prompt_list(str(model), Path(out), overrides, list(prompts), recipe, conditions, quiet)
+        return _calibrate_prompt_list(str(model), Path(out), overrides, list(prompts), recipe, conditions, quiet,
+                                      device)
     return calibrate_model(str(model), Path(out), overrides, recipe=recipe,
                            conditions=None if conditions is None else Path(conditions), prompts=prompts_file,
-                           progress=not quiet)
+                           progress=not quiet, device=device)
 
 
 def _calibrate_prompt_list(model: str, out: Path, overrides: dict[str, Any], prompts: list[str],
-                           recipe: PathLike | None, conditions: PathLike | None, quiet: bool) -> CalibrationArtifact:
+                           recipe: PathLike | None, conditions: PathLike | None, quiet: bool,
+                           device: str) -> CalibrationArtifact:
     """A list of prompts goes through the same checks as a prompts file (written to a temporary one)."""
     import tempfile
 
@@ -94,7 +96,7 @@ def _calibrate_prompt_list(model: str, out: Path, overrides: dict[str, Any], pro
         path.write_text("".join(p.replace("\n", " ") + "\n" for p in prompts), encoding="utf-8")
         return calibrate_model(model, out, overrides, recipe=recipe,
                                conditions=None if conditions is None else Path(conditions), prompts=path,
-                               progress=not quiet)
+                               progress=not quiet, device=device)
 
 
 @_one_line
@@ -165,7 +167,7 @@ def sample(source: PathLike, *, prompt: str | None = None, negative_prompt: str 
            latents: PathLike | np.ndarray | None = None, backend: str = "onnxruntime", scheduler: str | None = None,
            steps: int | None = None, float_stages: str | None = None, batch_size: int = 250,
            model: str | None = None, out: PathLike | None = None, npy: PathLike | None = None,
-           quiet: bool = False) -> np.ndarray:
+           quiet: bool = False, device: str = "cpu") -> np.ndarray:
     """``tfmq-export sample SOURCE``: float32 images [N, H, W, C] in [0, 1]; also writes the PNG grid
     (``out``) and the array (``npy``) when given.
 
@@ -174,6 +176,7 @@ def sample(source: PathLike, *, prompt: str | None = None, negative_prompt: str 
     ``default``/``fp32``: the text encoder(s) and VAE decoder at the backend's default precision or
     FP32), an exported UNet ``.onnx`` (unconditional sampling, ``num_images`` default 64) or an
     artifact folder (``backend="torch"``; with ``prompt``: in the pipeline it was calibrated on).
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``): where the torch backend computes an artifact without ``prompt``.
     """
     from tfmq_export.workflows.sample_pipeline import is_pipeline_dir
 
@@ -184,6 +187,9 @@ def sample(source: PathLike, *, prompt: str | None = None, negative_prompt: str 
 
             check_writable(Path(path), option)
     if is_pipeline_dir(source) or prompt is not None:
+        if device != "cpu":
+            raise TfmqError("device applies to an artifact folder or .onnx sampled without a prompt; pipeline "
+                            "folders and prompts run on the CPU in this version")
         images = _sample_pipeline(source, prompt, negative_prompt, guidance_scale, num_images, seed, latents,
                                   backend, {"scheduler": scheduler, "steps": steps, "float_stages": float_stages,
                                             "model": model})
@@ -192,7 +198,7 @@ def sample(source: PathLike, *, prompt: str | None = None, negative_prompt: str 
             raise TfmqError("latents and float_stages are taken by pipeline folders (export-pipeline); this source "
                             "samples a bare UNet from seed")
         images = _sample_unet(source, backend, 64 if num_images is None else num_images, seed, batch_size, model,
-                              scheduler, steps, quiet)
+                              scheduler, steps, quiet, device)
     _write_outputs(images, out, npy)
     return images
 
@@ -224,7 +230,7 @@ def _sample_pipeline(source: Path, prompt: str | None, negative_prompt: str | No
 
 
 def _sample_unet(source: Path, backend: str, num_images: int, seed: int, batch_size: int, model: str | None,
-                 scheduler: str | None, steps: int | None, quiet: bool) -> np.ndarray:
+                 scheduler: str | None, steps: int | None, quiet: bool, device: str = "cpu") -> np.ndarray:
     """Unconditional sampling of a UNet graph or artifact: [N, C, H, W] in [-1, 1] -> [N, H, W, C] in [0, 1]."""
     import numpy as np
 
@@ -232,7 +238,7 @@ def _sample_unet(source: Path, backend: str, num_images: int, seed: int, batch_s
 
     if num_images < 1 or batch_size < 1:
         raise TfmqError("--num-images and --batch-size must be positive")
-    runner, info = runner_for(source, backend, model, scheduler, steps)
+    runner, info = runner_for(source, backend, model, scheduler, steps, device)
     images = sample_with(runner, info.spec, num_images, seed, batch_size, progress=not quiet)
     return np.ascontiguousarray((np.clip(images, -1.0, 1.0).transpose(0, 2, 3, 1) + 1.0) / 2.0, dtype=np.float32)
 
@@ -264,7 +270,8 @@ def bench(model: str = "digits", *, onnx: Sequence[PathLike] = (), variant: Sequ
           nncf_samples: int = 4, batch_size: Sequence[int] = (1,), timed_calls: int = 10, warmup: int = 2,
           sampling_runs: int = 0, pause_ms: float = 0.0, threads: int | None = None, latent_size: int | None = None,
           seed: int = 0, json: PathLike | None = None, no_memory: bool = False, quiet: bool = False,
-          batch: Sequence[int] | None = None, iters: int | None = None) -> dict[str, Any]:
+          batch: Sequence[int] | None = None, iters: int | None = None,
+          device: str = "cpu") -> dict[str, Any]:
     """``tfmq-export bench MODEL --onnx A.onnx ...``: time the variants side by side; returns the bench JSON
     (``runs`` rows; written to ``json`` when given). ``variant``: ``BACKEND=FILE`` strings;
     ``batch_size``: the UNet batch sizes to time; ``timed_calls``: timed calls per variant and batch size.
@@ -283,6 +290,8 @@ def bench(model: str = "digits", *, onnx: Sequence[PathLike] = (), variant: Sequ
                  "latent_size": latent_size}
     is_pipeline, chosen = bench_mode(str(model), pipelines, backends, batch_size, unet_only, cli=False)
     if is_pipeline:
+        if device != "cpu":
+            raise TfmqError("device applies to the torch rows of a UNet bench; pipeline folders run on their backends")
         try:
             from tfmq_export.workflows.bench.pipeline import bench_pipelines_to_json
         except ImportError:
@@ -298,7 +307,7 @@ def bench(model: str = "digits", *, onnx: Sequence[PathLike] = (), variant: Sequ
                          list(batch_size), iters, threads, json_path, not no_memory, latent_size,
                          variant_specs=list(variant), warmup=warmup, sampling_runs=sampling_runs, pause_ms=pause_ms,
                          seed=seed, nncf=nncf, nncf_engine=None if nncf_engine is None else Path(nncf_engine),
-                         nncf_samples=nncf_samples, progress=not quiet)
+                         nncf_samples=nncf_samples, progress=not quiet, device=device)
 
 
 def _deprecated(old: str, new: str, old_value: Any, new_value: Any) -> Any:
@@ -315,14 +324,15 @@ def _deprecated(old: str, new: str, old_value: Any, new_value: Any) -> Any:
 def evaluate(out: PathLike, *, model: str = "digits", methods: str | Sequence[str] = "minmax,qdiff,tfmq",
              bits: str | Sequence[str] = "w8a8,w4a8,w4a16", num_images: int | None = None, seed: int = 0,
              target: str = "tensorrt", guidance_scale: float | None = None, doc: PathLike | None = None,
-             quiet: bool = False) -> dict[str, Any]:
+             quiet: bool = False, device: str = "cpu") -> dict[str, Any]:
     """``tfmq-export evaluate --out DIR [--model digits-text]``: every method x bits on a bundled model;
     returns the results (``rows``), written to ``DIR/results.json`` (and as Markdown to ``doc``)."""
     from tfmq_export.workflows.evaluate_text import evaluate_model
 
     results, _markdown = evaluate_model(model, Path(out), _names(methods), _names(bits), num_images=num_images,
                                         seed=seed, target=target, guidance_scale=guidance_scale,
-                                        doc_path=None if doc is None else Path(doc), progress=not quiet)
+                                        doc_path=None if doc is None else Path(doc), progress=not quiet,
+                                        device=device)
     return results
 
 
@@ -332,11 +342,12 @@ def _names(value: str | Sequence[str]) -> list[str]:
 
 
 @_one_line
-def demo(out: PathLike = "runs/demo", *, num_images: int = 1000, quiet: bool = False) -> str:
-    """``tfmq-export demo``: the main job on the bundled model; returns the report's Markdown."""
+def demo(out: PathLike = "runs/demo", *, num_images: int = 1000, quiet: bool = False, device: str = "cpu") -> str:
+    """``tfmq-export demo``: the main job on the bundled model (calibrating on ``device``); returns the
+    report's Markdown."""
     from tfmq_export.workflows.demo import run_demo
 
-    return run_demo(Path(out), num_images=num_images, progress=not quiet)
+    return run_demo(Path(out), num_images=num_images, progress=not quiet, device=device)
 
 
 @_one_line

@@ -105,7 +105,7 @@ class CalibrationArtifact:
     layers: dict[str, LayerRecord]
     tensors: dict[str, torch.Tensor]
     settings: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float | str] = field(default_factory=dict)  # seconds, and the run's device
     static_scale_rule: str = "max"
     temporal_table: str = "fp"
     version: str = __version__

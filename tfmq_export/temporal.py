@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from tfmq_export.device import module_device
 from tfmq_export.errors import TfmqError
 from tfmq_export.models.adapter import UNetAdapter
 from tfmq_export.quant.steps import observing_steps
@@ -73,6 +74,7 @@ class TemporalBranch(nn.Module):
         }
         self.linear_slots.update({f"{name}.time_emb_proj": (self.projs, str(i))
                                   for i, name in enumerate(self.resnet_names)})
+        self.to(module_device(unet))  # the timesteps buffer where the UNet's modules are (--device)
 
     @property
     def num_steps(self) -> int:
@@ -84,7 +86,7 @@ class TemporalBranch(nn.Module):
         rows = rows.long().reshape(-1)
         with observing_steps(rows):
             param = next(self.parameters())
-            t_emb = self.time_proj(self.timesteps[rows.to(self.timesteps.device)]).to(param.dtype)
+            t_emb = self.time_proj(self.timesteps[rows.to(self.timesteps.device)]).to(param.device, param.dtype)
             emb = self.time_embedding(t_emb)
             if self.text_time:
                 return {TIME_EMBEDDING_TABLE: emb.float()}
@@ -193,6 +195,7 @@ class TemporalTableUNet(nn.Module):
         if self.text_time:
             self._install_time_embedding_table(tables)
             self.declares_steps = False
+            self.to(module_device(unet))  # the table where the UNet is (--device)
             return
         projections = adapter.temporal_projections()
         missing = {p.resnet_name for p in projections} - set(tables)
@@ -210,6 +213,7 @@ class TemporalTableUNet(nn.Module):
         self.unet.time_embedding = _EmbeddingPassthrough()
         #: True when quantizers inside need the table row of every sample (per-step factors)
         self.declares_steps = False
+        self.to(module_device(unet))  # the tables where the UNet is (--device)
 
     def _install_time_embedding_table(self, tables: dict[str, torch.Tensor]) -> None:
         table = tables.get(TIME_EMBEDDING_TABLE)
@@ -243,6 +247,7 @@ class TemporalTableUNet(nn.Module):
         return self._forward(sample, step_index, kwargs)
 
     def _forward(self, sample: torch.Tensor, step_index: torch.Tensor, kwargs: dict[str, object]) -> torch.Tensor:
+        step_index = step_index.to(sample.device)  # the sampling loop's rows are CPU tensors
         if self.declares_steps:  # per-step quantizers inside (tfmq's step factors), SDXL included
             with observing_steps(step_index):
                 return self.unet(sample, step_index, return_dict=False, **kwargs)[0]

@@ -136,12 +136,13 @@ RUNNERS: dict[str, RunnerEntry] = {
 }
 
 
-def open_runner(backend: str, source: Any, precision: str, *, threads: int | None = None) -> Runner:
+def open_runner(backend: str, source: Any, precision: str, *, threads: int | None = None,
+                device: str | None = None) -> Runner:
     """The (inactive) runner of ``backend`` for ``source`` at the ``precision`` label.
 
     ``source`` is a model file for onnxruntime (.onnx), openvino (.onnx/.xml) and tensorrt
     (.plan/.engine), and a ``TemporalTableUNet`` for torch. ``threads`` is the intra-op thread
-    count (TensorRT runs on the GPU and has none).
+    count (TensorRT runs on the GPU and has none). ``device`` (torch only): cpu, cuda or cuda:N.
     """
     entry = RUNNERS.get(backend)
     if entry is None:
@@ -149,6 +150,10 @@ def open_runner(backend: str, source: Any, precision: str, *, threads: int | Non
     if entry.suffixes and Path(source).suffix not in entry.suffixes:
         raise TfmqError(f"{backend} runs {' or '.join(entry.suffixes)} files, not {source}")
     runner_cls = getattr(importlib.import_module(entry.module), entry.cls)
+    if backend == "torch":
+        return runner_cls(source, precision, threads=threads, device=device)
+    if device not in (None, "cpu"):
+        raise TfmqError(f"--device {device} applies to the torch backend; {backend} picks its own device")
     if entry.takes_threads:
         return runner_cls(source, precision, threads=threads)
     return runner_cls(source, precision)

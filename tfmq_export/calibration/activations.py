@@ -141,7 +141,7 @@ def collect_step_histograms(
             rows = current_steps_or_fail(x.shape[0])
             idx = ((x.reshape(x.shape[0], -1) + limit) * (bins / (2 * limit))).long().clamp_(0, bins - 1)
             idx += (rows.to(idx.device) * bins)[:, None]
-            hists[key] += torch.bincount(idx.flatten(), minlength=num_steps * bins).reshape(num_steps, bins).cpu()
+            hists[key] += torch.bincount(idx.flatten(), minlength=num_steps * bins).reshape(num_steps, bins)
 
         return fn
 
@@ -151,7 +151,7 @@ def collect_step_histograms(
             limit = _observed_absmax(aq)
             if limit is None:
                 continue
-            hists[key] = torch.zeros(num_steps, bins, dtype=torch.float64)
+            hists[key] = torch.zeros(num_steps, bins, dtype=torch.float64, device=aq.step_min.device)
             split = aq.split if isinstance(aq, SplitActQuantizer) else None
             # a disabled quantizer returns early, so hook the module call itself (pre-hook)
             handles.append(aq.register_forward_pre_hook(hook(key, limit, split)))
@@ -186,7 +186,7 @@ def mse_static_scale(
     """
     qmin, qmax = qrange
     bins = hist.shape[1]
-    edges = torch.linspace(-absmax, absmax, bins + 1, dtype=torch.float64)
+    edges = torch.linspace(-absmax, absmax, bins + 1, dtype=torch.float64, device=hist.device)
     centres = 0.5 * (edges[1:] + edges[:-1])
     totals = hist.sum(dim=1, keepdim=True)
     weights = (hist / totals.clamp(min=1)).sum(dim=0)

@@ -7,12 +7,14 @@ each step, O(T^2)). Sizes are bounded by ``num_samples`` (trajectories) x ``num_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from tfmq_export.device import module_device, to_device
 from tfmq_export.sampling import Denoiser, cycle_conditions, ddim_sample, initial_noise
 
 
@@ -27,6 +29,11 @@ class CalibrationData:
 
     def __len__(self) -> int:
         return self.samples.shape[0]
+
+    def to(self, device: torch.device | str) -> CalibrationData:
+        """The same inputs on ``device`` (where the methods cache and index them, ``--device``)."""
+        return CalibrationData(self.samples.to(device), self.step_index.to(device),
+                               None if self.conditions is None else self.conditions.to(device), self.timesteps)
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
         """Yield (samples, step_index, conditions) minibatches, shuffled when a generator is given."""
@@ -92,4 +99,16 @@ def collect_calibration_data(
     )
 
 
-__all__ = ["CalibrationData", "collect_calibration_data"]
+def device_denoiser(model: torch.nn.Module, denoise: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``denoise`` fed on ``model``'s device and answering on the CPU: the sampler's arithmetic (and
+    its seeded noise) stays on the CPU whatever ``--device`` says, so only the UNet calls move.
+    The arguments are tensors, None, or a dict of tensors (the guided loop's feed)."""
+    device = module_device(model)
+
+    def call(x: torch.Tensor, rows: torch.Tensor, cond: Any) -> torch.Tensor:
+        return denoise(x.to(device), rows.to(device), to_device(cond, device)).cpu()
+
+    return call
+
+
+__all__ = ["CalibrationData", "collect_calibration_data", "device_denoiser"]

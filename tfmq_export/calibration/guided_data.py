@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from tfmq_export.calibration.data import CalibrationData
+from tfmq_export.calibration.data import CalibrationData, device_denoiser
 from tfmq_export.contract import INPUT_CONDITIONS, INPUT_TEXT_EMBEDS, INPUT_TIME_IDS
 from tfmq_export.models.guidance import GuidedConditions, GuidedDenoiser, guided_sample, scheduler_rows
 from tfmq_export.sampling import initial_noise, make_scheduler
@@ -71,7 +71,8 @@ def guided_calibration_data(fp_sim: Any, model: Any, timesteps: Sequence[int], s
         return fp_sim(x, rows, feed[INPUT_CONDITIONS], feed.get(INPUT_TEXT_EMBEDS), feed.get(INPUT_TIME_IDS))
 
     return collect_guided_data(
-        denoise, lambda: make_scheduler(settings.scheduler, model.scheduler_config, settings.steps), timesteps,
+        device_denoiser(fp_sim, denoise),
+        lambda: make_scheduler(settings.scheduler, model.scheduler_config, settings.steps), timesteps,
         model.sample_shape,
         model.guided, settings.num_samples, settings.seed, settings.batch_size, progress,
     )

@@ -19,10 +19,18 @@ import torch
 from tfmq_export import config
 from tfmq_export.artifact import CalibrationArtifact, save_artifact
 from tfmq_export.calibration import minmax, qdiff, tfmq
-from tfmq_export.calibration.data import CalibrationData, collect_calibration_data
+from tfmq_export.calibration.data import CalibrationData, collect_calibration_data, device_denoiser
 from tfmq_export.calibration.guided_data import guided_calibration_data
 from tfmq_export.calibration.result import MethodResult
 from tfmq_export.config import CalibrationSettings
+from tfmq_export.device import (
+    cpu_tensors,
+    device_record,
+    exact_float32,
+    module_device,
+    resolve_device,
+    synchronize,
+)
 from tfmq_export.errors import TfmqError
 from tfmq_export.models.loading import LoadedModel
 from tfmq_export.quant.modules import QuantLayer
@@ -56,9 +64,10 @@ def calibrate(
     settings: CalibrationSettings,
     out_dir: Path | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> CalibrationArtifact:
     """Calibrate ``model`` and (when ``out_dir`` is given) write the artifact there."""
-    return run_calibration(model, settings, out_dir, progress).artifact
+    return run_calibration(model, settings, out_dir, progress, device).artifact
 
 
 def run_calibration(
@@ -66,9 +75,28 @@ def run_calibration(
     settings: CalibrationSettings,
     out_dir: Path | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> CalibrationRun:
-    """``calibrate``, also handing back the method's result (per-block losses, TIAR, timings)."""
+    """``calibrate``, also handing back the method's result (per-block losses, TIAR, timings).
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``; None = cpu): where every tensor of the run lives;
+    ``model.unet`` is moved there for the run and back after it. The artifact is written from CPU
+    tensors and its settings do not name the device (the timings do: ``device``, ``device_name``).
+    """
     settings.validate()  # before minutes of data collection (fields may have changed since construction)
+    target = resolve_device(device)
+    home = module_device(model.unet)
+    model.unet.to(target)
+    try:
+        with exact_float32(target):
+            return _run(model, settings, out_dir, progress, target)
+    finally:
+        model.unet.to(home)  # the caller's model stays where it was (export and sampling run on the CPU)
+
+
+def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None, progress: bool,
+         device: torch.device) -> CalibrationRun:
+    """``run_calibration`` with ``model.unet`` on ``device``."""
     method = METHODS[settings.method]
     if settings.reconstructs and settings.iters == 0:
         settings = replace(settings, iters=config.DEFAULT_ITERS)  # the artifact records the budget actually used
@@ -91,7 +119,7 @@ def run_calibration(
         if model.is_conditional and model.conditions is None:
             raise TfmqError("a conditional UNet needs --conditions FILE.npy (encoder_hidden_states [N, S, D])")
         data = collect_calibration_data(
-            lambda x, s, c: fp_sim(x, s, c),
+            device_denoiser(fp_sim, fp_sim),
             model.scheduler_config,
             timesteps,
             model.sample_shape,
@@ -104,6 +132,7 @@ def run_calibration(
             num_steps=settings.steps,
         )
         check_finite_data(data)
+        data = data.to(device)  # the methods' cached inputs live on the device
     data_seconds = time.perf_counter() - started
 
     # 3. simulation + method
@@ -113,10 +142,12 @@ def run_calibration(
         layers = quantize_model(sim, settings.wbits, settings.abits)
         work_dir = None if out_dir is None else Path(out_dir) / ".work"
         result = method(sim, layers, data, settings, model, work_dir, progress)
+    synchronize(device)
     total_seconds = time.perf_counter() - started
 
     tensors, records = artifact_tensors(sim)
     tensors.update(result.tensors)  # method extras: per-step temporal ranges (FSC), split scales
+    tensors = cpu_tensors(tensors)  # the artifact does not depend on the device
     check_finite_tensors(tensors)
     artifact = CalibrationArtifact(
         method=settings.method if settings.quantized else "fp",
@@ -130,7 +161,8 @@ def run_calibration(
         layers=records,
         tensors=tensors,
         settings={**settings.record(), "model_source": model.source},
-        timings={"data_seconds": data_seconds, "calib_seconds": total_seconds, **result.timings},
+        timings={"data_seconds": data_seconds, "calib_seconds": total_seconds, **result.timings,
+                 **device_record(device)},
         static_scale_rule=settings.static_scale_rule,
         temporal_table=result.temporal_table or settings.temporal_table,
     )

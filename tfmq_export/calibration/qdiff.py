@@ -57,6 +57,7 @@ from tfmq_export.calibration.result import BlockResult, MethodResult
 from tfmq_export.calibration.resume import Checkpoint, run_fingerprint
 from tfmq_export.calibration.weights import init_weight_scales
 from tfmq_export.config import CalibrationSettings
+from tfmq_export.device import module_device
 from tfmq_export.models.adapter import UNetAdapter, replace_submodule
 from tfmq_export.models.loading import LoadedModel
 from tfmq_export.quant.modules import QuantLayer, SplitActQuantizer, make_quant_layer, split_tensors
@@ -92,7 +93,8 @@ class StepToTimestep(nn.Module):
 def attach_live_temporal_branch(table_unet: TemporalTableUNet, source_unet: nn.Module) -> None:
     """Put copies of ``source_unet``'s temporal modules back into ``table_unet`` (in place)."""
     unet = table_unet.unet
-    unet.time_proj = StepToTimestep(copy.deepcopy(source_unet.time_proj), table_unet.timesteps)
+    unet.time_proj = StepToTimestep(copy.deepcopy(source_unet.time_proj), table_unet.timesteps).to(
+        module_device(unet))  # its timesteps buffer beside the UNet (--device)
     unet.time_embedding = copy.deepcopy(source_unet.time_embedding)
     if table_unet.text_time:
         return  # SDXL: the ResBlocks' projections never left the table UNet (see ``run``)
@@ -155,7 +157,8 @@ def enable_split_skip(sim: TemporalTableUNet, layers: dict[str, QuantLayer], dat
             layer = layers.get(name)
             if layer is None or not layer.input_quantizer.enabled or split <= 0:
                 continue
-            layer.input_quantizer = SplitActQuantizer(layer.input_quantizer.bits, sim.num_steps, split)
+            layer.input_quantizer = SplitActQuantizer(layer.input_quantizer.bits, sim.num_steps, split).to(
+                layer.weight.device)
             split_layers.append(name)
     return split_layers
 

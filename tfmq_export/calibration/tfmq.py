@@ -52,6 +52,7 @@ from tfmq_export.calibration.result import MethodResult, TiarResult
 from tfmq_export.calibration.resume import Checkpoint, run_fingerprint, unit_seed
 from tfmq_export.calibration.weights import init_weight_scales
 from tfmq_export.config import CalibrationSettings
+from tfmq_export.device import module_device
 from tfmq_export.errors import TfmqError
 from tfmq_export.models.adapter import TIB_KEEP_FP
 from tfmq_export.models.loading import LoadedModel
@@ -87,7 +88,7 @@ def quantize_branch(branch: TemporalBranch, wbits: int, abits: int) -> dict[str,
         if name in TIB_KEEP_FP:
             continue
         layer = make_quant_layer(getattr(parent, attr), wbits, abits, branch.num_steps)
-        layer.input_quantizer = PerStepActQuantizer(abits, branch.num_steps)
+        layer.input_quantizer = PerStepActQuantizer(abits, branch.num_steps).to(layer.weight.device)
         setattr(parent, attr, layer)
         layers[name] = layer
     return layers
@@ -121,7 +122,7 @@ def tiar(
     set_act_mode(layers, ActMode.DISABLED)
     rows = torch.arange(branch.num_steps)
     names = list(targets)
-    target = torch.cat([targets[n] for n in names], 1)
+    target = torch.cat([targets[n] for n in names], 1).to(module_device(branch))  # table() is on the CPU
     before = temporal_error(branch, targets)  # round-to-nearest weights
     adas: dict[str, AdaRound] = {n: attach_adaround(layer) for n, layer in layers.items()
                                  if layer.weight_quantizer.enabled}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from tfmq_export.cli.device_option import device_option
 from tfmq_export.cli.errors import friendly
 from tfmq_export.cli.options import deprecated_alias, output_options, replace_deprecated
 
@@ -54,10 +55,11 @@ from tfmq_export.cli.options import deprecated_alias, output_options, replace_de
               help="Also write the results as JSON here.")
 @click.option("--no-memory", is_flag=True, help="Skip the per-variant peak-memory subprocesses.")
 @output_options
+@device_option
 @friendly
 def bench(model, onnx_paths, variant_specs, backends, pipelines, num_images, prompt, negative_prompt,
           guidance_scale, no_ov_default, nncf, nncf_engine, nncf_samples, batch_sizes, batch, timed_calls, iters,
-          warmup, sampling_runs, pause_ms, threads, latent_size, seed, json_path, no_memory, quiet) -> None:
+          warmup, sampling_runs, pause_ms, threads, latent_size, seed, json_path, no_memory, quiet, device) -> None:
     """Time UNet calls (or whole pipelines, stage by stage) of several backends/precisions side by side.
 
     MODEL a pipeline folder (export-pipeline): every folder (MODEL and each --onnx-pipeline) runs
@@ -78,6 +80,9 @@ def bench(model, onnx_paths, variant_specs, backends, pipelines, num_images, pro
                  "latent_size": latent_size}
     is_pipeline, chosen = bench_mode(model, pipelines, backends, batches, unet_only, cli=True)
     if is_pipeline:
+        if device != "cpu":
+            raise click.ClickException("--device applies to the torch rows of a UNet bench; pipeline folders "
+                                       "run on their backends")
         from tfmq_export.workflows.bench.pipeline import bench_pipelines_to_json, format_pipeline_row
 
         result = bench_pipelines_to_json([Path(model), *pipelines], chosen, json_path=json_path,
@@ -92,6 +97,6 @@ def bench(model, onnx_paths, variant_specs, backends, pipelines, num_images, pro
     result = bench_to_json(model, list(onnx_paths), chosen, list(batches), iters, threads, json_path,
                            not no_memory, latent_size, variant_specs=list(variant_specs), warmup=warmup,
                            sampling_runs=sampling_runs, pause_ms=pause_ms, seed=seed, nncf=nncf,
-                           nncf_engine=nncf_engine, nncf_samples=nncf_samples, progress=not quiet)
+                           nncf_engine=nncf_engine, nncf_samples=nncf_samples, progress=not quiet, device=device)
     for row in result["runs"]:
         click.echo(format_row(row))

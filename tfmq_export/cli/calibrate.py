@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from tfmq_export.cli.device_option import device_option
 from tfmq_export.cli.errors import friendly
 from tfmq_export.cli.options import ABITS, WBITS, is_verbose, output_options
 from tfmq_export.config import DEFAULT_ITERS, CalibrationSettings
@@ -62,9 +63,11 @@ def _default(field: str) -> str:
               show_default="the model's own; DDIM for DDPM",
               help="Sampler of the calibration pass = the table's rows.")
 @output_options
+@device_option
 @friendly
 def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, seed, batch_size, static_scale_rule,
-              temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, quiet) -> None:
+              temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, quiet,
+              device) -> None:
     """Calibrate MODEL (`digits` or a local diffusers folder) and write an artifact to --out.
 
     Settings come from three places, in this order of precedence: the options given here, then the
@@ -94,7 +97,7 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
         resolved = settings_from(load_recipe(recipe) if recipe is not None else None, overrides)
         click.echo(f"settings: {resolved.record()}", err=True)
     artifact = calibrate_model(model, out_dir, overrides, recipe=recipe, conditions=conditions, prompts=prompts,
-                               progress=not quiet)
+                               progress=not quiet, device=device)
     click.echo(
         f"wrote {out_dir} ({artifact.method} W{artifact.wbits}A{artifact.abits}, {len(artifact.layers)} quantized "
         f"layers, {len(artifact.timesteps)} steps, {artifact.timings['calib_seconds']:.1f} s)"

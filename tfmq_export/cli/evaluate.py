@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from tfmq_export.cli.device_option import device_option
 from tfmq_export.cli.errors import friendly
 from tfmq_export.cli.options import TARGET_HELP, output_options
 
@@ -33,8 +34,9 @@ from tfmq_export.cli.options import TARGET_HELP, output_options
 @click.option("--doc", "doc_path", type=click.Path(path_type=Path), default=None,
               show_default="not written", help="Also write the Markdown table here (e.g. docs/RESULTS.md).")
 @output_options
+@device_option
 @friendly
-def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, target, doc_path, quiet) -> None:
+def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, target, doc_path, quiet, device) -> None:
     """Calibrate (or reuse), export, sample and score every method x bits on a bundled model.
 
     \b
@@ -48,5 +50,5 @@ def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, ta
     bit_list = [b.strip() for b in bits.split(",") if b.strip()]
     _results, markdown = evaluate_model(model, out_dir, method_list, bit_list, num_images=num_images, seed=seed,
                                         target=target, guidance_scale=guidance_scale, doc_path=doc_path,
-                                        progress=not quiet)
+                                        progress=not quiet, device=device)
     click.echo(markdown)

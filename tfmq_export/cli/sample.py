@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from tfmq_export.cli.device_option import device_option
 from tfmq_export.cli.errors import friendly
 from tfmq_export.cli.options import output_options
 from tfmq_export.contract import FLOAT_STAGES
@@ -48,9 +49,10 @@ from tfmq_export.contract import FLOAT_STAGES
               show_default="not written",
               help="Pipeline folder: also write the images as float32 [N, H, W, 3] in [0, 1] (.npy).")
 @output_options
+@device_option
 @friendly
 def sample(source, out_path, backend, num_images, seed, batch_size, json_path, model, scheduler, steps, prompt,
-           negative_prompt, guidance_scale, latents_path, float_stages, npy_path) -> None:
+           negative_prompt, guidance_scale, latents_path, float_stages, npy_path, device) -> None:
     """Sample images with the shared sampling loop from an exported ONNX file or an artifact folder.
 
     \b
@@ -65,6 +67,9 @@ def sample(source, out_path, backend, num_images, seed, batch_size, json_path, m
     from tfmq_export.workflows.sample_pipeline import is_pipeline_dir, sample_pipeline_cli
 
     if is_pipeline_dir(source) or prompt is not None:
+        if device != "cpu":
+            raise TfmqError("--device applies to an artifact folder or .onnx sampled without --prompt; pipeline "
+                            "folders and --prompt run on the CPU in this version")
         summary = sample_pipeline_cli(source, out_path, prompt=prompt, negative_prompt=negative_prompt,
                                       guidance_scale=guidance_scale, num_images=num_images, seed=seed,
                                       latents_path=latents_path, npy_path=npy_path, backend=backend,
@@ -74,5 +79,5 @@ def sample(source, out_path, backend, num_images, seed, batch_size, json_path, m
     if float_stages is not None:
         raise TfmqError("--float-stages applies to pipeline folders (export-pipeline); a bare UNet has no float stages")
     summary = sample_to_files(source, out_path, backend, 64 if num_images is None else num_images, seed, batch_size,
-                              json_path, model, scheduler, steps)
+                              json_path, model, scheduler, steps, device)
     click.echo(json.dumps(summary))

@@ -89,7 +89,7 @@ def mse_weight_scale(
     qmin, qmax = weight_range(bits)
     flat = weight.detach().reshape(weight.shape[0], -1).float()
     absmax = flat.abs().amax(dim=1)
-    shrink = 1.0 - 0.01 * torch.arange(num_candidates, dtype=torch.float32)
+    shrink = 1.0 - 0.01 * torch.arange(num_candidates, dtype=torch.float32, device=flat.device)
     chunk = max(1, (1 << 24) // max(1, flat.numel()))
     errors = []
     for start in range(0, num_candidates, chunk):

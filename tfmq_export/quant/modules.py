@@ -137,7 +137,7 @@ class WeightQuantizer(nn.Module):
         qmin, qmax = self.qrange
         if weight_int.min() < qmin or weight_int.max() > qmax:
             raise QuantizerError(f"{where}: integer weights outside [{qmin}, {qmax}]")
-        self.weight_int = weight_int.to(torch.int8).clone()
+        self.weight_int = weight_int.to(self.scale.device, torch.int8).clone()  # a checkpoint's are on the CPU
 
     def integer_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """The integers the export writes (int8 tensor, on the bits' grid)."""
@@ -215,10 +215,11 @@ class QuantLinear(QuantLayer):
 
 
 def make_quant_layer(module: nn.Module, wbits: int, abits: int, num_steps: int) -> QuantLayer:
+    """The quantized stand-in for ``module``, on its device (quantizer buffers included)."""
     if isinstance(module, nn.Conv2d):
-        return QuantConv2d(module, wbits, abits, num_steps)
+        return QuantConv2d(module, wbits, abits, num_steps).to(module.weight.device)
     if isinstance(module, nn.Linear):
-        return QuantLinear(module, wbits, abits, num_steps)
+        return QuantLinear(module, wbits, abits, num_steps).to(module.weight.device)
     raise QuantizerError(f"cannot quantize {type(module).__name__} (only Conv2d and Linear)")
 
 
@@ -318,7 +319,7 @@ def swap_input_quantizer(layer: QuantLayer, new: ActQuantizer) -> None:
     """Give ``layer`` the input quantizer ``new``, carrying over the old one's state (scale, per-step
     ranges; buffers only ``new`` has are kept) and mode."""
     old = layer.input_quantizer
-    new.load_state_dict(old.state_dict(), strict=False)
+    new.to(old.scale.device).load_state_dict(old.state_dict(), strict=False)
     new.mode = old.mode
     layer.input_quantizer = new
 

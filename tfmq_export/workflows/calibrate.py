@@ -29,17 +29,21 @@ def calibrate_model(
     conditions: Path | None = None,
     prompts: Path | None = None,
     progress: bool = True,
+    device: str | None = None,
 ) -> CalibrationArtifact:
     """Validate everything first (settings, output folder), then load MODEL and calibrate it into ``out_dir``.
 
     ``overrides`` are the command line's values (``None`` = not given); they win over the recipe
-    (a shipped recipe name or a path, ``config.load_recipe``).
+    (a shipped recipe name or a path, ``config.load_recipe``). ``device``: where torch computes
+    (``cpu``, ``cuda``, ``cuda:N``; checked first), never part of the settings.
     """
     from tfmq_export.calibration.pipeline import calibrate as run_calibration
     from tfmq_export.config import load_recipe, settings_from
+    from tfmq_export.device import resolve_device
     from tfmq_export.models.loading import load_conditions, load_model
     from tfmq_export.models.prompts import read_prompts
 
+    target = resolve_device(device)  # a malformed or absent device stops before anything loads
     if prompts is not None:  # the prompts are part of the settings: the artifact records them
         if conditions is not None:
             raise TfmqError("give --prompts or --conditions, not both")
@@ -58,7 +62,7 @@ def calibrate_model(
         loaded.conditions = load_conditions(conditions, loaded)
     if settings.prompts is not None:
         loaded.guided = _guided_conditions(loaded, settings, str(model))
-    return run_calibration(loaded, settings, out_dir, progress=progress)
+    return run_calibration(loaded, settings, out_dir, progress=progress, device=target)
 
 
 def _check_xl(conditions: Path | None) -> None:

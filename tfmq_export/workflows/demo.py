@@ -16,6 +16,7 @@ from pathlib import Path
 from tfmq_export.backends.base import open_runner
 from tfmq_export.calibration.pipeline import calibrate
 from tfmq_export.config import CalibrationSettings
+from tfmq_export.device import resolve_device
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.onnx_export import export_onnx
 from tfmq_export.images import save_grid
@@ -46,12 +47,13 @@ def run_demo(
     bench_iters: int = 20,
     text_recipe: CalibrationSettings | None = None,
     text_per_digit: int = 4,
+    device: str = "cpu",
 ) -> str:
     """Run the whole flow into ``out_dir`` and return the Markdown report (also written there).
 
     ``settings`` replaces ``demo_settings()`` (it must keep the keys ``fp32`` and ``tfmq-w8a8``,
     which the bench compares) and ``text_recipe`` the calibration budget of the digits-text part;
-    tests pass tiny ones.
+    tests pass tiny ones. ``device``: where the calibrations run (cpu, cuda, cuda:N).
     """
     from tfmq_export.workflows.bench import bench_to_json
     from tfmq_export.workflows.demo_text import run_demo_text, text_demo_lines
@@ -63,6 +65,7 @@ def run_demo(
     if missing:
         raise TfmqError(f"demo settings lack {', '.join(sorted(missing))}")
     out_dir = Path(out_dir)
+    resolve_device(device)  # one line before anything is written
     check_writable(out_dir, "--out", folder=True)
     model = load_model("digits")
     rows = []
@@ -70,7 +73,7 @@ def run_demo(
     reference = None
     for name, setting in plan.items():
         start = time.perf_counter()
-        artifact = calibrate(model, setting, out_dir / "calib" / name, progress=progress)
+        artifact = calibrate(model, setting, out_dir / "calib" / name, progress=progress, device=device)
         calib_s = time.perf_counter() - start
         onnx_path = export_onnx(model, artifact, out_dir / "onnx" / f"digits-{name}.onnx", target="onnxruntime")
         onnx_files[name] = onnx_path
@@ -86,7 +89,7 @@ def run_demo(
                           list(bench_batches), iters=bench_iters, threads=None, json_path=out_dir / "bench.json",
                           progress=progress)
     text_rows = run_demo_text(out_dir / "text", per_digit=text_per_digit, seed=seed, progress=progress,
-                              recipe=text_recipe)
+                              recipe=text_recipe, device=device)
     report = _report(rows, floor, bench, num_images, seed)
     report += "\n".join(text_demo_lines(text_rows, text_per_digit)) + "\n"
     atomic_write_text(out_dir / "report.md", report)

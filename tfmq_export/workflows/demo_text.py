@@ -29,7 +29,7 @@ def _settings(wbits: int, abits: int, method: str, recipe: Any, guidance: float)
 
 
 def run_demo_text(out_dir: Path, per_digit: int = 4, seed: int = 0, progress: bool = True,
-                  recipe: Any = None) -> list[dict[str, Any]]:
+                  recipe: Any = None, device: str = "cpu") -> list[dict[str, Any]]:
     """FP and TFMQ W8A8 rows (setting, prompt accuracy, RMSE vs FP, grid); ``recipe``: CalibrationSettings
     whose budget replaces the digits-tfmq-w8a8 recipe's (tests pass a tiny one)."""
     from tfmq_export.workflows.calibrate import calibrate_model
@@ -47,7 +47,7 @@ def run_demo_text(out_dir: Path, per_digit: int = 4, seed: int = 0, progress: bo
     for name, (method, wbits, abits) in {"fp32": ("minmax", 16, 16), "tfmq-w8a8": ("tfmq", 8, 8)}.items():
         calibrate_model("digits-text", out_dir / "calib" / name,
                         _settings(wbits, abits, method, budget, DEFAULT_TEXT_GUIDANCE), prompts=prompts_file,
-                        progress=progress)
+                        progress=progress, device=device)
         pipeline_dir = out_dir / "pipelines" / name
         export_pipeline_folder(out_dir / "calib" / name, pipeline_dir, target="onnxruntime")
         images = np.concatenate([pipeline_images(pipeline_dir, digit_prompt(d), num_images=per_digit,

@@ -48,14 +48,15 @@ def recipe_settings(method: str, bits: str) -> CalibrationSettings:
     return settings_from(recipe, {"method": method, "wbits": wbits, "abits": abits})
 
 
-def _artifact(model: LoadedModel, settings: CalibrationSettings, folder: Path, progress: bool):
-    """Reuse a finished artifact with the same settings, else calibrate into ``folder``."""
+def _artifact(model: LoadedModel, settings: CalibrationSettings, folder: Path, progress: bool, device: str = "cpu"):
+    """Reuse a finished artifact with the same settings (computed on any device), else calibrate into
+    ``folder`` on ``device``."""
     if (folder / "artifact.json").is_file():
         existing = load_artifact(folder)
         wanted = {k: v for k, v in asdict(settings).items() if v is not None}
         if all(existing.settings.get(k) == v for k, v in wanted.items()):
             return existing
-    return calibrate(model, settings, folder, progress=progress)
+    return calibrate(model, settings, folder, progress=progress, device=device)
 
 
 def _sample_key(artifact, num_images: int, seed: int, target: str) -> str:
@@ -112,8 +113,9 @@ def paired_rmse(images: np.ndarray, reference: np.ndarray) -> float:
 
 def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images: int = DEFAULT_NUM_IMAGES,
                  seed: int = 0, target: str = "tensorrt", doc_path: Path | None = None,
-                 progress: bool = True) -> dict[str, Any]:
-    """Evaluate every method x bits on the bundled digits model; returns the results dict."""
+                 progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate every method x bits on the bundled digits model (calibrating on ``device``); returns the
+    results dict."""
     bad_methods = [m for m in methods if m not in METHODS]
     if bad_methods:
         raise TfmqError(f"unknown method(s) {bad_methods}; choose from {', '.join(METHODS)}")
@@ -126,7 +128,8 @@ def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images:
     model = load_model("digits")
     rows: list[dict[str, Any]] = []
     steps = recipe_settings("minmax", "w8a8").steps  # the FP table uses the recipes' sampler steps
-    fp = _artifact(model, CalibrationSettings(wbits=16, abits=16, steps=steps), out_dir / "calib" / "fp", progress)
+    fp = _artifact(model, CalibrationSettings(wbits=16, abits=16, steps=steps), out_dir / "calib" / "fp", progress,
+                   device)
     reference: np.ndarray | None = None
     for fp_seed in (seed, seed + 1):  # two seeds: the metric's own noise
         row, images = _sample_row(model, fp, "fp", out_dir, num_images, fp_seed, target, progress)
@@ -135,7 +138,7 @@ def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images:
     jobs = [(m, b) for b in bits for m in methods]
     for method, bit in tqdm(jobs, desc="evaluate", disable=not progress):
         settings = recipe_settings(method, bit)
-        artifact = _artifact(model, settings, out_dir / "calib" / f"{method}-{bit}", progress)
+        artifact = _artifact(model, settings, out_dir / "calib" / f"{method}-{bit}", progress, device)
         row, images = _sample_row(model, artifact, f"{method}-{bit}", out_dir, num_images, seed, target, progress)
         rows.append(row | {"rmse_vs_fp": paired_rmse(images, reference)})
     floor = real_floor_fid(seed)

@@ -50,7 +50,8 @@ def _settings(method: str, bits: str, guidance: float) -> dict[str, Any]:
     return values | {"method": method, "wbits": wbits, "abits": abits, "guidance_scale": guidance}
 
 
-def _calibrated(name: str, overrides: dict[str, Any], out_dir: Path, progress: bool) -> CalibrationArtifact:
+def _calibrated(name: str, overrides: dict[str, Any], out_dir: Path, progress: bool,
+                device: str = "cpu") -> CalibrationArtifact:
     """Reuse ``out_dir/calib/name`` when it holds these settings, else calibrate digits-text there."""
     from tfmq_export.workflows.calibrate import calibrate_model
 
@@ -61,7 +62,7 @@ def _calibrated(name: str, overrides: dict[str, Any], out_dir: Path, progress: b
         wanted = overrides | {"prompts": digits_text_prompts()}
         if all(existing.settings.get(k) == v for k, v in wanted.items() if v is not None):
             return existing
-    return calibrate_model("digits-text", folder, overrides, prompts=prompts, progress=progress)
+    return calibrate_model("digits-text", folder, overrides, prompts=prompts, progress=progress, device=device)
 
 
 def _exported(artifact_dir: Path, out_dir: Path, name: str, target: str) -> Path:
@@ -141,15 +142,16 @@ def _check(methods: list[str], bits: list[str], num_images: int, guidance: float
 def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
                       num_images: int = DEFAULT_TEXT_NUM_IMAGES, seed: int = 0, target: str = "tensorrt",
                       guidance_scale: float = DEFAULT_TEXT_GUIDANCE, doc_path: Path | None = None,
-                      progress: bool = True) -> dict[str, Any]:
-    """Evaluate every method x bits on ``digits-text`` through exported pipelines; returns the results."""
+                      progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate every method x bits on ``digits-text`` through exported pipelines (calibrating on
+    ``device``); returns the results."""
     _check(methods, bits, num_images, guidance_scale)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "prompts.txt", "\n".join(digits_text_prompts()) + "\n")
     per_digit = num_images // 10
     rows: list[dict[str, Any]] = []
-    fp = _calibrated("fp", _settings("minmax", "fp", guidance_scale), out_dir, progress)
+    fp = _calibrated("fp", _settings("minmax", "fp", guidance_scale), out_dir, progress, device)
     reference = None
     for fp_seed in (seed, seed + 1):  # two seeds: the metrics' own noise
         row, images = _row(fp, "fp", out_dir, per_digit, fp_seed, guidance_scale, target, progress)
@@ -158,7 +160,7 @@ def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
     jobs = [(m, b) for b in bits for m in methods]
     for method, bit in tqdm(jobs, desc="evaluate digits-text", disable=not progress):
         name = f"{method}-{bit}"
-        artifact = _calibrated(name, _settings(method, bit, guidance_scale), out_dir, progress)
+        artifact = _calibrated(name, _settings(method, bit, guidance_scale), out_dir, progress, device)
         row, images = _row(artifact, name, out_dir, per_digit, seed, guidance_scale, target, progress)
         rows.append(row | {"rmse_vs_fp": paired_rmse(images, reference)})
     results = {"model": "digits-text", "rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -226,19 +228,24 @@ def text_results_markdown(results: dict[str, Any], grids: list[str] | None = Non
 
 def evaluate_model(model: str, out_dir: Path, methods: list[str], bits: list[str], *, num_images: int | None = None,
                    seed: int = 0, target: str = "tensorrt", guidance_scale: float | None = None,
-                   doc_path: Path | None = None, progress: bool = True) -> tuple[dict[str, Any], str]:
-    """``evaluate --model digits|digits-text``: (results, their Markdown) for the CLI and the API."""
+                   doc_path: Path | None = None, progress: bool = True,
+                   device: str = "cpu") -> tuple[dict[str, Any], str]:
+    """``evaluate --model digits|digits-text``: (results, their Markdown) for the CLI and the API;
+    ``device``: where the calibrations run (sampling runs on the exported graphs)."""
+    from tfmq_export.device import resolve_device
     from tfmq_export.workflows.evaluate import DEFAULT_NUM_IMAGES, results_markdown, run_evaluate
+
+    resolve_device(device)  # one line before any work
 
     if model == "digits":
         if guidance_scale is not None:
             raise TfmqError("--guidance-scale applies to --model digits-text (digits is unconditional)")
         results = run_evaluate(out_dir, methods, bits, num_images or DEFAULT_NUM_IMAGES, seed, target, doc_path,
-                               progress=progress)
+                               progress=progress, device=device)
         return results, results_markdown(results)
     if model != "digits-text":
         raise TfmqError(f"--model {model!r}: evaluate runs on the bundled models digits and digits-text")
     results = run_evaluate_text(out_dir, methods, bits, num_images or DEFAULT_TEXT_NUM_IMAGES, seed, target,
                                 DEFAULT_TEXT_GUIDANCE if guidance_scale is None else guidance_scale, doc_path,
-                                progress)
+                                progress, device)
     return results, text_results_markdown(results)

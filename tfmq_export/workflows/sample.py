@@ -60,8 +60,8 @@ def artifact_spec(artifact: Any, sample_shape: tuple[int, ...], conditional: boo
 
 
 def _artifact_runner(source: Path, backend: str, model: str | None, scheduler: str | None = None,
-                     steps: int | None = None) -> tuple[Runner, SourceInfo]:
-    """The torch simulation of an artifact folder."""
+                     steps: int | None = None, device: str | None = None) -> tuple[Runner, SourceInfo]:
+    """The torch simulation of an artifact folder, on ``device``."""
     if backend != "torch":
         raise TfmqError(f"{source} is an artifact folder: sample it with --backend torch, or export it first")
     from tfmq_export.artifact import load_artifact
@@ -77,18 +77,21 @@ def _artifact_runner(source: Path, backend: str, model: str | None, scheduler: s
     sim = simulation_from_artifact(loaded.unet, artifact)
     info = SourceInfo(spec, precision_label(artifact.wbits, artifact.abits), artifact.method,
                       artifact.model_fingerprint)
-    return open_runner("torch", sim, info.precision), info
+    return open_runner("torch", sim, info.precision, device=device), info
 
 
 def runner_for(source: Path, backend: str, model: str | None = None, scheduler: str | None = None,
-               steps: int | None = None) -> tuple[Runner, SourceInfo]:
+               steps: int | None = None, device: str | None = None) -> tuple[Runner, SourceInfo]:
     """A runner for SOURCE (ONNX file or artifact folder) and what sampling needs to know.
 
     ``scheduler``/``steps`` override the calibrated schedule; the table must hold a row for every
-    timestep of it (``sampling.timestep_rows``, checked before the runner loads)."""
+    timestep of it (``sampling.timestep_rows``, checked before the runner loads). ``device``: where
+    the torch backend computes (cpu, cuda, cuda:N); the other backends take only cpu."""
     source = Path(source)
+    if backend != "torch" and device not in (None, "cpu"):
+        raise TfmqError(f"--device {device} applies to --backend torch; {backend} picks its own device")
     if source.is_dir():
-        return _artifact_runner(source, backend, model, scheduler, steps)
+        return _artifact_runner(source, backend, model, scheduler, steps, device)
     from tfmq_export.export.onnx_export import describe_onnx
 
     described = describe_onnx(source)
@@ -116,20 +119,21 @@ def sample_with(runner: Runner, spec: SamplingSpec, num_images: int, seed: int, 
 
 def sample_to_files(source: Path, out_path: Path, backend: str, num_images: int, seed: int, batch_size: int,
                     json_path: Path | None, model: str | None, scheduler: str | None = None,
-                    steps: int | None = None) -> dict[str, Any]:
+                    steps: int | None = None, device: str | None = None) -> dict[str, Any]:
     """Sample, write the PNG grid (first 64 images) and optionally a JSON summary."""
     if num_images < 1 or batch_size < 1:
         raise TfmqError("--num-images and --batch-size must be positive")
     check_writable(out_path, "--out")
     if json_path is not None:
         check_writable(json_path, "--json")
-    runner, info = runner_for(source, backend, model, scheduler, steps)
+    runner, info = runner_for(source, backend, model, scheduler, steps, device)
     start = time.perf_counter()
     images = sample_with(runner, info.spec, num_images, seed, batch_size)
     seconds = time.perf_counter() - start
     save_grid(images[:64], out_path)
     summary: dict[str, Any] = {"source": str(source), "backend": backend, "precision": info.precision,
                                "method": info.method, "num_images": num_images, "seed": seed,
+                               "device": device or "cpu",
                                "seconds": round(seconds, 3), "grid": str(out_path)}
     if is_digits_fingerprint(info.fingerprint):
         from tfmq_export.metrics.fid import digits_fid

@@ -41,7 +41,8 @@ class Variant:
 
     ``timesteps`` are the sampler's timesteps (rows of the temporal table); the torch variant
     builds its table from them so that it computes what the exported graphs compute at the same
-    ``step_index``. ``target`` is the export target of the graph (``tensorrt``/``onnxruntime``).
+    ``step_index``. ``target`` is the export target of the graph (``tensorrt``/``onnxruntime``);
+    ``device`` where the torch variant computes (``--device``; the other backends pick their own).
     """
 
     backend: str
@@ -50,10 +51,12 @@ class Variant:
     label: str = ""
     timesteps: tuple[int, ...] = ()
     target: str = ""
+    device: str = "cpu"
 
     @property
     def name(self) -> str:
-        return self.label or f"{self.backend}:{self.precision}"
+        on = "" if self.device == "cpu" else f"@{self.device}"
+        return self.label or f"{self.backend}:{self.precision}{on}"
 
 
 @dataclass
@@ -88,7 +91,7 @@ def variant_runner(variant: Variant, threads: int | None, model: Any = None) -> 
     timesteps = list(variant.timesteps) or sampler_timesteps(loaded.scheduler_config, 10)
     tables = compute_temporal_features(loaded.unet, timesteps)
     table_unet = TemporalTableUNet(loaded.unet, tables, timesteps, copy_unet=False)
-    return open_runner("torch", table_unet, variant.precision, threads=threads)
+    return open_runner("torch", table_unet, variant.precision, threads=threads, device=variant.device)
 
 
 def bench_inputs(sample_shape: tuple[int, ...], batch: int, cond_shape: tuple[int, int] | None,

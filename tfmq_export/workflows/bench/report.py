@@ -83,6 +83,7 @@ def run_row(variant: Variant, model_bytes: int, batch: int, acc: Timings, ref: T
         "load_s": round(load_s, 3),
         "path": variant.path,
         "target": variant.target or None,
+        "device": variant.device,
     }
     if acc.sampling_s:
         sampling = float(np.median(acc.sampling_s))

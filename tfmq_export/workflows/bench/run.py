@@ -78,14 +78,19 @@ def bench_to_json(
     nncf_engine: Path | None = None,
     nncf_samples: int = 4,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Resolve the variants, build the NNCF peer if asked, time everything in one run, write JSON."""
+    """Resolve the variants, build the NNCF peer if asked, time everything in one run, write JSON.
+    ``device``: where the torch rows compute (cpu, cuda, cuda:N)."""
+    from tfmq_export.device import resolve_device
     from tfmq_export.models.loading import check_fingerprint, load_model
 
     _check_options(batches, iters, threads, latent_size, warmup, sampling_runs, pause_ms)
     if json_path is not None:
         check_writable(json_path, "--json")
     variants, facts, skipped = variants_for(model, list(onnx_paths), backends, variant_specs)
+    device = str(resolve_device(device))
+    variants = [replace(v, device=device) if v.backend == "torch" else v for v in variants]
     if not variants and not nncf:
         raise nothing_to_time(skipped)
     loaded = load_model(model)
