@@ -13,12 +13,16 @@ from tfmq_export.cli.errors import friendly
 @click.argument("artifact_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Pipeline folder to write.")
 @click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="onnxruntime", show_default=True,
-              help="Q/DQ flavour of the UNet (text encoder and VAE decoder stay float).")
+              help="Q/DQ flavour of the UNet (text encoder and VAE decoder stay unquantized).")
 @click.option("--timesteps", type=click.Choice(["sampler", "all"]), default="sampler", show_default=True,
               help="UNet table rows: the calibrated schedule, or every training timestep (sample --steps N).")
 @click.option("--model", default=None, help="The pipeline folder the artifact was calibrated on (default: recorded).")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None,
+              show_default="fp16 for --target tensorrt, fp32 for onnxruntime",
+              help="Type of the float parts of every stage (an SDXL VAE decoder stays fp32, as in diffusers); "
+                   "the inputs/outputs stay float32.")
 @friendly
-def export_pipeline_cmd(artifact_dir, out_dir, target, timesteps, model) -> None:
+def export_pipeline_cmd(artifact_dir, out_dir, target, timesteps, model, precision) -> None:
     """Export every stage of a calibrated text-to-image pipeline: unet.onnx, text_encoder.onnx,
     vae_decoder.onnx, tokenizer/, scheduler/ and pipeline.json.
 
@@ -28,6 +32,6 @@ def export_pipeline_cmd(artifact_dir, out_dir, target, timesteps, model) -> None
     """
     from tfmq_export.workflows.export_pipeline import export_pipeline_folder
 
-    described = export_pipeline_folder(artifact_dir, out_dir, target, model, timesteps)
+    described = export_pipeline_folder(artifact_dir, out_dir, target, model, timesteps, precision)
     click.echo(f"wrote {out_dir} ({described['pipeline_class']}, {', '.join(described['stages'])}, "
                f"{described['precision']}, {target})")

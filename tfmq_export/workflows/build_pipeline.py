@@ -7,8 +7,10 @@ folder is renamed into place only when every stage is built; then ``pipeline.jso
 engine files under ``engines.<backend>`` (rewritten atomically), which ``sample DIR --backend B``
 and ``bench DIR`` use. A failed build leaves the folder and ``pipeline.json`` as they were.
 
-TensorRT: the Q/DQ UNet is built strongly typed (as ``build-engine FILE.onnx``), the float text
-encoder(s) and VAE decoder in FP16; one optimization profile per stage (batch ``min..max``, the
+TensorRT: the Q/DQ UNet is built strongly typed (as ``build-engine FILE.onnx``); the float text
+encoder(s) and VAE decoder strongly typed too when ``export-pipeline --precision fp16`` wrote them
+FP16 (``stages.<name>.precision``), else weakly typed with FP16 allowed (TensorRT 10.x; TensorRT 11
+has strong typing only, so FP32 stages then build FP32); one optimization profile per stage (batch ``min..max``, the
 VAE decoder's latent size fixed from ``pipeline.json``). Without TensorRT or a GPU: one line,
 before anything is written.
 """
@@ -40,7 +42,8 @@ def _stage_options(backend: str, stage: str, described: dict[str, Any], batches:
     options: dict[str, Any] = {"min_batch": lo, "opt_batch": opt, "max_batch": hi, "timing_cache": timing_cache}
     if stage == c.STAGE_UNET:
         return options  # strongly typed, the Q/DQ graph linted first
-    options.update(fp16=True, lint=False)
+    # an FP16 stage runs FP16 strongly typed; an FP32 one (older folders, SDXL's VAE) weakly typed with FP16
+    options.update(fp16=described[c.PJ_STAGES][stage].get("precision", "fp32") != "fp16", lint=False)
     if stage == c.STAGE_VAE_DECODER:
         latent = list(described[c.PJ_LATENT_SHAPE])
         options["shapes"] = {c.VAE_INPUT_LATENTS: [[b, *latent] for b in batches]}
