@@ -118,7 +118,7 @@ def _export_module(module: nn.Module, example: torch.Tensor, path: Path, input_n
         onnx.checker.check_model(graph)
 
 
-def _export_text_encoders(parts: PipelineParts, stage: Path, precision: str) -> dict[str, Any]:
+def _export_text_encoders(parts: PipelineParts, stage: Path, precision: str = "fp32") -> dict[str, Any]:
     described = {}
     for pair in parts.text_encoders():
         module = _TextEncoderStage(pair, parts.is_xl)
@@ -141,7 +141,7 @@ def vae_precision(parts: PipelineParts, precision: str) -> str:
 
 
 def _export_vae_decoder(parts: PipelineParts, latent_shape: tuple[int, ...], stage: Path,
-                        precision: str) -> dict[str, Any]:
+                        precision: str = "fp32") -> dict[str, Any]:
     precision = vae_precision(parts, precision)
     module = _VaeDecoderStage(parts.vae())
     example = torch.randn((1, *latent_shape), generator=torch.Generator().manual_seed(0))
