@@ -203,3 +203,17 @@ def test_api_refuses_an_unknown_precision_in_one_line(tmp_path):
 
     with pytest.raises(TfmqError, match=r"^unknown --precision 'bf16' \(choose fp16 or fp32\)$"):
         tfmq_export.export_onnx(tmp_path / "art", tmp_path / "x.onnx", precision="bf16")
+
+
+def test_openvino_names_the_fp16_cause(tmp_path):
+    pytest.importorskip("openvino")
+    from tfmq_export.backends.openvino.build import build_openvino_engine
+
+    path = tmp_path / "fp16.onnx"
+    onnx.save(_fp16_clean(), str(path))
+    try:
+        build_openvino_engine(path, tmp_path / "fp16.xml")
+    except TfmqError as exc:  # OpenVINO 2026.4: "Arguments do not have the same element type"
+        assert "export with --precision fp32 for the CPU backends" in str(exc) and "\n" not in str(exc)
+    else:  # an OpenVINO that reads FP16 Q/DQ: nothing to explain
+        assert (tmp_path / "fp16.xml").is_file()
