@@ -101,25 +101,27 @@ def _calibrate_prompt_list(model: str, out: Path, overrides: dict[str, Any], pro
 
 @_one_line
 def export_onnx(artifact_dir: PathLike, out: PathLike, *, target: str = "tensorrt", timesteps: str = "sampler",
-                model: str | None = None) -> Path:
+                model: str | None = None, precision: str | None = None) -> Path:
     """``tfmq-export export-onnx ARTIFACT --out OUT.onnx``: the Q/DQ UNet with its temporal table.
 
     ``timesteps``: ``sampler`` (one row per calibrated step) or ``all`` (one per training timestep).
+    ``precision``: ``fp16`` / ``fp32`` float parts (None: fp16 for tensorrt, fp32 for onnxruntime).
     """
     from tfmq_export.workflows.export_onnx import export_onnx_file
 
-    export_onnx_file(Path(artifact_dir), Path(out), target, model, timesteps)
+    export_onnx_file(Path(artifact_dir), Path(out), target, model, timesteps, precision)
     return Path(out)
 
 
 @_one_line
 def export_pipeline(artifact_dir: PathLike, out: PathLike, *, target: str = "onnxruntime",
-                    timesteps: str = "sampler", model: str | None = None) -> dict[str, Any]:
+                    timesteps: str = "sampler", model: str | None = None,
+                    precision: str | None = None) -> dict[str, Any]:
     """``tfmq-export export-pipeline ARTIFACT --out DIR``: every stage of a text-to-image pipeline;
-    returns the written ``pipeline.json``."""
+    returns the written ``pipeline.json``. ``precision``: as ``export_onnx``'s."""
     from tfmq_export.workflows.export_pipeline import export_pipeline_folder
 
-    return export_pipeline_folder(Path(artifact_dir), Path(out), target, model, timesteps)
+    return export_pipeline_folder(Path(artifact_dir), Path(out), target, model, timesteps, precision)
 
 
 @_one_line

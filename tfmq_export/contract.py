@@ -16,7 +16,9 @@ from tfmq_export.errors import TfmqError
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_FLOAT_PRECISION",
     "EXPORT_TARGETS",
+    "FLOAT_PRECISIONS",
     "FLOAT_STAGES",
     "INPUT_CONDITIONS",
     "INPUT_SAMPLE",
@@ -25,6 +27,7 @@ __all__ = [
     "INPUT_TIME_IDS",
     "META_ABITS",
     "META_FINGERPRINT",
+    "META_FLOAT_PRECISION",
     "META_METHOD",
     "META_PREFIX",
     "META_SAMPLE_SHAPE",
@@ -44,6 +47,7 @@ __all__ = [
     "PJ_ENGINES",
     "PJ_ENGINE_PRECISIONS",
     "PJ_FINGERPRINT",
+    "PJ_FLOAT_PRECISION",
     "PJ_FORCE_ZEROS",
     "PJ_FORMAT",
     "PJ_GUIDANCE",
@@ -77,6 +81,7 @@ __all__ = [
     "VAE_INPUT_LATENTS",
     "VAE_OUTPUT_IMAGES",
     "GraphMetadata",
+    "default_float_precision",
     "parse_metadata",
     "precision_label",
 ]
@@ -138,6 +143,9 @@ PJ_VAE_INCLUDES = "vae_decoder_includes"
 PJ_FINGERPRINT = "model_fingerprint"
 PJ_PRECISION = "precision"
 PJ_TARGET = "target"
+PJ_FLOAT_PRECISION = "float_precision"
+"""``fp32`` / ``fp16``: the type of the float parts of the stages (``export-pipeline --precision``);
+each stage's own entry carries it too (an SDXL VAE decoder stays fp32, see ``export.pipeline``)."""
 PJ_TIME_IDS = "time_ids"
 PJ_FORCE_ZEROS = "force_zeros_for_empty_prompt"
 PJ_ENGINES = "engines"
@@ -164,6 +172,10 @@ META_SCHEDULER = "tfmq.scheduler"
 """The scheduler the graph was calibrated with (``config.SCHEDULER_NAMES``); sampling's default."""
 META_STEPS = "tfmq.steps"
 """The calibrated step count; sampling's default."""
+META_FLOAT_PRECISION = "tfmq.float_precision"
+"""``fp16`` when the float parts (weights of float layers, activations, Q/DQ scales, tables) are
+FP16 (``export-onnx --precision fp16``); absent in FP32 graphs, which are written as before the
+option existed (the I/O stays float32 either way: the contract's types, Casts at the edges)."""
 
 # --- labels --------------------------------------------------------------------------------------
 EXPORT_TARGETS = ("tensorrt", "onnxruntime")
@@ -171,15 +183,34 @@ BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 OV_DEFAULT = "ov-default"
 """The FP32 graph compiled with OpenVINO's default inference precision (bf16 on CPUs with AMX)."""
 PRECISIONS = ("fp32", "fp16", "w8a8", "w4a8", "w4a16", "nncf-int8", OV_DEFAULT)
+"""Bench labels; an FP16 export of a quantized artifact is ``w8a8-fp16`` etc. (``precision_label``)."""
+#: ``export-onnx`` / ``export-pipeline --precision``: the type of the graph's float parts.
+FLOAT_PRECISIONS = ("fp16", "fp32")
+#: the ``--precision`` each export target gets by default: TensorRT builds the graph strongly typed, so
+#: its float parts run in the type the graph declares (FP16 is what peers compare INT8 engines with);
+#: onnxruntime's CPU kernels are FP32 (and fuse Q/DQ into int8 kernels only around FP32 tensors).
+DEFAULT_FLOAT_PRECISION = {"tensorrt": "fp16", "onnxruntime": "fp32"}
 #: ``export-onnx --timesteps``: a row per sampler call, or a row per training timestep.
 TABLE_KINDS = ("sampler", "all")
 
 
-def precision_label(wbits: int, abits: int) -> str:
-    """Bench/CLI name of a bit setting: fp32, w8a8, w4a8, w4a16 (16 bits = float)."""
+def precision_label(wbits: int, abits: int, float_precision: str = "fp32") -> str:
+    """Bench/CLI name of a bit setting: fp32, w8a8, w4a8, w4a16 (16 bits = float); an FP16 export
+    is ``fp16`` or ``w8a8-fp16`` (INT8 layers, FP16 float parts)."""
     if wbits >= 16 and abits >= 16:
-        return "fp32"
-    return f"w{wbits}a{abits}"
+        return float_precision or "fp32"
+    return f"w{wbits}a{abits}" + ("" if float_precision in ("", "fp32") else f"-{float_precision}")
+
+
+def default_float_precision(target: str, precision: str | None = None) -> str:
+    """``precision`` checked, or the target's default (``DEFAULT_FLOAT_PRECISION``) when None."""
+    if precision is None:
+        if target not in DEFAULT_FLOAT_PRECISION:
+            raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(EXPORT_TARGETS)})")
+        return DEFAULT_FLOAT_PRECISION[target]
+    if precision not in FLOAT_PRECISIONS:
+        raise TfmqError(f"unknown --precision {precision!r} (choose {' or '.join(FLOAT_PRECISIONS)})")
+    return precision
 
 
 @dataclass(frozen=True)
@@ -198,10 +229,11 @@ class GraphMetadata:
     version: str = ""
     scheduler: str = ""
     steps: int = 0
+    float_precision: str = "fp32"
 
     @property
     def precision(self) -> str:
-        return precision_label(self.wbits, self.abits)
+        return precision_label(self.wbits, self.abits, self.float_precision)
 
     def to_props(self) -> dict[str, str]:
         """Key/value strings for ``ModelProto.metadata_props`` (the order the exporter writes)."""
@@ -218,6 +250,8 @@ class GraphMetadata:
             META_SCHEDULER_CONFIG: json.dumps(self.scheduler_config, sort_keys=True),
             META_SCHEDULER: self.scheduler,
             META_STEPS: str(self.steps),
+            # absent = fp32: an FP32 export stays byte-identical to those written before --precision
+            **({META_FLOAT_PRECISION: self.float_precision} if self.float_precision != "fp32" else {}),
         }
 
 
@@ -243,6 +277,9 @@ def parse_metadata(meta: dict[str, str], source: str) -> GraphMetadata:
     ):
         raise TfmqError(f"{source} has damaged tfmq.* metadata ({META_TIMESTEPS} is not a list of timesteps)")
     scheduler = meta.get(META_SCHEDULER, "")  # checked where it is used (sampling.make_scheduler)
+    float_precision = meta.get(META_FLOAT_PRECISION, "fp32")
+    if float_precision not in FLOAT_PRECISIONS:
+        raise TfmqError(f"{source} has damaged tfmq.* metadata ({META_FLOAT_PRECISION} is {float_precision!r})")
     if not isinstance(scheduler_config, dict):
         raise TfmqError(f"{source} has damaged tfmq.* metadata ({META_SCHEDULER_CONFIG} is not an object)")
     return GraphMetadata(
@@ -258,4 +295,5 @@ def parse_metadata(meta: dict[str, str], source: str) -> GraphMetadata:
         version=meta.get(META_VERSION, ""),
         scheduler=scheduler,
         steps=steps,
+        float_precision=float_precision,
     )

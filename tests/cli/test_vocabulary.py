@@ -39,6 +39,7 @@ MEANINGS: dict[str, tuple[str, str | None]] = {
     "--lr": (r"^Adam learning rate", None),
     "--quiet": (r"^No progress bars", None),
     "--verbose": (r"^Print the options", None),
+    "--precision": (r"^Type of the (graph's )?float parts", None),
     "--device": (r"\b(cpu|cuda)\b", None),
 }
 

@@ -20,17 +20,23 @@ from tfmq_export.cli.options import TARGET_HELP, output_options
 @click.option("--timesteps", "table", type=click.Choice(["sampler", "all"]), default="sampler", show_default=True,
               help="Temporal table rows: one per calibrated sampler step, or one per training timestep "
                    "(any step count of DDIM/PNDM/Euler/DPM++ with integer timesteps from one engine).")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None,
+              show_default="fp16 for --target tensorrt, fp32 for onnxruntime",
+              help="Type of the graph's float parts (unquantized layers, activations between Q/DQ, scales, "
+                   "table); the inputs/outputs stay float32.")
 @output_options
 @friendly
-def export_onnx_cmd(artifact_dir, out_path, target, model, table) -> None:
+def export_onnx_cmd(artifact_dir, out_path, target, model, table, precision) -> None:
     """Export the calibrated UNet of ARTIFACT_DIR as a Q/DQ ONNX graph with the temporal table.
 
     \b
     Example:
       tfmq-export export-onnx calib/out/w8a8 --out engines/digits-w8a8.onnx --target tensorrt
       tfmq-export export-onnx calib/out/w8a8 --out engines/digits-all.onnx --timesteps all
+      tfmq-export export-onnx calib/out/w8a8 --out engines/digits-fp32.onnx --precision fp32
     """
     from tfmq_export.workflows.export_onnx import export_onnx_file
 
-    artifact = export_onnx_file(artifact_dir, out_path, target, model, table)
-    click.echo(f"wrote {out_path} ({target}, {artifact.method} W{artifact.wbits}A{artifact.abits}, {table} rows)")
+    artifact, precision = export_onnx_file(artifact_dir, out_path, target, model, table, precision)
+    click.echo(f"wrote {out_path} ({target}, {artifact.method} W{artifact.wbits}A{artifact.abits}, {precision}, "
+               f"{table} rows)")

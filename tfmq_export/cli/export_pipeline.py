@@ -19,9 +19,13 @@ from tfmq_export.cli.options import TARGET_HELP, output_options
               help="UNet table rows: the calibrated schedule, or every training timestep (sample --steps N).")
 @click.option("--model", default=None, show_default="recorded in the artifact",
               help="The model (pipeline folder) the artifact was calibrated on.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None,
+              show_default="fp16 for --target tensorrt, fp32 for onnxruntime",
+              help="Type of the float parts of every stage (an SDXL VAE decoder stays fp32, as in diffusers); "
+                   "the inputs/outputs stay float32.")
 @output_options
 @friendly
-def export_pipeline_cmd(artifact_dir, out_dir, target, timesteps, model) -> None:
+def export_pipeline_cmd(artifact_dir, out_dir, target, timesteps, model, precision) -> None:
     """Export every stage of a calibrated text-to-image pipeline: unet.onnx, text_encoder.onnx,
     vae_decoder.onnx, tokenizer/, scheduler/ and pipeline.json.
 
@@ -31,6 +35,6 @@ def export_pipeline_cmd(artifact_dir, out_dir, target, timesteps, model) -> None
     """
     from tfmq_export.workflows.export_pipeline import export_pipeline_folder
 
-    described = export_pipeline_folder(artifact_dir, out_dir, target, model, timesteps)
+    described = export_pipeline_folder(artifact_dir, out_dir, target, model, timesteps, precision)
     click.echo(f"wrote {out_dir} ({described['pipeline_class']}, {', '.join(described['stages'])}, "
                f"{described['precision']}, {target})")

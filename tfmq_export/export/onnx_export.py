@@ -3,8 +3,9 @@
 1. the full-precision table UNet (temporal branch -> Gather from per-step tables) is traced with
    torch's TorchScript ONNX exporter (names keep module scopes, which the Q/DQ pass needs);
 2. Q/DQ from the artifact are injected (``qdq.insert_qdq``);
-3. metadata (``tfmq.*``) is attached, the graph is checked (and, for TensorRT, linted);
-4. the file is written atomically (temp file + rename), with external data for >2 GB models.
+3. ``--precision fp16``: the float parts become FP16, I/O stays float32 (``export.fp16``);
+4. metadata (``tfmq.*``) is attached, the graph is checked (and, for TensorRT, linted);
+5. the file is written atomically (temp file + rename), with external data for >2 GB models.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from tfmq_export.contract import (
     TABLE_KINDS,
     UNET_INPUTS,
     GraphMetadata,
+    default_float_precision,
     parse_metadata,
 )
 from tfmq_export.errors import TfmqError
+from tfmq_export.export.fp16 import FP16_OPSET, to_fp16
 from tfmq_export.export.qdq import TARGETS, insert_qdq, needs_opset_21
 from tfmq_export.export.split_qdq import apply_split_qdq, split_layers
 from tfmq_export.io import check_writable
@@ -60,6 +63,7 @@ __all__ = [
 
 BASE_OPSET = 17
 _PROTOBUF_LIMIT = 1_800_000_000
+_FP16_MAX_ROWS = 2048  # every integer up to 2**11 is exact in FP16
 
 
 def example_inputs(model: LoadedModel, batch: int = 2, seq_len: int = 8) -> tuple[torch.Tensor, ...]:
@@ -100,7 +104,7 @@ def trace_to_onnx(table_unet: TemporalTableUNet, inputs: tuple[torch.Tensor, ...
 
 
 def set_metadata(model: onnx.ModelProto, artifact: CalibrationArtifact, target: str,
-                 sample_shape: tuple[int, ...], timesteps: list | None = None) -> None:
+                 sample_shape: tuple[int, ...], timesteps: list | None = None, float_precision: str = "fp32") -> None:
     """Write the contract's ``tfmq.*`` metadata (replacing any) and the producer fields.
 
     ``timesteps``: the table's rows (default: the artifact's, a sampler table)."""
@@ -111,6 +115,7 @@ def set_metadata(model: onnx.ModelProto, artifact: CalibrationArtifact, target: 
         wbits=artifact.wbits, abits=artifact.abits, method=artifact.method, target=target,
         fingerprint=artifact.model_fingerprint, temporal_table=artifact.temporal_table, version=__version__,
         scheduler=str(settings.get("scheduler") or ""), steps=int(settings.get("steps") or 0),
+        float_precision=float_precision,
     ).to_props()
     del model.metadata_props[:]
     for key, value in values.items():
@@ -138,6 +143,7 @@ class OnnxInfo:
     fingerprint: str
     scheduler: str = ""  # the calibrated scheduler ("" in graphs from before it was recorded)
     steps: int = 0  # the calibrated step count (0: unknown, the table's length)
+    float_precision: str = "fp32"  # fp16: float parts FP16, I/O float32 (--precision)
 
 
 def describe_onnx(path: Path) -> OnnxInfo:
@@ -164,6 +170,7 @@ def describe_onnx(path: Path) -> OnnxInfo:
         fingerprint=meta.fingerprint,
         scheduler=meta.scheduler,
         steps=meta.steps,
+        float_precision=meta.float_precision,
     )
 
 
@@ -254,29 +261,47 @@ def table_rows(model: LoadedModel, artifact: CalibrationArtifact,
     return compute_temporal_features(model.unet, rows), rows
 
 
+def _target_opset(artifact: CalibrationArtifact, precision: str) -> int | None:
+    """The opset to convert the traced graph to before Q/DQ go in (None: keep ``BASE_OPSET``)."""
+    if artifact.layers and needs_opset_21(artifact):
+        return 21
+    return FP16_OPSET if precision == "fp16" else None
+
+
 def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = "tensorrt", *,
-               copy_unet: bool = True, timesteps: str = "sampler") -> onnx.ModelProto:
+               copy_unet: bool = True, timesteps: str = "sampler", precision: str = "fp32",
+               table_fp32: bool = False) -> onnx.ModelProto:
     """The exported graph (not yet written) for ``model`` quantized as ``artifact`` says.
 
-    Refused before tracing: an unknown target, another model's artifact, and an artifact that
-    breaks the schema (zero, NaN or Inf scales, non-finite tables, wrong shapes), whatever the target.
+    Refused before tracing: an unknown target or precision, another model's artifact, and an artifact
+    that breaks the schema (zero, NaN or Inf scales, non-finite tables, wrong shapes), whatever the target.
+    ``precision``: the float parts' type (``export.fp16``); this function's default stays ``fp32``,
+    the graph every caller got before the option; the commands default by target
+    (``contract.DEFAULT_FLOAT_PRECISION``). ``table_fp32`` (fp16 only): keep the tables FP32.
     """
     if target not in TARGETS:
         raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
+    precision = default_float_precision(target, precision)
     problem = artifact_problem(artifact)
     if problem is not None:
         raise TfmqError(f"--target {target}: the artifact is corrupt: {problem}")
     artifact.check_model(model.fingerprint(), model.name)
     tables, rows = table_rows(model, artifact, timesteps)
+    if precision == "fp16" and len(rows) > _FP16_MAX_ROWS:  # the traced step_index path casts through float
+        raise TfmqError(f"--precision fp16: {len(rows)} table rows; FP16 holds row indices up to {_FP16_MAX_ROWS}")
     table_unet = TemporalTableUNet(model.unet, tables, rows, copy_unet=copy_unet)
     graph = trace_to_onnx(table_unet, example_inputs(model))
+    opset = _target_opset(artifact, precision)
+    if opset is not None:
+        graph = onnx.version_converter.convert_version(graph, opset)
     if artifact.layers:
-        if needs_opset_21(artifact):
-            graph = onnx.version_converter.convert_version(graph, 21)
         insert_qdq(graph, artifact, target)
         if split_layers(artifact):
             apply_split_qdq(graph, artifact)
-    set_metadata(graph, artifact, target, model.sample_shape, rows)
+    if precision == "fp16":
+        del graph.graph.value_info[:]  # the opset converter's shape inference: optional, and float32-typed
+        to_fp16(graph, table_fp32=table_fp32)
+    set_metadata(graph, artifact, target, model.sample_shape, rows, precision)
     check_finite_graph(graph)
     if not is_large(graph):  # a > 2 GB graph is checked from its file by onnx.checker in save_onnx_atomic
         onnx.checker.check_model(graph)
@@ -311,17 +336,17 @@ def check_onnx_output(out_path: Path) -> None:
 
 
 def export_onnx(model: LoadedModel, artifact: CalibrationArtifact, out_path: Path, target: str = "tensorrt", *,
-                copy_unet: bool = True, timesteps: str = "sampler") -> Path:
+                copy_unet: bool = True, timesteps: str = "sampler", precision: str = "fp32") -> Path:
     """Build and atomically write the exported graph; returns the path.
 
     ``copy_unet=False`` traces ``model``'s own UNet (its temporal branch is replaced in place, so the
     model is spent afterwards): one UNet less at peak memory, for a > 2 GB export in a process that
     ends after it (``benchmarks/sd15_cpu.py``). The graph is the same. ``timesteps``: the table's
-    rows (``table_rows``).
+    rows (``table_rows``). ``precision``: ``build_onnx``'s.
     """
     if target not in TARGETS:
         raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
     check_onnx_output(Path(out_path))
-    graph = build_onnx(model, artifact, target, copy_unet=copy_unet, timesteps=timesteps)
+    graph = build_onnx(model, artifact, target, copy_unet=copy_unet, timesteps=timesteps, precision=precision)
     save_onnx_atomic(graph, Path(out_path))
     return Path(out_path)

@@ -15,9 +15,13 @@ stage's label goes into ``pipeline.json`` (``engine_precisions.<backend>``) and 
 (``stage_precision``); ``sample DIR --backend B`` runs them so unless told otherwise. An OpenVINO
 IR is the same file either way (weights kept f32): its precision is applied when it is compiled.
 
-TensorRT: the Q/DQ UNet is built strongly typed (as ``build-engine FILE.onnx``), the float text
-encoder(s) and VAE decoder in FP16 (FP32 with ``--float-stages fp32``); one optimization profile
-per stage (batch ``min..max``, the VAE decoder's latent size fixed from ``pipeline.json``).
+TensorRT: the Q/DQ UNet is built strongly typed (as ``build-engine FILE.onnx``); a float text
+encoder / VAE decoder that ``export-pipeline --precision fp16`` wrote FP16 (``stages.<name>.precision``)
+is built strongly typed too, so it runs FP16 whatever ``--float-stages`` says (export it with
+``--precision fp32`` for an FP32 engine); an FP32-exported stage is built weakly typed with FP16
+allowed (``--float-stages default``, TensorRT 10.x) or FP32 (``--float-stages fp32``); one
+optimization profile per stage (batch ``min..max``, the VAE decoder's latent size fixed from
+``pipeline.json``).
 Without TensorRT or a GPU: one line, before anything is written.
 """
 
@@ -48,7 +52,10 @@ def _stage_options(backend: str, stage: str, described: dict[str, Any], batches:
     options: dict[str, Any] = {"min_batch": lo, "opt_batch": opt, "max_batch": hi, "timing_cache": timing_cache}
     if stage == c.STAGE_UNET:
         return options  # strongly typed, the Q/DQ graph linted first
-    options.update(fp16=precision == "fp16", lint=False)
+    # an FP16-exported stage builds strongly typed (FP16 as written); an FP32 one (older folders, SDXL's VAE)
+    # weakly typed with FP16 allowed when the float stages run at TensorRT's default precision
+    exported = described[c.PJ_STAGES][stage].get("precision", "fp32")
+    options.update(fp16=precision == "fp16" and exported != "fp16", lint=False)
     if stage == c.STAGE_VAE_DECODER:
         latent = list(described[c.PJ_LATENT_SHAPE])
         options["shapes"] = {c.VAE_INPUT_LATENTS: [[b, *latent] for b in batches]}

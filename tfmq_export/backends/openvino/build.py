@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from tfmq_export.backends.manifest import load_source_onnx, manifest_path, provenance
-from tfmq_export.backends.openvino.ir import check_ir_path, compile_report, ir_manifest, ov_message
+from tfmq_export.backends.openvino.ir import check_ir_path, compile_report, fp16_hint, ir_manifest, ov_message
 from tfmq_export.errors import TfmqError
 from tfmq_export.io import commit_staged, staged_dir
 
@@ -35,7 +35,7 @@ def build_openvino_engine(
         try:
             model = ov.convert_model(str(src))
         except Exception as exc:  # OpenVINO raises OpConversionFailure / RuntimeError
-            raise TfmqError(f"OpenVINO could not convert {src}: {ov_message(exc)}") from exc
+            raise TfmqError(f"OpenVINO could not convert {src}: {ov_message(exc)}{fp16_hint(src)}") from exc
         report = compile_report(model, src) if validate else {}
         ov.save_model(model, str(stage / out.name), compress_to_fp16=False)
         manifest: dict[str, Any] = {

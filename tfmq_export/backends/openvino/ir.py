@@ -18,10 +18,31 @@ from tfmq_export.contract import UNET_INPUTS
 from tfmq_export.errors import TfmqError
 from tfmq_export.io import sha256_file
 
-__all__ = ["check_ir_path", "compile_report", "contract_input_name", "ir_manifest", "ov_message"]
+__all__ = ["check_ir_path", "compile_report", "contract_input_name", "fp16_hint", "ir_manifest", "ov_message"]
 
 #: compiled-graph layer types that carry the network's weights
 WEIGHT_LAYER_TYPES = ("Convolution", "FullyConnected", "MatMul", "Deconvolution")
+
+
+def fp16_hint(path: str | os.PathLike[str]) -> str:
+    """The advice to append when OpenVINO fails on an FP16 Q/DQ export ("" for any other file).
+
+    OpenVINO 2026.4's ONNX frontend refuses our FP16 Q/DQ graphs ("Arguments do not have the same
+    element type (arg0 element type: f32, arg1 element type: f16)"); it reads the FP16 float graph.
+    """
+    import onnx
+
+    from tfmq_export.contract import META_FLOAT_PRECISION
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not an ONNX file: no advice
+        return ""
+    fp16 = {p.key: p.value for p in model.metadata_props}.get(META_FLOAT_PRECISION) == "fp16"
+    if not fp16 or not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        return ""
+    return (" (an FP16 Q/DQ graph, which OpenVINO does not read: export-onnx --precision fp16 is the tensorrt "
+            "target's default; export with --precision fp32 for the CPU backends)")
 
 
 def contract_input_name(port: Any) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 
 from tfmq_export.backends.base import Runner, feed_for
 from tfmq_export.backends.manifest import onnx_model_bytes
-from tfmq_export.backends.openvino.ir import contract_input_name, ov_message
+from tfmq_export.backends.openvino.ir import contract_input_name, fp16_hint, ov_message
 from tfmq_export.errors import TfmqError
 
 __all__ = ["OpenVINORunner"]
@@ -75,7 +75,8 @@ class OpenVINORunner(Runner):
                 model = core.read_model(str(self.model_path))
             self.compiled = core.compile_model(model, "CPU", self.compile_config())
         except RuntimeError as exc:
-            raise TfmqError(f"OpenVINO could not load {self.model_path}: {ov_message(exc)}") from exc
+            hint = fp16_hint(self.model_path) if self.model_path.suffix == ".onnx" else ""
+            raise TfmqError(f"OpenVINO could not load {self.model_path}: {ov_message(exc)}{hint}") from exc
         self.input_names = [contract_input_name(i) for i in self.compiled.inputs]
         self.request = self.compiled.create_infer_request()
         super().activate()

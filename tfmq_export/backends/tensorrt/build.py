@@ -19,7 +19,14 @@ types from the network input types and operator specifications and adheres to th
   (ModelOpt AutoCast, ``keep_io_types=True`` to keep float32 ``sample``/``noise_pred``). So the
   exporter must emit FP16 (with casts at the float32 I/O) for the non-quantized parts when FP16
   speed is wanted; the DequantizeLinear output type follows its scale's type (opset 19+), so FP16
-  scales keep the quantized layers' outputs FP16 too. There is no builder switch to do it here.
+  scales keep the quantized layers' outputs FP16 too. ``export-onnx --precision fp16`` (the
+  tensorrt target's default) writes such a graph (``export.fp16``); there is no builder switch.
+
+Comparing with peers: ModelOpt's diffusers example and demoDiffusion compare an INT8 engine with a
+pure FP16 engine. Export the same model twice with ``--precision fp16`` (the W8A8 artifact and a
+``--wbits 16 --abits 16`` one), build both here (strongly typed: the FP16 graph is the FP16 engine,
+``manifest["float_precision"]``) and time them with ``bench --variant tensorrt=w8a8.plan --variant
+tensorrt=fp16.plan``: the bench labels them ``tensorrt:w8a8-fp16`` and ``tensorrt:fp16``.
 
 Without TensorRT or without a CUDA GPU every entry point raises ``TfmqError`` with one line; the
 module imports nothing from TensorRT at import time.
@@ -41,6 +48,18 @@ from tfmq_export.errors import TfmqError
 from tfmq_export.io import commit_staged, machine_info, sha256_file, staged_dir, utc_now
 
 __all__ = ["build_tensorrt_engine", "profile_shapes"]
+
+
+def _float_precision(model: onnx.ModelProto) -> str:
+    """``fp16`` / ``fp32`` from the exporter's metadata (a UNet), else fp16 when any initializer is FP16
+    (a pipeline's float stage written by ``export-pipeline --precision fp16``)."""
+    from tfmq_export.contract import META_FLOAT_PRECISION
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    if META_FLOAT_PRECISION in meta:
+        return meta[META_FLOAT_PRECISION]
+    fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    return "fp16" if fp16 else "fp32"
 
 def profile_shapes(
     model: onnx.ModelProto, min_batch: int, opt_batch: int, max_batch: int
@@ -84,8 +103,9 @@ def build_tensorrt_engine(
 ) -> dict[str, Any]:
     """Build a TensorRT plan for an exported graph; returns (and writes) the manifest.
 
-    The Q/DQ UNet is built strongly typed (the default). ``fp16=True`` is for the float pipeline
-    stages (text encoder, VAE decoder): the network is parsed weakly typed and the builder may run
+    The Q/DQ UNet is built strongly typed (the default), and so is any FP16 graph: its float parts
+    run in FP16 because the graph says so. ``fp16=True`` is for FP32 float pipeline stages (text
+    encoder, VAE decoder exported with ``--precision fp32``): the network is parsed weakly typed and the builder may run
     any layer in FP16 (Polygraphy's ``CreateConfig(fp16=True)``, TensorRT's ``BuilderFlag.FP16``,
     which TensorRT 10.x has; TensorRT 11 removed weak typing and refuses it). ``shapes`` gives the
     min/opt/max shape of every input where the graph leaves more than the batch dynamic (the VAE
@@ -156,6 +176,8 @@ def build_tensorrt_engine(
             "tensorrt_version": trt.__version__,
             "strongly_typed": not fp16,
             "fp16": fp16,
+            # the graph's float parts: what a strongly typed engine runs its unquantized layers in
+            "float_precision": _float_precision(model),
             "gpu": gpu_name(),
             "profiles": [{name: {"min": lo, "opt": mid, "max": hi} for name, (lo, mid, hi) in shapes.items()}],
             "timing_cache": cache,

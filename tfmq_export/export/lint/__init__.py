@@ -31,10 +31,16 @@ q-without-dq                a QuantizeLinear output used by anything but a Dequa
 dq-source                   a DequantizeLinear fed by neither a constant nor a QuantizeLinear
 time-mlp                    a Sin/Cos feeding a Gemm/MatMul: the time-embedding MLP should be a
                             constant table gathered by step_index
+qdq-dtype                   a QuantizeLinear whose scale type differs from its input's, or a Q/DQ
+                            pair whose scales differ in type (the DQ output type follows its scale)
+float-mix                   an op whose float inputs differ in type (a DQ output FP32 into an FP16
+                            layer...): a strongly typed network does not cast implicitly
+fp32-island                 (graphs with tfmq.float_precision = fp16) an FP32 tensor other than the
+                            float32 I/O, its edge Casts and Resize's roi/scales
 ==========================  ====================================================================
 
 Layout: ``common.py`` (the violation record, the op tables from the data module ``tensorrt_ops``, Q/DQ
-facts), one module per group of rules (``graph_rules``, ``qdq_rules``, ``layer_rules``), each rule
+facts), one module per group of rules (``graph_rules``, ``qdq_rules``, ``layer_rules``, ``precision_rules``), each rule
 a plain function of the shared ``export.graph.GraphIndex``; this module runs them in order.
 """
 
@@ -57,6 +63,7 @@ from tfmq_export.export.lint.common import (
 )
 from tfmq_export.export.lint.graph_rules import check_ops, check_opset, check_time_mlp, default_opset
 from tfmq_export.export.lint.layer_rules import check_activation_dq, check_weight_dq
+from tfmq_export.export.lint.precision_rules import check_precision
 from tfmq_export.export.lint.qdq_rules import check_dq_source, check_q_followed_by_dq, check_qdq_node
 
 __all__ = [
@@ -111,6 +118,8 @@ def lint_tensorrt(model: onnx.ModelProto, base_dir: str | os.PathLike[str] | Non
             out += check_activation_dq(g, node)
     # 4. the time-embedding MLP must be gone
     out += check_time_mlp(g)
+    # 5. float types: Q/DQ scale types, no mixed float inputs, no FP32 islands in an FP16 graph
+    out += check_precision(g)
     return out
 
 
