@@ -38,12 +38,17 @@ DEFAULT_NUM_IMAGES = 5000
 RECIPE_NAMES = ("digits-{method}-{bits}", "digits-{bits}")
 
 
+def recipe_name(method: str, bits: str) -> str | None:
+    """The shipped recipe ``recipe_settings`` reads for ``method`` at ``bits`` (None: built-in defaults)."""
+    shipped = set(recipe_names())
+    return next((n for n in (p.format(method=method, bits=bits) for p in RECIPE_NAMES) if n in shipped), None)
+
+
 def recipe_settings(method: str, bits: str) -> CalibrationSettings:
     """Settings for ``method`` at ``bits`` from the shipped recipe digits-<method>-<bits> (else
     digits-<bits>), strictly checked; method and bits as given."""
     wbits, abits = BIT_SETTINGS[bits]
-    shipped = set(recipe_names())
-    name = next((n for n in (p.format(method=method, bits=bits) for p in RECIPE_NAMES) if n in shipped), None)
+    name = recipe_name(method, bits)
     recipe = {} if name is None else load_recipe(name)
     return settings_from(recipe, {"method": method, "wbits": wbits, "abits": abits})
 
