@@ -131,7 +131,7 @@ def run_demo(
     plot_step_errors(steps, out_dir / "step-errors.png", title="digits: per-step error vs FP")
     bench = bench_to_json("digits", [onnx_files["fp32"], onnx_files["tfmq-w8a8"]], "torch,onnxruntime",
                           list(bench_batches), iters=bench_iters, threads=None, json_path=out_dir / "bench.json",
-                          progress=progress)
+                          progress=progress, recipes=provenance["recipes"])
     text_rows = run_demo_text(out_dir / "text", per_digit=text_per_digit, seed=seed, progress=progress,
                               recipe=text_recipe, device=device)
     fid_seed2 = digits_fid(fp_second)
