@@ -218,3 +218,38 @@ def test_quiet_rounds_drop_rounds_that_slow_every_variant():
     times = np.stack([base, base * 1.02, base * 2.5, base * 1.01, base * [1.0, 1.0, 3.0]])
     # round 2: another job slowed everything; round 4: one variant's own jitter, kept
     assert quiet_rounds(times).tolist() == [True, True, False, True, True]
+
+
+def test_bench_json_has_a_verdict_computed_from_its_rows_and_the_provenance(bench_json):
+    ort = {r["precision"]: r["latency_ms_median"] for r in bench_json["runs"] if r["backend"] == "onnxruntime"}
+    ratio = ort["fp32"] / ort["w8a8"]
+    line = next(v for v in bench_json["verdict"] if v.startswith("W8A8 on onnxruntime vs FP32: "))
+    assert (f"{ratio:.2f}x faster at batch 1" if ratio >= 1 else f"{1 / ratio:.1f}x slower at batch 1") in line
+    assert "UNet output rel. error" in line and "(torch:fp32)" in line
+    prov = bench_json["provenance"]
+    assert prov["command"].startswith("tfmq-export bench ") and "--timed-calls 3" in prov["command"]
+    assert prov["target"] == "onnxruntime" and prov["load_avg_start"] and prov["load_avg_end"]
+    assert {"tfmq-export", "torch", "onnxruntime", "openvino", "diffusers"} <= set(prov["versions"])
+    assert prov["recipes"]  # not recorded in the graphs: said so
+
+
+def test_bench_verdict_and_terminal_report_are_pure_functions_of_the_result():
+    from tfmq_export.workflows.bench.report import bench_verdict, report_lines
+
+    def row(backend, precision, batch, ms, err=None):
+        return {"backend": backend, "precision": precision, "batch": batch, "latency_ms_median": ms,
+                "latency_ms_p90": ms, "images_per_s": 1.0, "images_per_s_basis": "derived: x", "peak_mem_mb": None,
+                "model_bytes": 1, "label": f"{backend}:{precision}", "rel_error_vs_reference": err}
+
+    result = {"reference": "torch:fp32", "runs": [
+        row("onnxruntime", "fp32", 1, 2.9), row("onnxruntime", "w8a8", 1, 10.0, 0.01),
+        row("tensorrt", "fp16", 1, 1.0), row("tensorrt", "fp32", 1, 2.0), row("tensorrt", "int8-fp16", 1, 0.5),
+        row("openvino", "w8a8", 1, 1.0)]}
+    verdict = bench_verdict(result)
+    assert verdict[0] == ("W8A8 on onnxruntime vs FP32: 0.29x, i.e. 3.4x slower at batch 1; UNet output rel. error "
+                          "1.00e-02 vs the reference (torch:fp32)")
+    assert verdict[1].startswith("INT8-FP16 on tensorrt vs FP16: 2.00x faster at batch 1")  # FP16 is the baseline
+    assert verdict[2].startswith("W8A8 on openvino: no FP16/FP32 row")
+    lines = report_lines(result | {"provenance": {"command": "tfmq-export bench x", "recipes": ["r"]}})
+    assert lines[0] == f"Verdict: {verdict[0]}" and "- Command: `tfmq-export bench x`" in lines
+    assert bench_verdict({"runs": [row("torch", "fp32", 1, 1.0)]})[0].startswith("no quantized variant")

@@ -42,6 +42,22 @@ def test_demo_runs_the_whole_flow_on_tiny_settings(tmp_path, one_thread) -> None
     for name in settings:
         assert (tmp_path / "demo" / "grids" / f"{name}.png").is_file()
         assert (tmp_path / "demo" / "onnx" / f"digits-{name}.onnx").is_file()
+    # the report answers first, then says where its figures come from, and links its images
+    lines = report.splitlines()
+    assert lines[2].startswith("Verdict") and lines[3].startswith("- TFMQ W8A8 vs FP32 on onnxruntime: ")
+    assert ("faster at batch 1" in lines[3]) or ("x slower at batch 1" in lines[3])
+    assert data["verdict"][0] == lines[3][2:]
+    for needle in ("- Machine: ", "- Load average (1/5/15 min): ", "- Versions: tfmq-export ", "- Target: onnxruntime",
+                   "- Command: `tfmq-export demo --out ", "- Recipe(s): tfmq-w8a8: custom settings (API)"):
+        assert needle in report
+    assert "![tfmq-w8a8: FP | quantized | difference](grids/compare-tfmq-w8a8.png)" in report
+    assert (tmp_path / "demo" / "grids" / "compare-tfmq-w8a8.png").is_file()
+    assert "](text/grids/digits-text-compare-tfmq-w8a8.png)" in report
+    assert (tmp_path / "demo" / "text" / "grids" / "digits-text-compare-tfmq-w8a8.png").is_file()
+    assert "![per-step error](step-errors.png)" in report and (tmp_path / "demo" / "step-errors.png").is_file()
+    steps = data["step_errors"]
+    assert len(steps["errors"]["tfmq-w8a8"]) == 3 and all(e > 0 for e in steps["errors"]["tfmq-w8a8"])
+    assert data["fp_seed_noise"]["fid_noise"] >= 0 and data["provenance"]["load_avg_end"]
 
 
 def test_demo_refuses_too_few_images_before_any_work(tmp_path) -> None:

@@ -71,6 +71,20 @@ def test_evaluate_command_end_to_end(tmp_path) -> None:
     assert all(np.isfinite(r["fid"]) and r["fid"] > 0 for r in rows)
     assert (out / "onnx" / "minmax-w8a8.onnx").is_file() and (out / "grids" / "minmax-w8a8-seed0.png").is_file()
     assert "| minmax | 8 | 8 |" in doc.read_text()
+    # the report: verdict first, where the figures come from, FP | quantized | difference, per-step error
+    text = doc.read_text()
+    lines = text.splitlines()
+    assert lines[2].startswith("Verdict") and lines[3].startswith("- minmax W8A8: images ")
+    for needle in ("- Machine: ", "- Load average (1/5/15 min): ", "- Versions: tfmq-export ", "- Target: tensorrt",
+                   "- Command: `tfmq-export evaluate --out ", "- Recipe(s): minmax-w8a8: digits-w8a8"):
+        assert needle in text
+    assert "](RESULTS-grids/compare-minmax-w8a8-seed0.png)" in text
+    assert (doc.parent / "RESULTS-grids" / "compare-minmax-w8a8-seed0.png").is_file()
+    assert "![per-step error](RESULTS-grids/step-errors.png)" in text
+    assert (doc.parent / "RESULTS-grids" / "step-errors.png").is_file()
+    steps = json.loads((out / "results.json").read_text())["step_errors"]
+    assert len(steps["errors"]["minmax-w8a8"]) == len(steps["timesteps"]) > 1
+    assert all(e > 0 for e in steps["errors"]["minmax-w8a8"])
     folder = out / "calib" / "minmax-w8a8"
     stamp = (folder / "artifact.json").stat().st_mtime_ns
     reused = _artifact(load_model("digits"), recipe_settings("minmax", "w8a8"), folder, progress=False)

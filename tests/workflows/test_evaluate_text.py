@@ -67,3 +67,11 @@ def test_evaluate_digits_text_end_to_end(tmp_path) -> None:
     assert (out / "pipelines" / "minmax-w8a8" / "pipeline.json").is_file()
     assert (doc.parent / "RESULTS-text-grids" / "minmax-w8a8-seed0.png").is_file()
     assert "| minmax | 8 | 8 |" in doc.read_text()
+    text = doc.read_text()
+    assert text.splitlines()[2].startswith("Verdict") and "- minmax W8A8: images " in text.splitlines()[3]
+    assert "guided prompt accuracy" in text.splitlines()[3]
+    for needle in ("- Machine: ", "- Load average (1/5/15 min): ", "- Versions: tfmq-export ", "- Target: onnxruntime",
+                   "- Command: `tfmq-export evaluate --model digits-text ", "- Recipe(s): minmax-w8a8: budget of "):
+        assert needle in text
+    assert "](RESULTS-text-grids/compare-minmax-w8a8-seed0.png)" in text
+    assert (doc.parent / "RESULTS-text-grids" / "compare-minmax-w8a8-seed0.png").is_file()

@@ -72,7 +72,8 @@ def bench(model, onnx_paths, variant_specs, backends, pipelines, num_images, pro
           --latent-size 32 --threads 2 --batch-size 1 --batch-size 2 --sampling-runs 1 --json bench.json
       tfmq-export bench pipe-fp32/ --onnx-pipeline pipe-w8a8/ --backends onnxruntime,openvino --json bench.json
     """
-    from tfmq_export.workflows.bench import bench_mode, bench_to_json, format_row
+    from tfmq_export.workflows.bench import bench_mode, bench_to_json
+    from tfmq_export.workflows.bench.report import report_lines
 
     batches = replace_deprecated("--batch", "--batch-size", batch, batch_sizes, "batch_sizes")
     iters = replace_deprecated("--iters", "--timed-calls", iters, timed_calls, "timed_calls")
@@ -98,5 +99,5 @@ def bench(model, onnx_paths, variant_specs, backends, pipelines, num_images, pro
                            not no_memory, latent_size, variant_specs=list(variant_specs), warmup=warmup,
                            sampling_runs=sampling_runs, pause_ms=pause_ms, seed=seed, nncf=nncf,
                            nncf_engine=nncf_engine, nncf_samples=nncf_samples, progress=not quiet, device=device)
-    for row in result["runs"]:
-        click.echo(format_row(row))
+    for line in report_lines(result):  # the verdict first, the rows, the provenance
+        click.echo(line)

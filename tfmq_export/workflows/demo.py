@@ -3,8 +3,10 @@
 calibrate (FP, TFMQ W8A8 and W4A8 from the digits recipes) -> export ONNX (onnxruntime target)
 -> sample with onnxruntime -> digits-FID and RMSE to the FP samples from the same noise -> bench
 (torch FP32, onnxruntime FP32 and W8A8); then the text-to-image model ``digits-text``: calibrate
-with prompts, export every stage, sample each digit's prompt (``demo_text``) -> report.md. The full
-method x bits tables are ``tfmq-export evaluate [--model digits-text]``.
+with prompts, export every stage, sample each digit's prompt (``demo_text``) -> report.md
+(``demo_report``: verdict first, FP | quantized | difference images, the per-step error plot,
+machine, load, versions, command, recipes).
+The full method x bits tables are ``tfmq-export evaluate [--model digits-text]``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from tfmq_export.images import save_grid
 from tfmq_export.io import atomic_write_text, check_writable
 from tfmq_export.metrics.fid import digits_fid, real_floor_fid
 from tfmq_export.models.loading import load_model
-from tfmq_export.workflows.evaluate import paired_rmse, recipe_settings
+from tfmq_export.workflows.demo_report import demo_markdown, demo_verdict
+from tfmq_export.workflows.evaluate import paired_rmse, recipe_name, recipe_settings
+from tfmq_export.workflows.report_parts import end_provenance, save_comparison, start_provenance
 from tfmq_export.workflows.sample import artifact_spec, sample_with
+from tfmq_export.workflows.step_errors import plot_step_errors, step_errors
+
+__all__ = ["demo_settings", "run_demo"]
 
 
 def demo_settings() -> dict[str, CalibrationSettings]:
@@ -34,6 +41,21 @@ def demo_settings() -> dict[str, CalibrationSettings]:
         "tfmq-w8a8": recipe_settings("tfmq", "w8a8"),
         "tfmq-w4a8": recipe_settings("tfmq", "w4a8"),
     }
+
+
+def _command(out_dir: Path, num_images: int, device: str, overrides: dict[str, object]) -> str:
+    """The command line this run answers to, with what only the API can change named after it."""
+    line = f"tfmq-export demo --out {out_dir} --num-images {num_images} --device {device}"
+    given = [f"{k}={v}" for k, v in overrides.items() if v is not None]
+    return line + (f" (API overrides: {', '.join(given)})" if given else "")
+
+
+def _recipes(plan: dict[str, CalibrationSettings], custom: bool, text_custom: bool) -> list[str]:
+    """Recipe names of the settings (custom API settings are named as such)."""
+    names = [f"{name}: custom settings (API)" if custom else f"{name}: {recipe_name('tfmq', name.split('-')[-1])}"
+             for name in plan if name != "fp32"]
+    text = "custom settings (API)" if text_custom else recipe_name("tfmq", "w8a8")
+    return [*names, f"digits-text tfmq-w8a8: budget of {text}"]
 
 
 def run_demo(
@@ -48,15 +70,17 @@ def run_demo(
     text_recipe: CalibrationSettings | None = None,
     text_per_digit: int = 4,
     device: str = "cpu",
+    step_trajectories: int = 4,
 ) -> str:
     """Run the whole flow into ``out_dir`` and return the Markdown report (also written there).
 
     ``settings`` replaces ``demo_settings()`` (it must keep the keys ``fp32`` and ``tfmq-w8a8``,
     which the bench compares) and ``text_recipe`` the calibration budget of the digits-text part;
     tests pass tiny ones. ``device``: where the calibrations run (cpu, cuda, cuda:N).
+    ``step_trajectories``: FP trajectories of the per-step error plot.
     """
     from tfmq_export.workflows.bench import bench_to_json
-    from tfmq_export.workflows.demo_text import run_demo_text, text_demo_lines
+    from tfmq_export.workflows.demo_text import run_demo_text
 
     if num_images < 2:
         raise TfmqError("--num-images must be at least 2 (FID needs a covariance)")
@@ -67,13 +91,24 @@ def run_demo(
     out_dir = Path(out_dir)
     resolve_device(device)  # one line before anything is written
     check_writable(out_dir, "--out", folder=True)
+    overrides = {"seed": seed or None, "settings": None if settings is None else ",".join(plan),
+                 "bench_batches": None if bench_batches == (1, 64) else bench_batches,
+                 "bench_iters": None if bench_iters == 20 else bench_iters,
+                 "text_recipe": None if text_recipe is None else "custom",
+                 "text_per_digit": None if text_per_digit == 4 else text_per_digit}
+    provenance = start_provenance(_command(out_dir, num_images, device, overrides), "onnxruntime",
+                                  _recipes(plan, settings is not None, text_recipe is not None))
     model = load_model("digits")
     rows = []
     onnx_files: dict[str, Path] = {}
+    artifacts = {}
     reference = None
+    comparisons: dict[str, str] = {}
+    fp_second = None
     for name, setting in plan.items():
         start = time.perf_counter()
         artifact = calibrate(model, setting, out_dir / "calib" / name, progress=progress, device=device)
+        artifacts[name] = artifact
         calib_s = time.perf_counter() - start
         onnx_path = export_onnx(model, artifact, out_dir / "onnx" / f"digits-{name}.onnx", target="onnxruntime")
         onnx_files[name] = onnx_path
@@ -81,48 +116,32 @@ def run_demo(
         spec = artifact_spec(artifact, model.sample_shape)
         images = sample_with(runner, spec, num_images, seed, batch_size=250, progress=progress)
         save_grid(images[:64], out_dir / "grids" / f"{name}.png")
-        reference = images if reference is None else reference
+        if reference is None:  # FP: a second seed gives the metric's own noise
+            reference = images
+            fp_second = sample_with(runner, spec, num_images, seed + 1, batch_size=250, progress=progress)
+        else:
+            save_comparison(reference[:64], images[:64], out_dir / "grids" / f"compare-{name}.png")
+            comparisons[name] = f"grids/compare-{name}.png"
         rows.append({"setting": name, "fid": digits_fid(images), "rmse_vs_fp": paired_rmse(images, reference),
                      "calib_seconds": round(calib_s, 1), "onnx_bytes": onnx_path.stat().st_size})
     floor = real_floor_fid(seed)
+    fp_name = next(iter(plan))
+    steps = step_errors(model.unet, {k: v for k, v in artifacts.items() if k != fp_name}, artifacts[fp_name],
+                        model.sample_shape, num_trajectories=step_trajectories, target="onnxruntime")
+    plot_step_errors(steps, out_dir / "step-errors.png", title="digits: per-step error vs FP")
     bench = bench_to_json("digits", [onnx_files["fp32"], onnx_files["tfmq-w8a8"]], "torch,onnxruntime",
                           list(bench_batches), iters=bench_iters, threads=None, json_path=out_dir / "bench.json",
-                          progress=progress)
+                          progress=progress, recipes=provenance["recipes"])
     text_rows = run_demo_text(out_dir / "text", per_digit=text_per_digit, seed=seed, progress=progress,
                               recipe=text_recipe, device=device)
-    report = _report(rows, floor, bench, num_images, seed)
-    report += "\n".join(text_demo_lines(text_rows, text_per_digit)) + "\n"
+    fid_seed2 = digits_fid(fp_second)
+    data = {"rows": rows, "real_floor_fid": floor, "bench": bench["runs"], "text": text_rows,
+            "fp_seed_noise": {"seed": seed + 1, "fid": fid_seed2, "fid_noise": abs(rows[0]["fid"] - fid_seed2)},
+            "comparisons": comparisons, "step_errors": steps, "step_error_plot": "step-errors.png",
+            "num_images": num_images, "seed": seed, "text_per_digit": text_per_digit,
+            "provenance": end_provenance(provenance)}
+    data["verdict"] = demo_verdict(data)
+    report = demo_markdown(data)
     atomic_write_text(out_dir / "report.md", report)
-    atomic_write_text(out_dir / "report.json", json.dumps({"rows": rows, "real_floor_fid": floor,
-                                                           "bench": bench["runs"], "text": text_rows}, indent=2))
+    atomic_write_text(out_dir / "report.json", json.dumps(data, indent=2))
     return report
-
-
-def _report(rows, floor, bench, num_images, seed) -> str:
-    lines = [
-        "# tfmq-export demo on the bundled digits model",
-        "",
-        f"digits-FID over {num_images} samples (DDIM, seed {seed}), sampled by onnxruntime from the exported graphs;",
-        f"real-vs-real floor (two halves of the 1,797 real digits): {floor:.3f}",
-        "",
-        "RMSE vs FP: pixel RMSE to the FP32 samples drawn from the same noise (FID at this sample size moves",
-        "by several points between seeds; see docs/RESULTS.md for 5,000-sample figures).",
-        "",
-        "| setting | digits-FID | RMSE vs FP | calibration s | ONNX bytes |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    lines += [f"| {r['setting']} | {r['fid']:.3f} | {r['rmse_vs_fp']:.4f} | {r['calib_seconds']} | "
-              f"{r['onnx_bytes']:,} |" for r in rows]
-    lines += ["", "UNet latency per call (median / p90 ms), measured side by side in one run:", "",
-              "| backend | precision | batch | median ms | p90 ms | images/s | peak MB |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in bench["runs"]:
-        lines.append(f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['latency_ms_median']:.2f} | "
-                     f"{r['latency_ms_p90']:.2f} | {r['images_per_s']:.1f} | {r['peak_mem_mb']:.0f} |")
-    ort = {(r["precision"], r["batch"]): r["latency_ms_median"]
-           for r in bench["runs"] if r["backend"] == "onnxruntime"}
-    for batch in sorted({b for _, b in ort}):
-        if ("fp32", batch) in ort and ("w8a8", batch) in ort:
-            speedup = ort[("fp32", batch)] / ort[("w8a8", batch)]
-            lines.append(f"\nonnxruntime W8A8 vs FP32 at batch {batch}: {speedup:.2f}x")
-    return "\n".join(lines) + "\n"

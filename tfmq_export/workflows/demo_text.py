@@ -19,6 +19,7 @@ from tfmq_export.metrics.prompt_accuracy import pipeline_to_digits, prompt_accur
 from tfmq_export.models.digits_text import digit_prompt, digits_text_prompts
 from tfmq_export.workflows.evaluate import paired_rmse
 from tfmq_export.workflows.evaluate_text import DEFAULT_TEXT_GUIDANCE, RECIPE_KEYS
+from tfmq_export.workflows.report_parts import save_comparison
 
 __all__ = ["run_demo_text", "text_demo_lines"]
 
@@ -56,19 +57,32 @@ def run_demo_text(out_dir: Path, per_digit: int = 4, seed: int = 0, progress: bo
         order = np.arange(len(images)).reshape(10, per_digit).T.reshape(-1)  # one column per digit
         grid = out_dir / "grids" / f"digits-text-{name}.png"
         save_grid(digits_images[order], grid, columns=10)
-        reference = digits_images if reference is None else reference
+        row = {}
+        if reference is None:
+            reference = digits_images
+        else:  # FP | quantized | difference, the same noise and prompts
+            compare = out_dir / "grids" / f"digits-text-compare-{name}.png"
+            save_comparison(reference[order], digits_images[order], compare, columns=10)
+            row["comparison"] = str(compare)
         rows.append({"setting": name, "accuracy": prompt_accuracy(digits_images, np.repeat(np.arange(10), per_digit)),
                      "rmse_vs_fp": paired_rmse(digits_images, reference), "grid": str(grid),
-                     "pipeline": str(pipeline_dir)})
+                     "pipeline": str(pipeline_dir), **row})
     return rows
 
 
 def text_demo_lines(rows: list[dict[str, Any]], per_digit: int) -> list[str]:
-    """The report's section for the text-to-image rows."""
+    """The report's section for the text-to-image rows (links relative to the demo's folder)."""
     lines = ["", "## Text-to-image: digits-text through its exported pipeline", "",
              f"Prompts \"a handwritten digit zero\" ... \"nine\", {per_digit} images each, guidance "
              f"{DEFAULT_TEXT_GUIDANCE}, sampled by onnxruntime from the exported stages (text encoder, UNet, VAE",
              "decoder); prompt accuracy: the digit classifier agrees with the prompted digit.", "",
              "| setting | prompt accuracy | RMSE vs FP | grid |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['setting']} | {r['accuracy']:.3f} | {r['rmse_vs_fp']:.4f} | {r['grid']} |" for r in rows]
+    lines += [f"| {r['setting']} | {r['accuracy']:.3f} | {r['rmse_vs_fp']:.4f} | "
+              f"[{Path(r['grid']).name}](text/grids/{Path(r['grid']).name}) |" for r in rows]
+    compared = [r for r in rows if r.get("comparison")]
+    if compared:
+        lines += ["", "FP (left), quantized from the same noise and prompts (middle), 4 x |quantized - FP| (right); "
+                  "columns: digits 0-9.", ""]
+        lines += [f"![digits-text {r['setting']}: FP | quantized | difference](text/grids/"
+                  f"{Path(r['comparison']).name})" for r in compared]
     return lines

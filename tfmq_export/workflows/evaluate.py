@@ -28,7 +28,10 @@ from tfmq_export.images import save_grid
 from tfmq_export.io import atomic_write, atomic_write_text
 from tfmq_export.metrics.fid import digits_fid, real_floor_fid
 from tfmq_export.models.loading import LoadedModel, load_model
+from tfmq_export.workflows.evaluate_report import evaluate_sections, evaluate_verdict, row_name
+from tfmq_export.workflows.report_parts import end_provenance, save_comparison, start_provenance
 from tfmq_export.workflows.sample import artifact_spec, sample_with
+from tfmq_export.workflows.step_errors import plot_step_errors, step_errors
 
 BIT_SETTINGS = {"w8a8": (8, 8), "w4a8": (4, 8), "w4a16": (4, 16)}
 #: Samples per setting: with 1,000 the FID of full precision alone ranged 13.8-33.1 over ten seeds,
@@ -38,12 +41,17 @@ DEFAULT_NUM_IMAGES = 5000
 RECIPE_NAMES = ("digits-{method}-{bits}", "digits-{bits}")
 
 
+def recipe_name(method: str, bits: str) -> str | None:
+    """The shipped recipe ``recipe_settings`` reads for ``method`` at ``bits`` (None: built-in defaults)."""
+    shipped = set(recipe_names())
+    return next((n for n in (p.format(method=method, bits=bits) for p in RECIPE_NAMES) if n in shipped), None)
+
+
 def recipe_settings(method: str, bits: str) -> CalibrationSettings:
     """Settings for ``method`` at ``bits`` from the shipped recipe digits-<method>-<bits> (else
     digits-<bits>), strictly checked; method and bits as given."""
     wbits, abits = BIT_SETTINGS[bits]
-    shipped = set(recipe_names())
-    name = next((n for n in (p.format(method=method, bits=bits) for p in RECIPE_NAMES) if n in shipped), None)
+    name = recipe_name(method, bits)
     recipe = {} if name is None else load_recipe(name)
     return settings_from(recipe, {"method": method, "wbits": wbits, "abits": abits})
 
@@ -125,8 +133,15 @@ def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images:
     if unknown:
         raise TfmqError(f"unknown bit setting(s) {unknown}; choose from {', '.join(BIT_SETTINGS)}")
     out_dir = Path(out_dir)
+    command = (f"tfmq-export evaluate --out {out_dir} --methods {','.join(methods)} --bits {','.join(bits)} "
+               f"--num-images {num_images} --seed {seed} --target {target} --device {device}"
+               + (f" --doc {doc_path}" if doc_path is not None else ""))
+    provenance = start_provenance(command, target, [f"{m}-{b}: {recipe_name(m, b) or 'built-in defaults'}"
+                                                    for b in bits for m in methods])
     model = load_model("digits")
     rows: list[dict[str, Any]] = []
+    artifacts = {}
+    comparisons: dict[str, str] = {}
     steps = recipe_settings("minmax", "w8a8").steps  # the FP table uses the recipes' sampler steps
     fp = _artifact(model, CalibrationSettings(wbits=16, abits=16, steps=steps), out_dir / "calib" / "fp", progress,
                    device)
@@ -141,24 +156,51 @@ def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images:
         artifact = _artifact(model, settings, out_dir / "calib" / f"{method}-{bit}", progress, device)
         row, images = _sample_row(model, artifact, f"{method}-{bit}", out_dir, num_images, seed, target, progress)
         rows.append(row | {"rmse_vs_fp": paired_rmse(images, reference)})
+        name = row_name(row)
+        artifacts[name] = artifact
+        save_comparison(reference[:64], images[:64], out_dir / "grids" / f"compare-{name}-seed{seed}.png")
+        comparisons[name] = f"grids/compare-{name}-seed{seed}.png"
+    steps = step_errors(model.unet, artifacts, fp, model.sample_shape, target=target) if artifacts else None
+    if steps is not None:
+        plot_step_errors(steps, out_dir / "step-errors.png", title="digits: per-step error vs FP")
     floor = real_floor_fid(seed)
     rows.append({"method": "real", "wbits": 32, "abits": 32, "fid": floor, "num_samples": 1797 // 2, "seed": seed,
                  "backend": "none", "calib_seconds": 0.0, "rmse_vs_fp": None})
-    results = {"rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "command": f"tfmq-export evaluate --out {out_dir} --methods {','.join(methods)} "
-                          f"--bits {','.join(bits)} --num-images {num_images} --seed {seed} --target {target}"
-                          + (f" --doc {doc_path}" if doc_path is not None else "")}
+    results = {"rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command,
+               "verdict": evaluate_verdict(rows), "comparisons": comparisons, "step_errors": steps,
+               "step_error_plot": "step-errors.png" if steps is not None else None,
+               "provenance": end_provenance(provenance)}
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     if doc_path is not None:
         publish(results, out_dir, Path(doc_path))
     return results
 
 
+def copy_images(results: dict[str, Any], out_dir: Path, grid_dir: Path) -> dict[str, Any]:
+    """Copy the comparison images and the step plot of ``results`` into ``grid_dir``; their links there."""
+    links: dict[str, Any] = {"comparisons": {}}
+    wanted = [("comparisons", name, rel) for name, rel in (results.get("comparisons") or {}).items()]
+    if results.get("step_error_plot"):
+        wanted.append(("step_plot", None, results["step_error_plot"]))
+    for kind, name, rel in wanted:
+        source = out_dir / rel
+        if not source.is_file():
+            continue
+        data = source.read_bytes()
+        atomic_write(grid_dir / source.name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+        if name is None:
+            links[kind] = f"{grid_dir.name}/{source.name}"
+        else:
+            links[kind][name] = f"{grid_dir.name}/{source.name}"
+    return links
+
+
 def publish(results: dict[str, Any], out_dir: Path, doc_path: Path) -> None:
-    """Write the Markdown at ``doc_path`` with its JSON (``<stem>.json``) and the sample grids
-    (``<stem>-grids/``) beside it, so the document links to files that travel with it."""
+    """Write the Markdown at ``doc_path`` with its JSON (``<stem>.json``), the sample grids, comparison
+    images and step plot (``<stem>-grids/``) beside it, so the document links to files that travel with it."""
     grid_dir = doc_path.parent / f"{doc_path.stem}-grids"
     grid_dir.mkdir(parents=True, exist_ok=True)
+    links = copy_images(results, out_dir, grid_dir)
     grids = []
     for row in results["rows"]:
         if row["method"] == "real":
@@ -170,7 +212,7 @@ def publish(results: dict[str, Any], out_dir: Path, doc_path: Path) -> None:
             atomic_write(grid_dir / source.name, lambda tmp, data=data: Path(tmp).write_bytes(data))
             grids.append(f"{grid_dir.name}/{source.name}")
     atomic_write_text(doc_path.with_suffix(".json"), json.dumps(results, indent=2))
-    atomic_write_text(doc_path, results_markdown(results, grids))
+    atomic_write_text(doc_path, results_markdown(results, grids, links))
 
 
 def _row(rows: list[dict[str, Any]], method: str, bits: str) -> dict[str, Any] | None:
@@ -205,13 +247,18 @@ def target_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def results_markdown(results: dict[str, Any], grids: list[str] | None = None) -> str:
-    """docs/RESULTS.md: the table and the targets, all from ``results`` (rerunnable, no hand edits)."""
+def results_markdown(results: dict[str, Any], grids: list[str] | None = None,
+                     links: dict[str, Any] | None = None) -> str:
+    """docs/RESULTS.md: the verdict, the table and the targets, the run's provenance, the images, all
+    from ``results`` (rerunnable, no hand edits); ``links``: where a published document finds the
+    images (``copy_images``)."""
     rows = results["rows"]
     fp = [r["fid"] for r in rows if r["method"] == "fp"]
+    verdict = evaluate_verdict(rows)
     lines = [
         "# Results on the bundled digits model",
         "",
+        *(["Verdict (computed from the table):", *[f"- {v}" for v in verdict], ""] if verdict else []),
         f"Command: `{results['command']}` ({results['created']}).",
         "",
         "digits-FID: Frechet distance between classifier features of generated samples and the 1,797 real",
@@ -236,4 +283,5 @@ def results_markdown(results: dict[str, Any], grids: list[str] | None = None) ->
     if grids:
         lines += ["", "## Samples (first 64 of each setting)", ""]
         lines += [f"- `{Path(g).stem}`: ![{Path(g).stem}]({g})" for g in grids]
+    lines += evaluate_sections(results, links)
     return "\n".join(lines) + "\n"

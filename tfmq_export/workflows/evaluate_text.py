@@ -28,7 +28,9 @@ from tfmq_export.io import atomic_write, atomic_write_text
 from tfmq_export.metrics.fid import digits_fid
 from tfmq_export.metrics.prompt_accuracy import pipeline_to_digits, prompt_accuracy
 from tfmq_export.models.digits_text import digit_prompt, digits_text_prompts
-from tfmq_export.workflows.evaluate import BIT_SETTINGS, paired_rmse, recipe_settings
+from tfmq_export.workflows.evaluate import BIT_SETTINGS, copy_images, paired_rmse, recipe_name, recipe_settings
+from tfmq_export.workflows.evaluate_report import evaluate_sections, evaluate_verdict, row_name
+from tfmq_export.workflows.report_parts import end_provenance, save_comparison, start_provenance
 
 __all__ = ["DEFAULT_TEXT_GUIDANCE", "DEFAULT_TEXT_NUM_IMAGES", "evaluate_model", "run_evaluate_text",
            "text_results_markdown"]
@@ -151,7 +153,14 @@ def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "prompts.txt", "\n".join(digits_text_prompts()) + "\n")
     per_digit = num_images // 10
+    command = (f"tfmq-export evaluate --model digits-text --out {out_dir} --methods {','.join(methods)} "
+               f"--bits {','.join(bits)} --num-images {num_images} --seed {seed} --target {target} "
+               f"--guidance-scale {guidance_scale} --device {device}" + (f" --doc {doc_path}" if doc_path else ""))
+    provenance = start_provenance(command, target, [f"{m}-{b}: budget of {recipe_name(m, b) or 'built-in defaults'}"
+                                                    for b in bits for m in methods])
     rows: list[dict[str, Any]] = []
+    comparisons: dict[str, str] = {}
+    order = np.arange(num_images).reshape(10, per_digit)[:, : min(per_digit, 8)].T.reshape(-1)  # as the grids
     fp = _calibrated("fp", _settings("minmax", "fp", guidance_scale), out_dir, progress, device)
     reference = None
     for fp_seed in (seed, seed + 1):  # two seeds: the metrics' own noise
@@ -164,10 +173,12 @@ def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
         artifact = _calibrated(name, _settings(method, bit, guidance_scale), out_dir, progress, device)
         row, images = _row(artifact, name, out_dir, per_digit, seed, guidance_scale, target, progress)
         rows.append(row | {"rmse_vs_fp": paired_rmse(images, reference)})
+        compare = f"compare/compare-{row_name(row)}-seed{seed}.png"  # not in grids/: _publish takes all of those
+        save_comparison(reference[order], images[order], out_dir / compare, columns=10)
+        comparisons[row_name(row)] = compare
     results = {"model": "digits-text", "rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "command": f"tfmq-export evaluate --model digits-text --out {out_dir} --methods {','.join(methods)} "
-                          f"--bits {','.join(bits)} --num-images {num_images} --seed {seed} --target {target} "
-                          f"--guidance-scale {guidance_scale}" + (f" --doc {doc_path}" if doc_path else "")}
+               "command": command, "verdict": evaluate_verdict(rows, "accuracy", "guided prompt accuracy"),
+               "comparisons": comparisons, "provenance": end_provenance(provenance)}
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     if doc_path is not None:
         _publish(results, out_dir, Path(doc_path))
@@ -184,18 +195,22 @@ def _publish(results: dict[str, Any], out_dir: Path, doc_path: Path) -> None:
         atomic_write(grid_dir / source.name, lambda tmp, data=data: Path(tmp).write_bytes(data))
         grids.append(f"{grid_dir.name}/{source.name}")
     atomic_write_text(doc_path.with_suffix(".json"), json.dumps(results, indent=2))
-    atomic_write_text(doc_path, text_results_markdown(results, grids))
+    atomic_write_text(doc_path, text_results_markdown(results, grids, copy_images(results, out_dir, grid_dir)))
 
 
-def text_results_markdown(results: dict[str, Any], grids: list[str] | None = None) -> str:
-    """The table and the judgement of W8A8 against the FP seed-to-seed noise, all from ``results``."""
+def text_results_markdown(results: dict[str, Any], grids: list[str] | None = None,
+                          links: dict[str, Any] | None = None) -> str:
+    """The verdict, the table, the judgement of W8A8 against the FP seed-to-seed noise, the run's
+    provenance and the images, all from ``results``; ``links``: the published images (``copy_images``)."""
     rows = results["rows"]
     fp = [r for r in rows if r["method"] == "fp"]
     fid_noise = abs(fp[0]["fid"] - fp[-1]["fid"])
     acc_noise = abs(fp[0]["accuracy"] - fp[-1]["accuracy"])
+    verdict = evaluate_verdict(rows, "accuracy", "guided prompt accuracy")
     lines = [
         "# Results on the bundled text-to-image model digits-text",
         "",
+        *(["Verdict (computed from the table):", *[f"- {v}" for v in verdict], ""] if verdict else []),
         f"Command: `{results['command']}` ({results['created']}).",
         "",
         "Each row: calibrate `digits-text` with its ten digit prompts and classifier-free guidance, export every",
@@ -224,6 +239,7 @@ def text_results_markdown(results: dict[str, Any], grids: list[str] | None = Non
     if grids:
         lines += ["", "## Samples (columns: digits 0-9, guided)", ""]
         lines += [f"- `{Path(g).stem}`: ![{Path(g).stem}]({g})" for g in grids]
+    lines += evaluate_sections(results, links)
     return "\n".join(lines) + "\n"
 
 

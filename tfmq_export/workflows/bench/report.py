@@ -17,8 +17,14 @@ import numpy as np
 
 from tfmq_export.metrics.error import rel_l2
 from tfmq_export.workflows.bench.plan import Variant
+from tfmq_export.workflows.report_parts import package_versions, provenance_lines, speedup_phrase
 
-__all__ = ["Timings", "format_row", "machine_info", "run_row", "write_json"]
+__all__ = ["Timings", "bench_provenance", "bench_verdict", "format_row", "machine_info", "report_lines", "run_row",
+           "write_json"]
+
+#: Baseline precisions a quantized row is compared with, on its own backend, first found wins (a
+#: TensorRT INT8-with-FP16 engine is compared with the FP16 engine, as peers do).
+BASELINES = ("fp16", "fp32")
 
 
 @dataclass
@@ -36,7 +42,7 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {}
-    for name in ("torch", "onnxruntime", "openvino", "nncf", "tensorrt"):
+    for name in ("tfmq-export", "torch", "onnxruntime", "openvino", "nncf", "tensorrt", "diffusers"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -117,3 +123,54 @@ def write_json(result: dict[str, Any], path: Path) -> None:
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(path), json.dumps(result, indent=2) + "\n")
+
+
+def bench_verdict(result: dict[str, Any]) -> list[str]:
+    """One line per (backend, quantized precision): its speed-up over the FP row of the same backend
+    (``BASELINES``) at every batch, and its UNet output error against the run's reference; pure."""
+    runs = result["runs"]
+    median = {(r["backend"], r["precision"], r["batch"]): r["latency_ms_median"] for r in runs}
+    lines = []
+    for backend in dict.fromkeys(r["backend"] for r in runs):
+        precisions = list(dict.fromkeys(r["precision"] for r in runs if r["backend"] == backend))
+        base = next((p for p in BASELINES if p in precisions), None)
+        for precision in precisions:
+            if precision in BASELINES:
+                continue
+            batches = sorted({r["batch"] for r in runs if (r["backend"], r["precision"]) == (backend, precision)})
+            speeds = [(b, median[backend, base, b] / median[backend, precision, b]) for b in batches
+                      if base is not None and (backend, base, b) in median and median[backend, precision, b] > 0]
+            errors = [r.get("rel_error_vs_reference") for r in runs
+                      if (r["backend"], r["precision"]) == (backend, precision)]
+            error = next((e for e in errors if e is not None), None)
+            quality = ("UNet output error not measured" if error is None else
+                       f"UNet output rel. error {error:.2e} vs the reference ({result.get('reference') or 'none'})")
+            label = f"{precision.upper()} on {backend}"
+            if not speeds:
+                lines.append(f"{label}: no FP16/FP32 row on {backend} to compare with; {quality}")
+                continue
+            parts = ", ".join(f"{speedup_phrase(ratio)} at batch {b}" for b, ratio in speeds)
+            lines.append(f"{label} vs {base.upper()}: {parts}; {quality}")
+    return lines or ["no quantized variant timed: nothing to compare (see the rows)"]
+
+
+def bench_provenance(result: dict[str, Any], command: str, recipes: list[str] | None) -> dict[str, Any]:
+    """The report-wide provenance (``report_parts.provenance_lines``) of a bench result."""
+    machine = result.get("machine", {})
+    targets = sorted({r["target"] for r in result["runs"] if r.get("target")})
+    return {"machine": {"cpu": machine.get("cpu"), "cores": machine.get("cpu_count"),
+                        "platform": machine.get("platform")},
+            "load_avg_start": machine.get("load_avg_start"), "load_avg_end": machine.get("load_avg_end"),
+            "versions": package_versions(), "target": ", ".join(targets) or "none (torch only)",
+            "command": command,
+            "recipes": list(recipes) if recipes else ["not recorded in the graphs (pass the recipe names to "
+                                                      "bench_to_json(recipes=...))"]}
+
+
+def report_lines(result: dict[str, Any]) -> list[str]:
+    """What the terminal shows: the verdict first, one line per row, then the provenance."""
+    lines = [f"Verdict: {v}" for v in result.get("verdict") or bench_verdict(result)]
+    lines += [format_row(row) for row in result["runs"]]
+    if result.get("provenance"):
+        lines += provenance_lines(result["provenance"])
+    return lines

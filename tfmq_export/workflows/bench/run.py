@@ -23,7 +23,7 @@ from tfmq_export.workflows.bench.plan import (
     unique_labels,
     variants_for,
 )
-from tfmq_export.workflows.bench.report import write_json
+from tfmq_export.workflows.bench.report import bench_provenance, bench_verdict, write_json
 from tfmq_export.workflows.bench.timing import run_bench
 
 __all__ = ["bench_mode", "bench_to_json"]
@@ -79,9 +79,12 @@ def bench_to_json(
     nncf_samples: int = 4,
     progress: bool = True,
     device: str = "cpu",
+    command: str | None = None,
+    recipes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Resolve the variants, build the NNCF peer if asked, time everything in one run, write JSON.
-    ``device``: where the torch rows compute (cpu, cuda, cuda:N)."""
+    ``device``: where the torch rows compute (cpu, cuda, cuda:N). ``command`` and ``recipes`` go into
+    the report (default: the equivalent command line; recipes: not recorded in the graphs)."""
     from tfmq_export.device import resolve_device
     from tfmq_export.models.loading import check_fingerprint, load_model
 
@@ -130,6 +133,16 @@ def bench_to_json(
                        pause_ms=pause_ms, torch_model=torch_model, seed=seed, schedule=schedule)
     result["model"] = model
     result["skipped"] = skipped
+    if command is None:
+        command = " ".join(["tfmq-export bench", model, *[f"--onnx {p}" for p in onnx_paths],
+                            *[f"--variant {v}" for v in variant_specs or []],
+                            f"--backends {backends if isinstance(backends, str) else ','.join(backends)}",
+                            *[f"--batch-size {b}" for b in batches], f"--timed-calls {iters}", f"--warmup {warmup}",
+                            f"--sampling-runs {sampling_runs}", f"--seed {seed}", f"--device {device}",
+                            *([f"--threads {threads}"] if threads else []), *(["--nncf"] if nncf else []),
+                            *([f"--json {json_path}"] if json_path is not None else [])])
+    result["provenance"] = bench_provenance(result, command, recipes)
+    result["verdict"] = bench_verdict(result)
     if json_path is not None:
         write_json(result, Path(json_path))
     return result
