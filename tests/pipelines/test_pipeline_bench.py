@@ -62,6 +62,27 @@ def test_pipeline_bench_rows(sd_exported_pair, tmp_path):
         assert rows["openvino:w8a8+ov-default"]["stage_precisions"]["unet"] == "w8a8+ov-default"
         assert not any(rows[k]["sample_default"] for k in ("openvino:fp32", "openvino:w8a8", "openvino:ov-default"))
     assert len([line for line in result.output.splitlines() if "Pipeline" in line]) == len(expected)
+    # the verdict comes first and is computed from the rows: every quantized row against each FP row
+    assert result.output.splitlines()[0].startswith("Verdict: ")
+    ort = next(v for v in data["verdict"] if v.startswith("onnxruntime:w8a8:"))
+    whole = rows["onnxruntime:fp32"]["stages"]["pipeline"] / rows["onnxruntime:w8a8"]["stages"]["pipeline"]
+    assert f"{whole:.2f}x" in ort
+    assert len(data["verdict"]) == len([r for r in rows.values() if r["precision"] not in ("fp32", "ov-default")])
+    assert data["provenance"]["command"].startswith("tfmq-export bench ") and data["provenance"]["versions"]["torch"]
+    assert any(line.startswith("- Machine: ") for line in result.output.splitlines())
+
+
+def test_pipeline_verdict_says_slower_with_the_inverse_factor():
+    from tfmq_export.workflows.bench.pipeline_report import pipeline_verdict
+
+    def row(label, precision, pipeline_ms, unet_ms):
+        return {"label": label, "backend": "onnxruntime", "precision": precision,
+                "stages": {"pipeline": pipeline_ms, "unet": unet_ms}, "images_rel_error_vs_reference": 0.01}
+
+    lines = pipeline_verdict([row("fp", "fp32", 100.0, 10.0), row("q", "w8a8", 200.0, 5.0)])
+    assert lines == ["q: vs fp: whole pipeline 0.50x, i.e. 2.0x slower, UNet call 2.00x faster; "
+                     "images rel. error 1.00e-02 vs the reference"]
+    assert "no full-precision pipeline" in pipeline_verdict([row("q", "w8a8", 1.0, 1.0)])[0]
 
 
 def test_pipeline_bench_peak_memory(sd_exported_pair):

@@ -85,14 +85,15 @@ def bench(model, onnx_paths, variant_specs, backends, pipelines, num_images, pro
             raise click.ClickException("--device applies to the torch rows of a UNet bench; pipeline folders "
                                        "run on their backends")
         from tfmq_export.workflows.bench.pipeline import bench_pipelines_to_json, format_pipeline_row
+        from tfmq_export.workflows.bench.pipeline_report import pipeline_report_lines
 
         result = bench_pipelines_to_json([Path(model), *pipelines], chosen, json_path=json_path,
                                          num_images=num_images, iters=iters, warmup=warmup, threads=threads,
                                          prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
                                          seed=seed, pause_ms=pause_ms, measure_memory=not no_memory,
                                          ov_default=not no_ov_default, progress=not quiet)
-        for row in result["runs"]:
-            click.echo(format_pipeline_row(row))
+        for line in pipeline_report_lines(result, format_pipeline_row):
+            click.echo(line)
         return
 
     result = bench_to_json(model, list(onnx_paths), chosen, list(batches), iters, threads, json_path,

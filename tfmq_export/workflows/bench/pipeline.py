@@ -298,10 +298,11 @@ def bench_pipelines_to_json(paths: list[Path], backends: str | list[str], *, jso
                             prompt: str | None = None, negative_prompt: str | None = None,
                             guidance_scale: float | None = None, seed: int = 0, pause_ms: float = 0.0,
                             measure_memory: bool = True, ov_default: bool = True,
-                            progress: bool = True) -> dict[str, Any]:
+                            progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Time every pipeline folder on every backend, stage by stage, round-robin; returns (writes) the JSON."""
     from tfmq_export.io import check_writable
-    from tfmq_export.workflows.bench.report import machine_info, write_json
+    from tfmq_export.workflows.bench.pipeline_report import pipeline_verdict
+    from tfmq_export.workflows.bench.report import bench_provenance, machine_info, write_json
 
     if iters < 1 or warmup < 0 or num_images < 1 or pause_ms < 0:
         raise TfmqError("--timed-calls and --num-images must be positive, --warmup and --pause-ms not negative")
@@ -325,6 +326,11 @@ def bench_pipelines_to_json(paths: list[Path], backends: str | list[str], *, jso
                                         "load_avg_end": load_end},
               "pipelines": [str(p) for p in paths], "settings": settings, "skipped": [],
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    result["verdict"] = pipeline_verdict(runs)
+    used = ",".join(dict.fromkeys(v.backend for v in variants))
+    shown = command or (f"tfmq-export bench {' '.join(str(p) for p in paths)} --backends {used} "
+                        f"--num-images {num_images} --timed-calls {iters}")
+    result["provenance"] = bench_provenance(result, shown, ["as recorded in each pipeline's artifact"])
     if json_path is not None:
         write_json(result, Path(json_path))
     return result
