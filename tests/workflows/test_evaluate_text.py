@@ -75,3 +75,16 @@ def test_evaluate_digits_text_end_to_end(tmp_path) -> None:
         assert needle in text
     assert "](RESULTS-text-grids/compare-minmax-w8a8-seed0.png)" in text
     assert (doc.parent / "RESULTS-text-grids" / "compare-minmax-w8a8-seed0.png").is_file()
+
+
+def test_skip_names_rows_of_the_run(tmp_path) -> None:
+    from tfmq_export.workflows.evaluate import evaluation_jobs
+
+    assert evaluation_jobs(["minmax", "qdiff"], ["w8a8", "w4a8"], ["qdiff-w4a8"]) == [
+        ("minmax", "w8a8"), ("qdiff", "w8a8"), ("minmax", "w4a8")]
+    with pytest.raises(TfmqError, match="not a row of this run"):
+        evaluation_jobs(["minmax"], ["w8a8"], ["tfmq-w8a8"])
+    result = CliRunner().invoke(cli, ["evaluate", "--model", "digits-text", "--out", str(tmp_path / "e"),
+                                      "--methods", "minmax", "--bits", "w8a8", "--skip", "qdiff-w4a8"])
+    assert result.exit_code == 1 and "not a row of this run" in result.output
+    assert not (tmp_path / "e").exists()

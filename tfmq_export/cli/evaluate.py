@@ -31,12 +31,16 @@ from tfmq_export.cli.options import TARGET_HELP, output_options
               help="Random seed of the generated images (calibration uses the recipes' seeds).")
 @click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True,
               help=TARGET_HELP)
+@click.option("--skip", default="", show_default="none",
+              help="Comma-separated rows of --methods x --bits to leave out, as METHOD-BITS (e.g. qdiff-w4a8); the "
+                   "report names them.")
 @click.option("--doc", "doc_path", type=click.Path(path_type=Path), default=None,
               show_default="not written", help="Also write the Markdown table here (e.g. docs/RESULTS.md).")
 @output_options
 @device_option
 @friendly
-def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, target, doc_path, quiet, device) -> None:
+def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, target, skip, doc_path, quiet,
+             device) -> None:
     """Calibrate (or reuse), export, sample and score every method x bits on a bundled model.
 
     \b
@@ -50,5 +54,6 @@ def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, ta
     bit_list = [b.strip() for b in bits.split(",") if b.strip()]
     _results, markdown = evaluate_model(model, out_dir, method_list, bit_list, num_images=num_images, seed=seed,
                                         target=target, guidance_scale=guidance_scale, doc_path=doc_path,
-                                        progress=not quiet, device=device)
+                                        progress=not quiet, device=device,
+                                        skip=[r.strip() for r in skip.split(",") if r.strip()])
     click.echo(markdown)

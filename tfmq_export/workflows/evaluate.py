@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,18 @@ def paired_rmse(images: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
+def evaluation_jobs(methods: list[str], bits: list[str], skip: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(method, bits) rows in table order, less the ``--skip`` ones (``method-bits`` names, checked)."""
+    jobs = [(m, b) for b in bits for m in methods]
+    unknown = sorted(set(skip) - {f"{m}-{b}" for m, b in jobs})
+    if unknown:
+        raise TfmqError(f"--skip {','.join(unknown)}: not a row of this run (rows are METHOD-BITS, e.g. qdiff-w4a8)")
+    return [(m, b) for m, b in jobs if f"{m}-{b}" not in skip]
+
+
 def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images: int = DEFAULT_NUM_IMAGES,
                  seed: int = 0, target: str = "tensorrt", doc_path: Path | None = None,
-                 progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+                 progress: bool = True, device: str = "cpu", skip: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate every method x bits on the bundled digits model (calibrating on ``device``); returns the
     results dict."""
     bad_methods = [m for m in methods if m not in METHODS]
@@ -132,10 +142,11 @@ def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images:
     unknown = [b for b in bits if b not in BIT_SETTINGS]
     if unknown:
         raise TfmqError(f"unknown bit setting(s) {unknown}; choose from {', '.join(BIT_SETTINGS)}")
+    jobs = evaluation_jobs(methods, bits, skip)
     out_dir = Path(out_dir)
     command = (f"tfmq-export evaluate --out {out_dir} --methods {','.join(methods)} --bits {','.join(bits)} "
                f"--num-images {num_images} --seed {seed} --target {target} --device {device}"
-               + (f" --doc {doc_path}" if doc_path is not None else ""))
+               + (f" --skip {','.join(skip)}" if skip else "") + (f" --doc {doc_path}" if doc_path is not None else ""))
     provenance = start_provenance(command, target, [f"{m}-{b}: {recipe_name(m, b) or 'built-in defaults'}"
                                                     for b in bits for m in methods])
     model = load_model("digits")
@@ -150,7 +161,6 @@ def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images:
         row, images = _sample_row(model, fp, "fp", out_dir, num_images, fp_seed, target, progress)
         reference = images if reference is None else reference
         rows.append(row | {"method": "fp", "rmse_vs_fp": paired_rmse(images, reference) if fp_seed == seed else None})
-    jobs = [(m, b) for b in bits for m in methods]
     for method, bit in tqdm(jobs, desc="evaluate", disable=not progress):
         settings = recipe_settings(method, bit)
         artifact = _artifact(model, settings, out_dir / "calib" / f"{method}-{bit}", progress, device)
@@ -169,7 +179,7 @@ def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images:
     results = {"rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command,
                "verdict": evaluate_verdict(rows), "comparisons": comparisons, "step_errors": steps,
                "step_error_plot": "step-errors.png" if steps is not None else None,
-               "provenance": end_provenance(provenance)}
+               "provenance": end_provenance(provenance), "skipped": list(skip)}
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     if doc_path is not None:
         publish(results, out_dir, Path(doc_path))

@@ -43,6 +43,8 @@ def evaluate_sections(results: dict[str, Any], links: dict[str, Any] | None = No
     lines: list[str] = []
     if results.get("provenance"):
         lines += ["", "## Run", "", *provenance_lines(results["provenance"])]
+    if results.get("skipped"):
+        lines.append(f"- Rows left out of this run (`--skip`, not measured): {', '.join(results['skipped'])}")
     comparisons = links.get("comparisons", results.get("comparisons") or {})
     if comparisons:
         lines += ["", "## FP vs quantized from the same noise", "",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,14 @@ from tfmq_export.io import atomic_write, atomic_write_text
 from tfmq_export.metrics.fid import digits_fid
 from tfmq_export.metrics.prompt_accuracy import pipeline_to_digits, prompt_accuracy
 from tfmq_export.models.digits_text import digit_prompt, digits_text_prompts
-from tfmq_export.workflows.evaluate import BIT_SETTINGS, copy_images, paired_rmse, recipe_name, recipe_settings
+from tfmq_export.workflows.evaluate import (
+    BIT_SETTINGS,
+    copy_images,
+    evaluation_jobs,
+    paired_rmse,
+    recipe_name,
+    recipe_settings,
+)
 from tfmq_export.workflows.evaluate_report import evaluate_sections, evaluate_verdict, row_name
 from tfmq_export.workflows.report_parts import end_provenance, save_comparison, start_provenance
 
@@ -145,17 +153,19 @@ def _check(methods: list[str], bits: list[str], num_images: int, guidance: float
 def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
                       num_images: int = DEFAULT_TEXT_NUM_IMAGES, seed: int = 0, target: str = "tensorrt",
                       guidance_scale: float = DEFAULT_TEXT_GUIDANCE, doc_path: Path | None = None,
-                      progress: bool = True, device: str = "cpu") -> dict[str, Any]:
-    """Evaluate every method x bits on ``digits-text`` through exported pipelines (calibrating on
-    ``device``); returns the results."""
+                      progress: bool = True, device: str = "cpu", skip: Sequence[str] = ()) -> dict[str, Any]:
+    """Evaluate every method x bits (less ``skip``) on ``digits-text`` through exported pipelines
+    (calibrating on ``device``); returns the results."""
     _check(methods, bits, num_images, guidance_scale)
+    jobs = evaluation_jobs(methods, bits, skip)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "prompts.txt", "\n".join(digits_text_prompts()) + "\n")
     per_digit = num_images // 10
     command = (f"tfmq-export evaluate --model digits-text --out {out_dir} --methods {','.join(methods)} "
                f"--bits {','.join(bits)} --num-images {num_images} --seed {seed} --target {target} "
-               f"--guidance-scale {guidance_scale} --device {device}" + (f" --doc {doc_path}" if doc_path else ""))
+               f"--guidance-scale {guidance_scale} --device {device}" + (f" --skip {','.join(skip)}" if skip else "")
+               + (f" --doc {doc_path}" if doc_path else ""))
     provenance = start_provenance(command, target, [f"{m}-{b}: budget of {recipe_name(m, b) or 'built-in defaults'}"
                                                     for b in bits for m in methods])
     rows: list[dict[str, Any]] = []
@@ -167,7 +177,6 @@ def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
         row, images = _row(fp, "fp", out_dir, per_digit, fp_seed, guidance_scale, target, progress)
         reference = images if reference is None else reference
         rows.append(row | {"method": "fp", "rmse_vs_fp": paired_rmse(images, reference) if fp_seed == seed else None})
-    jobs = [(m, b) for b in bits for m in methods]
     for method, bit in tqdm(jobs, desc="evaluate digits-text", disable=not progress):
         name = f"{method}-{bit}"
         artifact = _calibrated(name, _settings(method, bit, guidance_scale), out_dir, progress, device)
@@ -178,7 +187,7 @@ def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
         comparisons[row_name(row)] = compare
     results = {"model": "digits-text", "rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "command": command, "verdict": evaluate_verdict(rows, "accuracy", "guided prompt accuracy"),
-               "comparisons": comparisons, "provenance": end_provenance(provenance)}
+               "comparisons": comparisons, "provenance": end_provenance(provenance), "skipped": list(skip)}
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     if doc_path is not None:
         _publish(results, out_dir, Path(doc_path))
@@ -246,7 +255,7 @@ def text_results_markdown(results: dict[str, Any], grids: list[str] | None = Non
 def evaluate_model(model: str, out_dir: Path, methods: list[str], bits: list[str], *, num_images: int | None = None,
                    seed: int = 0, target: str = "tensorrt", guidance_scale: float | None = None,
                    doc_path: Path | None = None, progress: bool = True,
-                   device: str = "cpu") -> tuple[dict[str, Any], str]:
+                   device: str = "cpu", skip: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
     """``evaluate --model digits|digits-text``: (results, their Markdown) for the CLI and the API;
     ``device``: where the calibrations run (sampling runs on the exported graphs)."""
     from tfmq_export.device import resolve_device
@@ -258,11 +267,11 @@ def evaluate_model(model: str, out_dir: Path, methods: list[str], bits: list[str
         if guidance_scale is not None:
             raise TfmqError("--guidance-scale applies to --model digits-text (digits is unconditional)")
         results = run_evaluate(out_dir, methods, bits, num_images or DEFAULT_NUM_IMAGES, seed, target, doc_path,
-                               progress=progress, device=device)
+                               progress=progress, device=device, skip=skip)
         return results, results_markdown(results)
     if model != "digits-text":
         raise TfmqError(f"--model {model!r}: evaluate runs on the bundled models digits and digits-text")
     results = run_evaluate_text(out_dir, methods, bits, num_images or DEFAULT_TEXT_NUM_IMAGES, seed, target,
                                 DEFAULT_TEXT_GUIDANCE if guidance_scale is None else guidance_scale, doc_path,
-                                progress, device)
+                                progress, device, skip)
     return results, text_results_markdown(results)
