@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
-from tfmq_export.cli.options import TARGET_HELP, output_options
+from tfmq_export.cli.options import TARGET_HELP, output_options, precision_option
 
 
 @click.command("export-onnx")
@@ -20,10 +20,7 @@ from tfmq_export.cli.options import TARGET_HELP, output_options
 @click.option("--timesteps", "table", type=click.Choice(["sampler", "all"]), default="sampler", show_default=True,
               help="Temporal table rows: one per calibrated sampler step, or one per training timestep "
                    "(any step count of DDIM/PNDM/Euler/DPM++ with integer timesteps from one engine).")
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None,
-              show_default="fp16 for --target tensorrt, fp32 for onnxruntime",
-              help="Type of the graph's float parts (unquantized layers, activations between Q/DQ, scales, "
-                   "table); the inputs/outputs stay float32.")
+@precision_option("the graph's float parts (unquantized layers, activations between Q/DQ, scales, table)")
 @output_options
 @friendly
 def export_onnx_cmd(artifact_dir, out_path, target, model, table, precision) -> None:

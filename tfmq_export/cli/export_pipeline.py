@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
-from tfmq_export.cli.options import TARGET_HELP, output_options
+from tfmq_export.cli.options import TARGET_HELP, output_options, precision_option
 
 
 @click.command("export-pipeline")
@@ -19,10 +19,7 @@ from tfmq_export.cli.options import TARGET_HELP, output_options
               help="UNet table rows: the calibrated schedule, or every training timestep (sample --steps N).")
 @click.option("--model", default=None, show_default="recorded in the artifact",
               help="The model (pipeline folder) the artifact was calibrated on.")
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None,
-              show_default="fp16 for --target tensorrt, fp32 for onnxruntime",
-              help="Type of the float parts of every stage (an SDXL VAE decoder stays fp32, as in diffusers); "
-                   "the inputs/outputs stay float32.")
+@precision_option("the float parts of every stage (an SDXL VAE decoder stays fp32, as in diffusers)")
 @output_options
 @friendly
 def export_pipeline_cmd(artifact_dir, out_dir, target, timesteps, model, precision) -> None:

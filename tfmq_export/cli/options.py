@@ -17,8 +17,10 @@ from typing import Any, TypeVar
 import click
 
 from tfmq_export.config import SUPPORTED_ACT_BITS, SUPPORTED_WEIGHT_BITS
+from tfmq_export.contract import FLOAT_PRECISIONS
 
-__all__ = ["ABITS", "TARGET_HELP", "WBITS", "deprecated_alias", "is_verbose", "output_options", "replace_deprecated"]
+__all__ = ["ABITS", "TARGET_HELP", "WBITS", "deprecated_alias", "is_verbose", "output_options", "precision_option",
+           "replace_deprecated"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,6 +30,15 @@ ABITS = click.Choice(list(SUPPORTED_ACT_BITS))
 #: ``--target`` means the same Q/DQ flavour wherever it appears.
 TARGET_HELP = ("Q/DQ flavour of the exported UNet: tensorrt (int8, zero point 0, TensorRT's explicit "
                "quantization) or onnxruntime (uint8 + Conv-output Q/DQ so onnxruntime fuses QLinearConv).")
+
+
+def precision_option(what: str) -> Callable[[F], F]:
+    """``--precision fp16|fp32`` of an export: its default follows ``--target``; ``what`` names the float parts."""
+    return click.option("--precision", type=click.Choice(list(FLOAT_PRECISIONS)), default=None,
+                        show_default="fp16 for --target tensorrt, fp32 for onnxruntime",
+                        help=f"Type of {what}; the inputs/outputs stay float32.")
+
+
 _VERBOSE_KEY = "tfmq_export.verbose"
 
 

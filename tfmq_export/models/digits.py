@@ -37,6 +37,7 @@ __all__ = [
     "make_digits_unet",
     "sample_digits",
     "train_digits_unet",
+    "warmup_cosine_lr",
 ]
 
 #: The shipped model: ``unet/``, ``scheduler/``, ``classifier.safetensors`` (+ ``.json``).
@@ -92,7 +93,7 @@ def make_digits_unet() -> UNet2DModel:
     return UNet2DModel(**DIGITS_UNET_CONFIG)
 
 
-def _lr_factor(step: int, iters: int, warmup: int) -> float:
+def warmup_cosine_lr(step: int, iters: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 5% of the peak: stable start, low-noise finish."""
     if step < warmup:
         return (step + 1) / warmup
@@ -139,7 +140,7 @@ def train_digits_unet(
     alphas_cumprod = scheduler.alphas_cumprod.float()
     ema = [p.detach().clone() for p in unet.parameters()]
     optimizer = torch.optim.Adam(unet.parameters(), lr=lr)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, iters, warmup))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine_lr(s, iters, warmup))
     gen = torch.Generator().manual_seed(seed)
 
     # 2. loop: epochs of a seeded permutation, eps-prediction MSE (formula (14) of the DDPM paper)

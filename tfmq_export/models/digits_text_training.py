@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from tfmq_export.errors import TfmqError
 from tfmq_export.io import replace_folder, staged_dir
-from tfmq_export.models.digits import digits_images
+from tfmq_export.models.digits import digits_images, warmup_cosine_lr
 from tfmq_export.models.digits_text import PROMPT_TEMPLATES, digit_prompt, make_digits_text_parts
 
 __all__ = ["train_digits_text"]
@@ -32,14 +32,6 @@ __all__ = ["train_digits_text"]
 UNCOND_FRACTION = 0.1
 #: KL weight of the VAE loss: small, as in SD's autoencoder, so latents keep the detail.
 KL_WEIGHT = 1e-6
-
-
-def _lr_factor(step: int, iters: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 5% of the peak."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, iters - warmup)
-    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _batches(count: int, batch_size: int, iters: int, gen: torch.Generator):
@@ -62,7 +54,7 @@ def _train_vae(vae: Any, images: torch.Tensor, iters: int, batch_size: int, lr: 
     """Reconstruction MSE + KL_WEIGHT * KL; returns the final smoothed loss."""
     vae.train()
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, iters, min(100, iters // 10 + 1)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine_lr(s, iters, min(100, iters // 10 + 1)))
     running = float("nan")
     bar = tqdm(_batches(len(images), batch_size, iters, gen), total=iters, desc="train digits-text VAE",
                disable=not progress)
@@ -99,7 +91,7 @@ def _train_unet(parts: dict[str, Any], latents: tuple[torch.Tensor, torch.Tensor
     ema = [p.detach().clone() for p in params]
     iters = settings["unet_iters"]
     opt = torch.optim.Adam(params, lr=settings["lr"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, iters, 200))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine_lr(s, iters, 200))
     alphas = scheduler.alphas_cumprod.float()
     unet.train()
     text_encoder.train()

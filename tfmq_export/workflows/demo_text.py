@@ -16,17 +16,17 @@ import numpy as np
 from tfmq_export.images import save_grid
 from tfmq_export.io import atomic_write_text
 from tfmq_export.metrics.prompt_accuracy import pipeline_to_digits, prompt_accuracy
-from tfmq_export.models.digits_text import digit_prompt, digits_text_prompts
+from tfmq_export.models.digits_text import digits_text_prompts
 from tfmq_export.workflows.evaluate import paired_rmse
-from tfmq_export.workflows.evaluate_text import DEFAULT_TEXT_GUIDANCE, RECIPE_KEYS
+from tfmq_export.workflows.evaluate_text import (
+    DEFAULT_TEXT_GUIDANCE,
+    digit_grid_order,
+    prompt_images,
+    text_settings,
+)
 from tfmq_export.workflows.report_parts import save_comparison
 
 __all__ = ["run_demo_text", "text_demo_lines"]
-
-
-def _settings(wbits: int, abits: int, method: str, recipe: Any, guidance: float) -> dict[str, Any]:
-    return {k: getattr(recipe, k) for k in RECIPE_KEYS} | {"method": method, "wbits": wbits, "abits": abits,
-                                                          "guidance_scale": guidance}
 
 
 def run_demo_text(out_dir: Path, per_digit: int = 4, seed: int = 0, progress: bool = True,
@@ -36,7 +36,6 @@ def run_demo_text(out_dir: Path, per_digit: int = 4, seed: int = 0, progress: bo
     from tfmq_export.workflows.calibrate import calibrate_model
     from tfmq_export.workflows.evaluate import recipe_settings
     from tfmq_export.workflows.export_pipeline import export_pipeline_folder
-    from tfmq_export.workflows.sample_pipeline import pipeline_images
 
     out_dir = Path(out_dir)
     prompts_file = out_dir / "prompts.txt"
@@ -47,14 +46,13 @@ def run_demo_text(out_dir: Path, per_digit: int = 4, seed: int = 0, progress: bo
     reference = None
     for name, (method, wbits, abits) in {"fp32": ("minmax", 16, 16), "tfmq-w8a8": ("tfmq", 8, 8)}.items():
         calibrate_model("digits-text", out_dir / "calib" / name,
-                        _settings(wbits, abits, method, budget, DEFAULT_TEXT_GUIDANCE), prompts=prompts_file,
+                        text_settings(budget, method, wbits, abits, DEFAULT_TEXT_GUIDANCE), prompts=prompts_file,
                         progress=progress, device=device)
         pipeline_dir = out_dir / "pipelines" / name
         export_pipeline_folder(out_dir / "calib" / name, pipeline_dir, target="onnxruntime")
-        images = np.concatenate([pipeline_images(pipeline_dir, digit_prompt(d), num_images=per_digit,
-                                                 seed=seed * 1000 + d) for d in range(10)])
-        digits_images = pipeline_to_digits(images)
-        order = np.arange(len(images)).reshape(10, per_digit).T.reshape(-1)  # one column per digit
+        digits_images = pipeline_to_digits(prompt_images(pipeline_dir, per_digit, seed, DEFAULT_TEXT_GUIDANCE,
+                                                         progress))
+        order = digit_grid_order(per_digit)  # one column per digit
         grid = out_dir / "grids" / f"digits-text-{name}.png"
         save_grid(digits_images[order], grid, columns=10)
         row = {}

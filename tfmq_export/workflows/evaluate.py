@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from tfmq_export.artifact import load_artifact
+from tfmq_export.artifact import CalibrationArtifact, load_artifact
 from tfmq_export.backends.base import open_runner
 from tfmq_export.calibration.pipeline import calibrate
 from tfmq_export.config import METHODS, CalibrationSettings, load_recipe, recipe_names, settings_from
@@ -57,22 +57,52 @@ def recipe_settings(method: str, bits: str) -> CalibrationSettings:
     return settings_from(recipe, {"method": method, "wbits": wbits, "abits": abits})
 
 
+def reusable_artifact(folder: Path, wanted: dict[str, Any]) -> CalibrationArtifact | None:
+    """The finished artifact in ``folder`` if its settings hold every non-None value of ``wanted``, else None."""
+    if not (folder / "artifact.json").is_file():
+        return None
+    existing = load_artifact(folder)
+    return existing if all(existing.settings.get(k) == v for k, v in wanted.items() if v is not None) else None
+
+
 def _artifact(model: LoadedModel, settings: CalibrationSettings, folder: Path, progress: bool, device: str = "cpu"):
     """Reuse a finished artifact with the same settings (computed on any device), else calibrate into
     ``folder`` on ``device``."""
-    if (folder / "artifact.json").is_file():
-        existing = load_artifact(folder)
-        wanted = {k: v for k, v in asdict(settings).items() if v is not None}
-        if all(existing.settings.get(k) == v for k, v in wanted.items()):
-            return existing
-    return calibrate(model, settings, folder, progress=progress, device=device)
+    existing = reusable_artifact(folder, asdict(settings))
+    return existing if existing is not None else calibrate(model, settings, folder, progress=progress, device=device)
 
 
-def _sample_key(artifact, num_images: int, seed: int, target: str) -> str:
-    """Identifies one row's samples: the calibration run (its settings and timings), count, seed, target."""
-    blob = json.dumps([artifact.model_fingerprint, artifact.settings, artifact.timings, num_images, seed, target],
-                      sort_keys=True, default=str)
+def sample_key(artifact: CalibrationArtifact, *extra: Any) -> str:
+    """Identifies one row's samples: the calibration run (its settings and timings) and ``extra`` (count, seed,
+    target, ...)."""
+    blob = json.dumps([artifact.model_fingerprint, artifact.settings, artifact.timings, *extra], sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cached_arrays(cache: Path, key: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays stored in ``cache`` (.npz) under ``key``, else ``make()``'s, stored there atomically first;
+    so an interrupted evaluation resumes at the row it was on."""
+    if cache.is_file():
+        with np.load(cache) as stored:
+            if str(stored["key"]) == key:
+                return {name: stored[name] for name in stored.files if name != "key"}
+    arrays = make()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
+            np.savez(f, **arrays, key=np.array(key))
+
+    atomic_write(cache, write)
+    return arrays
+
+
+def publish_file(source: Path, grid_dir: Path) -> str:
+    """Copy ``source`` into ``grid_dir`` (atomically); its link from the document beside ``grid_dir``."""
+    data = source.read_bytes()
+    atomic_write(grid_dir / source.name, lambda tmp: Path(tmp).write_bytes(data))
+    return f"{grid_dir.name}/{source.name}"
 
 
 def _sampled_images(model, artifact, name: str, out_dir: Path, num_images: int, seed: int, target: str,
@@ -80,23 +110,14 @@ def _sampled_images(model, artifact, name: str, out_dir: Path, num_images: int, 
     """Export ``artifact`` and sample from the graph with onnxruntime, or reuse the samples a previous
     run of the same calibration, count, seed and target left in ``out_dir/samples`` (so an
     interrupted evaluation resumes at the row it was on)."""
+    def make() -> dict[str, np.ndarray]:
+        onnx_path = export_onnx(model, artifact, out_dir / "onnx" / f"{name}.onnx", target=target)
+        spec = artifact_spec(artifact, model.sample_shape)
+        return {"images": sample_with(open_runner("onnxruntime", onnx_path, name), spec, num_images, seed, 250,
+                                      progress)}
+
     cache = out_dir / "samples" / f"{name}-seed{seed}.npz"
-    key = _sample_key(artifact, num_images, seed, target)
-    if cache.is_file():
-        with np.load(cache) as stored:
-            if str(stored["key"]) == key:
-                return stored["images"]
-    onnx_path = export_onnx(model, artifact, out_dir / "onnx" / f"{name}.onnx", target=target)
-    spec = artifact_spec(artifact, model.sample_shape)
-    images = sample_with(open_runner("onnxruntime", onnx_path, name), spec, num_images, seed, 250, progress)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
-            np.savez(f, images=images, key=np.array(key))
-
-    atomic_write(cache, write)
-    return images
+    return cached_arrays(cache, sample_key(artifact, num_images, seed, target), make)["images"]
 
 
 def _sample_row(model, artifact, name: str, out_dir: Path, num_images: int, seed: int, target: str,
@@ -196,12 +217,10 @@ def copy_images(results: dict[str, Any], out_dir: Path, grid_dir: Path) -> dict[
         source = out_dir / rel
         if not source.is_file():
             continue
-        data = source.read_bytes()
-        atomic_write(grid_dir / source.name, lambda tmp, data=data: Path(tmp).write_bytes(data))
         if name is None:
-            links[kind] = f"{grid_dir.name}/{source.name}"
+            links[kind] = publish_file(source, grid_dir)
         else:
-            links[kind][name] = f"{grid_dir.name}/{source.name}"
+            links[kind][name] = publish_file(source, grid_dir)
     return links
 
 
@@ -218,9 +237,7 @@ def publish(results: dict[str, Any], out_dir: Path, doc_path: Path) -> None:
         name = "fp" if row["method"] == "fp" else f"{row['method']}-w{row['wbits']}a{row['abits']}"
         source = out_dir / "grids" / f"{name}-seed{row['seed']}.png"
         if source.is_file():
-            data = source.read_bytes()
-            atomic_write(grid_dir / source.name, lambda tmp, data=data: Path(tmp).write_bytes(data))
-            grids.append(f"{grid_dir.name}/{source.name}")
+            grids.append(publish_file(source, grid_dir))
     atomic_write_text(doc_path.with_suffix(".json"), json.dumps(results, indent=2))
     atomic_write_text(doc_path, results_markdown(results, grids, links))
 

@@ -11,7 +11,6 @@ Finished calibrations and samples are reused, so an interrupted run resumes at i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -21,27 +20,31 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from tfmq_export.artifact import CalibrationArtifact, load_artifact
+from tfmq_export.artifact import CalibrationArtifact
 from tfmq_export.config import METHODS
 from tfmq_export.errors import TfmqError
 from tfmq_export.images import save_grid
-from tfmq_export.io import atomic_write, atomic_write_text
+from tfmq_export.io import atomic_write_text
 from tfmq_export.metrics.fid import digits_fid
 from tfmq_export.metrics.prompt_accuracy import pipeline_to_digits, prompt_accuracy
 from tfmq_export.models.digits_text import digit_prompt, digits_text_prompts
 from tfmq_export.workflows.evaluate import (
     BIT_SETTINGS,
+    cached_arrays,
     copy_images,
     evaluation_jobs,
     paired_rmse,
+    publish_file,
     recipe_name,
     recipe_settings,
+    reusable_artifact,
+    sample_key,
 )
 from tfmq_export.workflows.evaluate_report import evaluate_sections, evaluate_verdict, row_name
 from tfmq_export.workflows.report_parts import end_provenance, save_comparison, start_provenance
 
-__all__ = ["DEFAULT_TEXT_GUIDANCE", "DEFAULT_TEXT_NUM_IMAGES", "evaluate_model", "run_evaluate_text",
-           "text_results_markdown"]
+__all__ = ["DEFAULT_TEXT_GUIDANCE", "DEFAULT_TEXT_NUM_IMAGES", "digit_grid_order", "evaluate_model",
+           "prompt_images", "run_evaluate_text", "text_results_markdown", "text_settings"]
 
 #: The guidance scale of calibration and of the guided rows (chosen on the FP model: docs/RESULTS-text.md).
 DEFAULT_TEXT_GUIDANCE = 2.0
@@ -52,12 +55,17 @@ RECIPE_KEYS = ("steps", "num_samples", "batch_size", "iters", "seed", "weight_in
                "temporal_table", "extra")
 
 
+def text_settings(budget: Any, method: str, wbits: int, abits: int, guidance: float) -> dict[str, Any]:
+    """Calibration overrides for digits-text: ``budget``'s (CalibrationSettings) sampler and reconstruction
+    budget (``RECIPE_KEYS``), then the row's method, bits and guidance."""
+    return {k: getattr(budget, k) for k in RECIPE_KEYS} | {"method": method, "wbits": wbits, "abits": abits,
+                                                           "guidance_scale": guidance}
+
+
 def _settings(method: str, bits: str, guidance: float) -> dict[str, Any]:
     """The overrides for one row: the digits recipe's budget, the row's method and bits, the guidance."""
-    recipe = recipe_settings(method, "w8a8" if bits == "fp" else bits)
-    values = {k: getattr(recipe, k) for k in RECIPE_KEYS}
     wbits, abits = (16, 16) if bits == "fp" else BIT_SETTINGS[bits]
-    return values | {"method": method, "wbits": wbits, "abits": abits, "guidance_scale": guidance}
+    return text_settings(recipe_settings(method, "w8a8" if bits == "fp" else bits), method, wbits, abits, guidance)
 
 
 def _calibrated(name: str, overrides: dict[str, Any], out_dir: Path, progress: bool,
@@ -66,13 +74,11 @@ def _calibrated(name: str, overrides: dict[str, Any], out_dir: Path, progress: b
     from tfmq_export.workflows.calibrate import calibrate_model
 
     folder = out_dir / "calib" / name
-    prompts = out_dir / "prompts.txt"
-    if (folder / "artifact.json").is_file():
-        existing = load_artifact(folder)
-        wanted = overrides | {"prompts": digits_text_prompts()}
-        if all(existing.settings.get(k) == v for k, v in wanted.items() if v is not None):
-            return existing
-    return calibrate_model("digits-text", folder, overrides, prompts=prompts, progress=progress, device=device)
+    existing = reusable_artifact(folder, overrides | {"prompts": digits_text_prompts()})
+    if existing is not None:
+        return existing
+    return calibrate_model("digits-text", folder, overrides, prompts=out_dir / "prompts.txt", progress=progress,
+                           device=device)
 
 
 def _exported(artifact_dir: Path, out_dir: Path, name: str, target: str) -> Path:
@@ -88,7 +94,13 @@ def _exported(artifact_dir: Path, out_dir: Path, name: str, target: str) -> Path
     return final
 
 
-def _images(pipeline_dir: Path, per_digit: int, seed: int, guidance: float, progress: bool) -> np.ndarray:
+def digit_grid_order(per_digit: int, rows: int | None = None) -> np.ndarray:
+    """Indices putting images [10 * per_digit] (digit-major) into a grid of 10 columns, one per digit,
+    ``rows`` (default all) images deep."""
+    return np.arange(10 * per_digit).reshape(10, per_digit)[:, : rows or per_digit].T.reshape(-1)
+
+
+def prompt_images(pipeline_dir: Path, per_digit: int, seed: int, guidance: float, progress: bool) -> np.ndarray:
     """Images [10 * per_digit, H, W, 3]: each digit's prompt, noise seeded by (seed, digit)."""
     from tfmq_export.workflows.sample_pipeline import pipeline_images
 
@@ -101,24 +113,14 @@ def _images(pipeline_dir: Path, per_digit: int, seed: int, guidance: float, prog
 def _cached_samples(artifact: CalibrationArtifact, name: str, out_dir: Path, per_digit: int, seed: int,
                     guidance: float, target: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """(guided, unguided) images of one row, reused from ``out_dir/samples`` when the key matches."""
-    key = hashlib.sha256(json.dumps([artifact.model_fingerprint, artifact.settings, artifact.timings, per_digit,
-                                     seed, guidance, target], sort_keys=True, default=str).encode()).hexdigest()
+    def make() -> dict[str, np.ndarray]:
+        pipeline_dir = _exported(out_dir / "calib" / name, out_dir, name, target)
+        return {"guided": prompt_images(pipeline_dir, per_digit, seed, guidance, progress),
+                "unguided": prompt_images(pipeline_dir, per_digit, seed, 1.0, progress)}
+
     cache = out_dir / "samples" / f"{name}-seed{seed}.npz"
-    if cache.is_file():
-        with np.load(cache) as stored:
-            if str(stored["key"]) == key:
-                return stored["guided"], stored["unguided"]
-    pipeline_dir = _exported(out_dir / "calib" / name, out_dir, name, target)
-    guided = _images(pipeline_dir, per_digit, seed, guidance, progress)
-    unguided = _images(pipeline_dir, per_digit, seed, 1.0, progress)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:  # a handle: np.savez would append .npz to the name
-            np.savez(handle, guided=guided, unguided=unguided, key=np.array(key))
-
-    atomic_write(cache, write)
-    return guided, unguided
+    arrays = cached_arrays(cache, sample_key(artifact, per_digit, seed, guidance, target), make)
+    return arrays["guided"], arrays["unguided"]
 
 
 def _row(artifact: CalibrationArtifact, name: str, out_dir: Path, per_digit: int, seed: int, guidance: float,
@@ -127,8 +129,8 @@ def _row(artifact: CalibrationArtifact, name: str, out_dir: Path, per_digit: int
     guided, unguided = _cached_samples(artifact, name, out_dir, per_digit, seed, guidance, target, progress)
     digits = np.repeat(np.arange(10), per_digit)
     guided_d, unguided_d = pipeline_to_digits(guided), pipeline_to_digits(unguided)
-    grid_order = np.arange(len(guided)).reshape(10, per_digit)[:, : min(per_digit, 8)].T.reshape(-1)
-    save_grid(guided_d[grid_order], out_dir / "grids" / f"{name}-seed{seed}.png", columns=10)
+    grid = out_dir / "grids" / f"{name}-seed{seed}.png"
+    save_grid(guided_d[digit_grid_order(per_digit, min(per_digit, 8))], grid, columns=10)
     row = {"method": artifact.method, "wbits": artifact.wbits, "abits": artifact.abits, "seed": seed,
            "fid": digits_fid(guided_d), "accuracy": prompt_accuracy(guided_d, digits),
            "fid_unguided": digits_fid(unguided_d), "accuracy_unguided": prompt_accuracy(unguided_d, digits),
@@ -170,7 +172,7 @@ def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
                                                     for b in bits for m in methods])
     rows: list[dict[str, Any]] = []
     comparisons: dict[str, str] = {}
-    order = np.arange(num_images).reshape(10, per_digit)[:, : min(per_digit, 8)].T.reshape(-1)  # as the grids
+    order = digit_grid_order(per_digit, min(per_digit, 8))  # as the grids
     fp = _calibrated("fp", _settings("minmax", "fp", guidance_scale), out_dir, progress, device)
     reference = None
     for fp_seed in (seed, seed + 1):  # two seeds: the metrics' own noise
@@ -198,11 +200,7 @@ def _publish(results: dict[str, Any], out_dir: Path, doc_path: Path) -> None:
     """The Markdown, its JSON and the grids beside it (``<stem>-grids/``)."""
     grid_dir = doc_path.parent / f"{doc_path.stem}-grids"
     grid_dir.mkdir(parents=True, exist_ok=True)
-    grids = []
-    for source in sorted((out_dir / "grids").glob("*.png")):
-        data = source.read_bytes()
-        atomic_write(grid_dir / source.name, lambda tmp, data=data: Path(tmp).write_bytes(data))
-        grids.append(f"{grid_dir.name}/{source.name}")
+    grids = [publish_file(source, grid_dir) for source in sorted((out_dir / "grids").glob("*.png"))]
     atomic_write_text(doc_path.with_suffix(".json"), json.dumps(results, indent=2))
     atomic_write_text(doc_path, text_results_markdown(results, grids, copy_images(results, out_dir, grid_dir)))
 
