@@ -44,6 +44,10 @@ VARIANTS = {
     "tfmq-qtable": ("tfmq", {"temporal_table": "quantized"}, {}),
     "tfmq-max": ("tfmq", {"static_scale_rule": "max"}, {}),
     "tfmq-steps": ("tfmq", {}, {"step_factors": True}),
+    "tfmq-nosplit": ("tfmq", {}, {"split_skip": False}),
+    "tfmq-joint": ("tfmq", {}, {"joint_act": True}),
+    "tfmq-joint-nosplit": ("tfmq", {}, {"joint_act": True, "split_skip": False}),
+    "tfmq-recon-act": ("tfmq", {}, {"recon_act_quant": True}),
 }
 
 
@@ -150,7 +154,7 @@ def main() -> None:
         sim = simulation_from_artifact(model.unet, artifact)
         row = {"variant": name, "seed": seed, "method": settings.method, "bits": args.bits, "iters": settings.iters,
                "extra": settings.extra, "temporal_table": artifact.temporal_table, "seconds": round(seconds, 1),
-               "stages": {k: round(v, 1) for k, v in artifact.timings.items()},
+               "stages": {k: round(v, 1) if isinstance(v, float) else v for k, v in artifact.timings.items()},
                "output_rel_error": output_error(sim, fp, held_out),
                "fp_table_output_rel_error": output_error(with_fp_table(model, artifact, fp_features), fp, held_out),
                "per_step_output_rel_error": per_step_output_error(sim, fp, held_out),

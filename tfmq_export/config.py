@@ -114,7 +114,9 @@ class ExtraOptions:
     Q-Diffusion's 5,000 to 20,000), ``act_lr`` (4e-5, BRECQ's LSQ rate), ``split_skip`` (two
     scales for concatenated skip inputs).
     tfmq: ``tiar_iters`` (default iters), ``step_factors`` (every activation quantizer keeps its
-    per-step min-max range, deployed as per-step factors around one static scale).
+    per-step min-max range, deployed as per-step factors around one static scale), ``joint_act``
+    (activation scales initialised from the FSC statistics and learned with the rounding in the
+    same block loop, activation quantization on), ``split_skip`` (as qdiff).
     minmax reads none of them; recipes shared by every method may still carry them.
     """
 
@@ -130,6 +132,7 @@ class ExtraOptions:
     split_skip: bool = True
     tiar_iters: int | None = None
     step_factors: bool = False
+    joint_act: bool = False
 
     #: keys whose value must be > 0 (others: >= 0)
     _POSITIVE = ("recon_batch_size", "cache_mb", "adaround_lr", "act_lr")

@@ -304,7 +304,8 @@ def test_step_factors_export_and_match_the_simulation(micro):
     from tfmq_export.quant.modules import StepFactorActQuantizer
     from tfmq_export.quant.simulate import quant_layers
 
-    artifact = calibrate(micro, _settings("tfmq", extra={"step_factors": True}), progress=False)
+    # split skip inputs keep their two static scales (no factors); off here so every quantizer is factored
+    artifact = calibrate(micro, _settings("tfmq", extra={"step_factors": True, "split_skip": False}), progress=False)
     factors = {k: v for k, v in artifact.tensors.items() if k.endswith(".input_step_factor")}
     assert factors and all(v.numel() == len(artifact.timesteps) for v in factors.values())
     assert any(float(v.max() / v.min()) > 1.5 for v in factors.values())  # the steps' ranges differ
@@ -333,3 +334,34 @@ def test_step_factors_export_and_match_the_simulation(micro):
     with torch.no_grad():
         expected = simulation_from_artifact(micro.unet, artifact, "onnxruntime")(sample, rows).numpy()
     assert rel_l2(out, expected) < A8_BOUND
+
+
+def test_joint_act_learns_scales_with_the_rounding(micro):
+    """tfmq's joint_act: the activation scales start from the FSC statistics (the static rule) and
+    are learned in the same block loop as the rounding, with activation quantization on; the
+    learned scales are what the artifact (and so the exported graph) carries."""
+    extra = {"split_skip": False}
+    static = calibrate(micro, _settings("tfmq", extra=extra), progress=False)
+    artifact, result = calibrate_with_result(micro, _settings("tfmq", extra={**extra, "joint_act": True}))
+    assert result.weights and not result.act  # one pass: no separate activation stage
+    assert all(np.isfinite(r.loss_after) for r in result.weights if r.iters)
+    keys = [k for k in artifact.tensors if k.endswith(".input_scale")]
+    assert keys
+    moved = [k for k in keys if not torch.allclose(artifact.tensors[k], static.tensors[k])]
+    assert len(moved) >= len(keys) // 2  # learned, not the static rule's values
+    sample = torch.randn((3, *micro.sample_shape), generator=torch.Generator().manual_seed(3))
+    rows = torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        expected = simulation_from_artifact(micro.unet, artifact)(sample, rows).numpy()
+    graph = build_onnx(micro, artifact, "tensorrt")
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(["noise_pred"], {"sample": sample.numpy(), "step_index": rows.numpy()})[0]
+    assert rel_l2(out, expected) < A8_BOUND
+
+
+def test_tfmq_splits_the_skip_inputs_like_qdiff(micro):
+    """split_skip (on by default) applies to tfmq too: two scales for the concatenated inputs."""
+    on = calibrate(micro, _settings("tfmq"), progress=False)
+    off = calibrate(micro, _settings("tfmq", extra={"split_skip": False}), progress=False)
+    assert any(k.endswith(".input_split") for k in on.tensors)
+    assert not any(k.endswith(".input_split") for k in off.tensors)

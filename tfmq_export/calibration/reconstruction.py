@@ -174,23 +174,39 @@ class Stage(str, Enum):
 
     WEIGHTS = "weights"
     ACT = "act"
+    JOINT = "joint"  # rounding and activation scales together, activation quantization on
 
 
-def _learnables(stage: Stage, qlayers: dict[str, QuantLayer]) -> tuple[list[torch.Tensor], dict[str, AdaRound]]:
-    if stage is Stage.WEIGHTS:
-        adas = {n: attach_adaround(layer) for n, layer in qlayers.items() if layer.weight_quantizer.enabled}
-        return [a.alpha for a in adas.values()], adas
+def _act_scales(qlayers: dict[str, QuantLayer]) -> list[torch.Tensor]:
     scales = [aq.scale for aq in act_quantizers(qlayers).values()]
     for scale in scales:
         scale.requires_grad_(True)
-    return scales, {}
+    return scales
+
+
+def _learnables(stage: Stage, qlayers: dict[str, QuantLayer]) -> tuple[list[torch.Tensor], dict[str, AdaRound]]:
+    if stage is Stage.ACT:
+        return _act_scales(qlayers), {}
+    adas = {n: attach_adaround(layer) for n, layer in qlayers.items() if layer.weight_quantizer.enabled}
+    return [a.alpha for a in adas.values()], adas
+
+
+def _optimizer(stage: Stage, params: list[torch.Tensor], qlayers: dict[str, QuantLayer],
+               options: ReconstructionOptions) -> torch.optim.Optimizer:
+    """Adam over what ``stage`` learns; the joint stage adds the activation scales at their own rate."""
+    if stage is Stage.ACT:
+        return torch.optim.Adam(params, lr=options.act_lr)
+    groups: list[dict[str, Any]] = [{"params": params, "lr": options.adaround.lr}]
+    if stage is Stage.JOINT and (scales := _act_scales(qlayers)):
+        groups.append({"params": scales, "lr": options.act_lr})
+    return torch.optim.Adam(groups)
 
 
 def _finish(stage: Stage, qlayers: dict[str, QuantLayer], adas: dict[str, AdaRound]) -> dict[str, torch.Tensor]:
     """Freeze what was learned; return the tensors the checkpoint keeps."""
+    out = freeze_rounding(qlayers, adas)
     if stage is Stage.WEIGHTS:
-        return freeze_rounding(qlayers, adas)
-    out: dict[str, torch.Tensor] = {}
+        return out
     for key, aq in act_quantizers(qlayers).items():
         aq.scale.requires_grad_(False)
         value = aq.scale.detach().clone()
@@ -241,8 +257,7 @@ def reconstruct_block(
     params, adas = _learnables(stage, qlayers)
     if not params:
         return BlockResult(block.name, float("nan"), float("nan"), 0, 0), _finish(stage, qlayers, adas)
-    lr = options.adaround.lr if stage is Stage.WEIGHTS else options.act_lr
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = _optimizer(stage, params, qlayers, options)
     schedule = RegularizerSchedule(iters, options.adaround)
 
     def on_step(it: int, loss: float) -> None:

@@ -39,12 +39,15 @@ from tqdm.auto import tqdm
 
 from tfmq_export.calibration.activations import calibrate_activations
 from tfmq_export.calibration.adaround import AdaRound, RegularizerSchedule, attach_adaround, lp_loss
-from tfmq_export.calibration.block_io import adapter_blocks, execution_order
+from tfmq_export.calibration.block_io import adapter_blocks, execution_order, uniform_subset
 from tfmq_export.calibration.data import CalibrationData
+from tfmq_export.calibration.qdiff import enable_split_skip
 from tfmq_export.calibration.reconstruction import (
     ReconstructionOptions,
+    Stage,
     freeze_rounding,
     optimise,
+    reconstruct_blocks,
     restore_unit,
     weights_stage,
 )
@@ -62,6 +65,7 @@ from tfmq_export.quant.modules import (
     PerStepActQuantizer,
     QuantLayer,
     make_quant_layer,
+    split_tensors,
     step_factors,
 )
 from tfmq_export.quant.simulate import set_act_mode
@@ -238,18 +242,35 @@ def run(
 
     # 4. the rest of the network, TIB out of the loop (it is a table in ``sim`` and ``fp_ref``)
     fp_ref = TemporalTableUNet(model.unet, targets, data.timesteps).eval().requires_grad_(False)
+    quantize_acts = settings.abits < 16
+    split_layers = enable_split_skip(sim, layers, data) if options.split_skip and quantize_acts else []
     init_weight_scales(layers, settings.weight_init)
     blocks = execution_order(sim, adapter_blocks(model.unet), data)
-    weight_results, weight_seconds = weights_stage(sim, fp_ref, blocks, layers, data, options, checkpoint, progress)
+    joint = options.joint_act and quantize_acts
     act_started = time.perf_counter()
-    if settings.abits < 16:
+    if joint:  # FSC statistics first (round-to-nearest weights): they initialise the learned scales
         calibrate_activations(sim, layers, data, options.capture_batch_size, settings.static_scale_rule,
                               options.act_samples_per_step, options.seed, progress)
     act_seconds = time.perf_counter() - act_started
+    if joint:
+        started_joint = time.perf_counter()
+        recon_data = uniform_subset(data, options.recon_samples, options.seed)
+        weight_results = reconstruct_blocks(sim, fp_ref, blocks, layers, recon_data, options, Stage.JOINT,
+                                            options.iters, checkpoint, progress)
+        weight_seconds = time.perf_counter() - started_joint
+    else:
+        weight_results, weight_seconds = weights_stage(sim, fp_ref, blocks, layers, data, options, checkpoint,
+                                                       progress)
+    act_started = time.perf_counter()
+    if quantize_acts and not joint:
+        calibrate_activations(sim, layers, data, options.capture_batch_size, settings.static_scale_rule,
+                              options.act_samples_per_step, options.seed, progress)
+    act_seconds += time.perf_counter() - act_started
     if not options.keep_checkpoints:
         checkpoint.remove()
 
     tensors = step_ranges(table)
+    tensors.update({k: v for n in split_layers for k, v in split_tensors(n, layers[n].input_quantizer).items()})
     if options.step_factors and settings.abits < 16:  # FSC for every activation, deployable as factors
         tensors.update({f"{name}.input_step_factor": step_factors(layer.input_quantizer)
                         for name, layer in layers.items()
