@@ -48,6 +48,7 @@ VARIANTS = {
     "tfmq-joint": ("tfmq", {}, {"joint_act": True}),
     "tfmq-joint-nosplit": ("tfmq", {}, {"joint_act": True, "split_skip": False}),
     "tfmq-recon-act": ("tfmq", {}, {"recon_act_quant": True}),
+    "tfmq-joint-qdrop": ("tfmq", {}, {"joint_act": True, "qdrop": 0.5}),
 }
 
 

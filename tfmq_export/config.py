@@ -116,7 +116,9 @@ class ExtraOptions:
     tfmq: ``tiar_iters`` (default iters), ``step_factors`` (every activation quantizer keeps its
     per-step min-max range, deployed as per-step factors around one static scale), ``joint_act``
     (activation scales initialised from the FSC statistics and learned with the rounding in the
-    same block loop, activation quantization on), ``split_skip`` (as qdiff).
+    same block loop, activation quantization on), ``qdrop`` (with ``joint_act``: probability that
+    an activation keeps its float value in the reconstruction loss, QDrop's 0.5), ``split_skip``
+    (as qdiff).
     minmax reads none of them; recipes shared by every method may still carry them.
     """
 
@@ -133,6 +135,7 @@ class ExtraOptions:
     tiar_iters: int | None = None
     step_factors: bool = False
     joint_act: bool = False
+    qdrop: float = 0.0
 
     #: keys whose value must be > 0 (others: >= 0)
     _POSITIVE = ("recon_batch_size", "cache_mb", "adaround_lr", "act_lr")
@@ -154,6 +157,8 @@ class ExtraOptions:
         types = {f.name: str(f.type) for f in fields(cls)}
         for key, value in extra.items():
             _check_option(key, value, types[key], key in cls._POSITIVE)
+        if extra.get("qdrop", 0) > 1:
+            raise TfmqError(f"calibration option qdrop is a probability (0 to 1), got {extra['qdrop']!r}")
         return cls(**{k: float(v) if "float" in types[k] and v is not None else v for k, v in extra.items()})
 
 

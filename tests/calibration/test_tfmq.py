@@ -213,6 +213,8 @@ def test_bad_options_are_refused(micro):
         calibrate(micro, _settings("qdiff", extra={"split_skip": "yes"}), progress=False)
     with pytest.raises(TfmqError, match="iters"):
         calibrate(micro, _settings("tfmq", iters=-3), progress=False)
+    with pytest.raises(TfmqError, match="qdrop is a probability"):
+        calibrate(micro, _settings("tfmq", extra={"qdrop": 1.5}), progress=False)
 
 
 def test_split_skip_quantization_exports_exactly(micro):
@@ -342,7 +344,8 @@ def test_joint_act_learns_scales_with_the_rounding(micro):
     learned scales are what the artifact (and so the exported graph) carries."""
     extra = {"split_skip": False}
     static = calibrate(micro, _settings("tfmq", extra=extra), progress=False)
-    artifact, result = calibrate_with_result(micro, _settings("tfmq", extra={**extra, "joint_act": True}))
+    artifact, result = calibrate_with_result(micro, _settings("tfmq", extra={**extra, "joint_act": True,
+                                                                              "qdrop": 0.5}))
     assert result.weights and not result.act  # one pass: no separate activation stage
     assert all(np.isfinite(r.loss_after) for r in result.weights if r.iters)
     keys = [k for k in artifact.tensors if k.endswith(".input_scale")]
@@ -365,3 +368,25 @@ def test_tfmq_splits_the_skip_inputs_like_qdiff(micro):
     off = calibrate(micro, _settings("tfmq", extra={"split_skip": False}), progress=False)
     assert any(k.endswith(".input_split") for k in on.tensors)
     assert not any(k.endswith(".input_split") for k in off.tensors)
+
+
+def test_qdrop_mixes_float_and_quantized_activations_only_under_autograd():
+    """QDrop: with drop_prob p, about p of the elements keep their float value in the loss pass;
+    inference (no autograd) is always fully quantized, and the same generator seed repeats the mask."""
+    from tfmq_export.quant.modules import ActMode, ActQuantizer
+
+    aq = ActQuantizer(8, 1)
+    aq.set_scale(0.1)
+    aq.mode = ActMode.QUANTIZING
+    x = torch.rand(4000) * 3
+    quantized = aq(x)
+    aq.drop_prob, aq.drop_generator = 0.5, torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        assert torch.equal(aq(x), quantized)
+    with torch.enable_grad():
+        mixed = aq(x)
+        aq.drop_generator = torch.Generator().manual_seed(0)
+        again = aq(x)
+    kept = (mixed == x) & (quantized != x)
+    assert 0.4 < kept.float().mean() / (quantized != x).float().mean() < 0.6
+    assert torch.equal(mixed, again)

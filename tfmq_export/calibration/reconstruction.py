@@ -202,8 +202,15 @@ def _optimizer(stage: Stage, params: list[torch.Tensor], qlayers: dict[str, Quan
     return torch.optim.Adam(groups)
 
 
+def _set_drop(qlayers: dict[str, QuantLayer], prob: float, generator: torch.Generator | None) -> None:
+    """QDrop on (or off, ``prob`` 0) for the block's activation quantizers."""
+    for layer in qlayers.values():
+        layer.input_quantizer.drop_prob, layer.input_quantizer.drop_generator = prob, generator
+
+
 def _finish(stage: Stage, qlayers: dict[str, QuantLayer], adas: dict[str, AdaRound]) -> dict[str, torch.Tensor]:
     """Freeze what was learned; return the tensors the checkpoint keeps."""
+    _set_drop(qlayers, 0.0, None)
     out = freeze_rounding(qlayers, adas)
     if stage is Stage.WEIGHTS:
         return out
@@ -258,6 +265,8 @@ def reconstruct_block(
     if not params:
         return BlockResult(block.name, float("nan"), float("nan"), 0, 0), _finish(stage, qlayers, adas)
     optimizer = _optimizer(stage, params, qlayers, options)
+    if stage is Stage.JOINT and options.qdrop > 0:
+        _set_drop(qlayers, options.qdrop, generator)
     schedule = RegularizerSchedule(iters, options.adaround)
 
     def on_step(it: int, loss: float) -> None:

@@ -38,6 +38,10 @@ class ActQuantizer(nn.Module):
         super().__init__()
         self.bits = bits
         self.mode = ActMode.DISABLED
+        #: QDrop (Wei et al., ICLR 2022) while a block is reconstructed: each element keeps its float
+        #: value with this probability (only under autograd, i.e. in the reconstruction loss)
+        self.drop_prob = 0.0
+        self.drop_generator: torch.Generator | None = None
         self.register_buffer("scale", torch.zeros(()))
         self.register_buffer("step_min", torch.full((num_steps,), float("inf")))
         self.register_buffer("step_max", torch.full((num_steps,), float("-inf")))
@@ -86,7 +90,11 @@ class ActQuantizer(nn.Module):
             self.observe(x)
             return x
         qmin, qmax = self.qrange
-        return grids.fake_quantize(x, self.scale, qmin, qmax)
+        out = grids.fake_quantize(x, self.scale, qmin, qmax)
+        if self.drop_prob > 0 and torch.is_grad_enabled():
+            keep_float = torch.rand(x.shape, generator=self.drop_generator, device=x.device) < self.drop_prob
+            out = torch.where(keep_float, x, out)
+        return out
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, mode={self.mode.value}, scale={float(self.scale):.4g}"
@@ -278,6 +286,7 @@ class SplitActQuantizer(ActQuantizer):
         if x.dim() < 2 or x.shape[1] <= self.split:
             raise QuantizerError(f"input with {x.shape[1] if x.dim() > 1 else 0} channels cannot split at {self.split}")
         self.second.mode = self.mode
+        self.second.drop_prob, self.second.drop_generator = self.drop_prob, self.drop_generator
         first = super().forward(x[:, : self.split])
         return torch.cat([first, self.second(x[:, self.split :])], dim=1)
 
