@@ -25,6 +25,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tfmq_export.calibration.data import collect_calibration_data
@@ -131,6 +132,9 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=32)
     parser.add_argument("--seeds", default="0", help="Calibration seeds, e.g. 0,1,2 (AdaRound's own spread).")
     parser.add_argument("--seed-variants", default="qdiff,tfmq", help="Variants run with every seed (others: first).")
+    parser.add_argument("--sample-images", type=int, default=0,
+                        help="Also sample this many images (torch simulation, DDIM, noise seed 0) and report the "
+                             "pixel RMSE to the FP images from the same noise.")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--doc", type=Path, default=None, help="Also write the Markdown table here.")
     args = parser.parse_args()
@@ -142,6 +146,7 @@ def main() -> None:
     held_out = collect_calibration_data(lambda x, s, _c: fp(x, s), model.scheduler_config, fp.timesteps,
                                         model.sample_shape, args.eval_samples, 1000, 64, progress=False)
     fp_features = compute_temporal_features(model.unet, fp.timesteps)
+    fp_images = sampled(fp, model, first.steps, args.sample_images)
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
     seeded = {v.strip() for v in args.seed_variants.split(",")}
     jobs = [(name, seed) for seed in seeds for name in names if seed == seeds[0] or name in seeded]
@@ -161,11 +166,15 @@ def main() -> None:
                "per_step_output_rel_error": per_step_output_error(sim, fp, held_out),
                "table_rel_error": table_error(artifact, fp_features),
                "load_before": round(load_before, 2)}
+        if args.sample_images:
+            images = sampled(sim, model, settings.steps, args.sample_images)
+            row["sample_rmse_vs_fp"] = float(np.sqrt(np.mean((images - fp_images) ** 2)))
         rows.append(row)
         print(f"{name:12s} seed {seed} {seconds:7.1f} s  output err {row['output_rel_error']:.5f}  "
               f"with FP table {row['fp_table_output_rel_error']:.5f}  "
               f"per-step {row['per_step_output_rel_error']:.5f}  "
-              f"table err {row['table_rel_error']:.5f}", flush=True)
+              f"table err {row['table_rel_error']:.5f}"
+              + (f"  sample RMSE {row['sample_rmse_vs_fp']:.5f}" if args.sample_images else ""), flush=True)
     means = {}
     for name in names:
         errors = [r["output_rel_error"] for r in rows if r["variant"] == name]
@@ -227,6 +236,17 @@ def markdown(result: dict) -> str:
         ratios = ", ".join(f"{k} = {v}" for k, v in result["time_ratios"].items())
         lines += ["", f"Time ratios (first seed, same run): {ratios}"]
     return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def sampled(net: torch.nn.Module, model, steps: int, count: int) -> np.ndarray | None:
+    """``count`` images through ``net`` (a table UNet) with the shared DDIM loop, noise seed 0."""
+    if count <= 0:
+        return None
+    from tfmq_export.sampling import sample_images
+
+    return sample_images(lambda x, step, _cond: net(x, step), model.scheduler_config, steps, count,
+                         tuple(model.sample_shape), seed=0, batch_size=250, progress=False)
 
 
 def compute_timesteps(model, steps: int) -> list[int]:
