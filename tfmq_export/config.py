@@ -116,7 +116,7 @@ class ExtraOptions:
     tfmq: ``tiar_iters`` (default iters), ``step_factors`` (every activation quantizer keeps its
     per-step min-max range, deployed as per-step factors around one static scale), ``joint_act``
     (activation scales initialised from the FSC statistics and learned with the rounding in the
-    same block loop, activation quantization on), ``qdrop`` (with ``joint_act``: probability that
+    same block loop, activation quantization on; None = on for tfmq, the paper recipes turn it off), ``qdrop`` (with ``joint_act``: probability that
     an activation keeps its float value in the reconstruction loss, QDrop's 0.5), ``split_skip``
     (as qdiff).
     minmax reads none of them; recipes shared by every method may still carry them.
@@ -134,7 +134,7 @@ class ExtraOptions:
     split_skip: bool = True
     tiar_iters: int | None = None
     step_factors: bool = False
-    joint_act: bool = False
+    joint_act: bool | None = None
     qdrop: float = 0.0
 
     #: keys whose value must be > 0 (others: >= 0)

@@ -157,8 +157,9 @@ def test_mse_rule_clips_outliers_and_keeps_dense_ranges():
 
 @pytest.mark.parametrize("method", ["minmax", "tfmq"])
 def test_mse_rule_in_calibration(micro, method):
-    max_art = calibrate(micro, _settings(method, static_scale_rule="max"), progress=False)
-    mse_art = calibrate(micro, _settings(method, static_scale_rule="mse"), progress=False)
+    static = {"joint_act": False}  # the rule's scales as they are (tfmq's default learns from them)
+    max_art = calibrate(micro, _settings(method, static_scale_rule="max", extra=static), progress=False)
+    mse_art = calibrate(micro, _settings(method, static_scale_rule="mse", extra=static), progress=False)
     max_scales = {n: float(max_art.layer_tensor(n, "input_scale")) for n in max_art.layers}
     mse_scales = {n: float(mse_art.layer_tensor(n, "input_scale")) for n in mse_art.layers}
     assert all(mse_scales[n] <= max_scales[n] * (1 + 1e-6) for n in max_scales)
@@ -343,9 +344,8 @@ def test_joint_act_learns_scales_with_the_rounding(micro):
     are learned in the same block loop as the rounding, with activation quantization on; the
     learned scales are what the artifact (and so the exported graph) carries."""
     extra = {"split_skip": False}
-    static = calibrate(micro, _settings("tfmq", extra=extra), progress=False)
-    artifact, result = calibrate_with_result(micro, _settings("tfmq", extra={**extra, "joint_act": True,
-                                                                              "qdrop": 0.5}))
+    static = calibrate(micro, _settings("tfmq", extra={**extra, "joint_act": False}), progress=False)
+    artifact, result = calibrate_with_result(micro, _settings("tfmq", extra={**extra, "qdrop": 0.5}))  # joint: default
     assert result.weights and not result.act  # one pass: no separate activation stage
     assert all(np.isfinite(r.loss_after) for r in result.weights if r.iters)
     keys = [k for k in artifact.tensors if k.endswith(".input_scale")]
