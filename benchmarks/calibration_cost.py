@@ -8,7 +8,11 @@ Variants (all from the shipped digits recipes, tfmq_export/recipes, same data an
   20,000), qdiff-equal (activation stage with the same per-block budget as the weights),
   tfmq (FP temporal table, the default), tfmq-qtable (--temporal-table quantized),
   tfmq-max (static engine scale by the max rule instead of the recipe's mse rule),
-  tfmq-steps (per-step factors: every activation on its step's min-max grid, deployable).
+  tfmq-steps (per-step factors: every activation on its step's min-max grid, deployable),
+  tfmq-static (no learned activation scales: the rule's static scales after the weights),
+  tfmq-nosplit (no shortcut splitting), tfmq-paper (both off: the paper recipes), tfmq-qdrop
+  (QDrop 0.5 in the joint stage), tfmq-recon-act (activation quantization on while the weights
+  are learned, static scales).
 
 For each: wall time of ``calibrate`` and its stages, the relative L2 error of the UNet output
 against full precision on held-out trajectories (every step of 32 fresh DDIM trajectories, seed
@@ -45,11 +49,11 @@ VARIANTS = {
     "tfmq-qtable": ("tfmq", {"temporal_table": "quantized"}, {}),
     "tfmq-max": ("tfmq", {"static_scale_rule": "max"}, {}),
     "tfmq-steps": ("tfmq", {}, {"step_factors": True}),
+    "tfmq-static": ("tfmq", {}, {"joint_act": False}),
     "tfmq-nosplit": ("tfmq", {}, {"split_skip": False}),
-    "tfmq-joint": ("tfmq", {}, {"joint_act": True}),
-    "tfmq-joint-nosplit": ("tfmq", {}, {"joint_act": True, "split_skip": False}),
-    "tfmq-recon-act": ("tfmq", {}, {"recon_act_quant": True}),
-    "tfmq-joint-qdrop": ("tfmq", {}, {"joint_act": True, "qdrop": 0.5}),
+    "tfmq-paper": ("tfmq", {}, {"joint_act": False, "split_skip": False}),
+    "tfmq-qdrop": ("tfmq", {}, {"qdrop": 0.5}),
+    "tfmq-recon-act": ("tfmq", {}, {"joint_act": False, "recon_act_quant": True}),
 }
 
 
