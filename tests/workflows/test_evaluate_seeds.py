@@ -151,9 +151,9 @@ def test_the_report_shows_seed_rows_their_aggregate_and_the_peer_note(tmp_path) 
     rows = _run()
     doc = results_markdown({"rows": rows, "command": "x", "created": "now", "quality_plot": "quality-vs-bits.png"})
     assert doc.count("\n| ") == 2 + len(rows) + 2 + 6  # both tables: header, separator, one line per row / entry
-    assert "| tfmq | 4 | 8 | 2 | 11.400 |" in doc and "| modelopt-int8* | 8 | 8 | 0 |" in doc
-    assert "\n* sampled in torch: ModelOpt fake-quant, not exported\n" in doc
-    assert "| tfmq | 4 | 8 | 0,1,2 | 0.0410 | 0.0020 | 11.200 | 0.400 | 40 |  |" in doc
+    assert "| tfmq | 4 | 8 | 2 | 11.400 |" in doc and "| modelopt-int8\u2020 | 8 | 8 | 0 |" in doc
+    assert "\n\u2020 sampled in torch: ModelOpt fake-quant, not exported\n" in doc
+    assert "| tfmq | 4 | 8 | 0,1,2 | 0.0410 | 0.0020 | 11.200 | 0.400 | 40.0 |  |" in doc
     assert "Lead rule: A method leads another" in doc and "![quality vs bits](quality-vs-bits.png)" in doc
 
 
@@ -172,5 +172,5 @@ def test_the_text_report_aggregates_prompt_accuracy() -> None:
                  "fid_unguided": r["fid"] + 1} for r in _run(peers=False)]
     doc = text_results_markdown({"rows": rows, "command": "x", "created": "now"})
     assert "guided prompt accuracy mean | spread | unguided prompt accuracy mean | spread" in doc
-    assert "| tfmq | 4 | 8 | 0,1,2 | 0.0410 | 0.0020 | 11.200 | 0.400 | 0.910 | 0.020 | 0.700 | 0.000 | 40 |" in doc
+    assert "| tfmq | 4 | 8 | 0,1,2 | 0.0410 | 0.0020 | 11.200 | 0.400 | 0.910 | 0.020 | 0.700 | 0.000 | 40.0 |" in doc
     assert "guided prompt accuracy 0.910 vs 0.910 (3 / 3 seeds): no lead" in doc

@@ -301,7 +301,7 @@ def publish(results: dict[str, Any], out_dir: Path, doc_path: Path) -> None:
 def note_marks(rows: list[dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
     """A mark per distinct row note (peers: how they were run) and the footnote lines under a table."""
     notes = list(dict.fromkeys(r["note"] for r in rows if r.get("note")))
-    marks = {note: "*" * (i + 1) for i, note in enumerate(notes)}
+    marks = {note: "\u2020" * (i + 1) for i, note in enumerate(notes)}  # daggers: no Markdown syntax
     return marks, [f"{mark} {note}" for note, mark in marks.items()]
 
 

@@ -170,7 +170,7 @@ def seed_lines(rows: list[dict[str, Any]], metrics: Sequence[tuple[str, str, boo
         cells = " | ".join(f"{_fmt(k, e[k]['mean'])} | {_fmt(k, e[k]['spread'])}" if k in e else " | "
                            for k, _, _ in metrics)
         lines.append(f"| {e['method']} | {e['wbits']} | {e['abits']} | {','.join(map(str, e['calib_seeds']))} | "
-                     f"{cells} | {e['calib_seconds']:.0f} | {e['note'] or ''} |")
+                     f"{cells} | {e['calib_seconds']:.1f} | {e['note'] or ''} |")
     return lines
 
 

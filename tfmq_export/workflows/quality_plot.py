@@ -18,22 +18,25 @@ __all__ = ["BIT_ORDER", "plot_quality"]
 
 #: x axis order: from the widest setting to the narrowest.
 BIT_ORDER = ((8, 8), (4, 8), (4, 16))
+#: Horizontal offset between methods at one bit setting, so their error bars do not overlap.
+DODGE = 0.06
 
 
 def _panel(ax: Any, entries: list[dict[str, Any]], fp: list[dict[str, Any]], key: str, name: str) -> None:
     """One metric: a line per method with seed min..max error bars, FP's seed range as a band."""
     settings = [b for b in BIT_ORDER if any((e["wbits"], e["abits"]) == b for e in entries)]
     x_of = {b: i for i, b in enumerate(settings)}
-    for method in dict.fromkeys(e["method"] for e in entries):
+    methods = list(dict.fromkeys(e["method"] for e in entries))
+    for i, method in enumerate(methods):  # one colour per method on every panel, points side by side
         points = sorted((x_of[(e["wbits"], e["abits"])], e[key]) for e in entries
                         if e["method"] == method and key in e and (e["wbits"], e["abits"]) in x_of)
         if not points:
             continue
-        xs = [x for x, _ in points]
+        xs = [x + DODGE * (i - (len(methods) - 1) / 2) for x, _ in points]
         means = [s["mean"] for _, s in points]
         errors = [[max(s["mean"] - s["min"], 0.0) for _, s in points],  # rounding: a mean of equal values
                   [max(s["max"] - s["mean"], 0.0) for _, s in points]]
-        ax.errorbar(xs, means, yerr=errors, marker="o", markersize=4, capsize=4, label=method)
+        ax.errorbar(xs, means, yerr=errors, marker="o", markersize=4, capsize=4, label=method, color=f"C{i}")
     values = [r[key] for r in fp if r.get(key) is not None]
     if key != "rmse_vs_fp" and values:
         low, high = min(values), max(values)
