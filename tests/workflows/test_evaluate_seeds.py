@@ -3,6 +3,8 @@ rule, the verdict's statements, the peers' place in the table and the quality-vs
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from PIL import Image
 
@@ -18,6 +20,7 @@ from tfmq_export.workflows.evaluate_report import (
 )
 from tfmq_export.workflows.evaluate_rows import (
     check_methods,
+    check_peers,
     evaluation_jobs,
     parse_calib_seeds,
     row_seeds,
@@ -47,6 +50,13 @@ def test_calib_seeds_are_parsed_and_checked() -> None:
     for bad, message in (("0,a", "integers"), ("1,1", "distinct"), ("-2", ">= 0")):
         with pytest.raises(TfmqError, match=message):
             parse_calib_seeds(bad)
+
+
+def test_the_peer_module_is_imported_only_when_a_peer_row_is_asked_for(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "tfmq_export.workflows.evaluate_peers", None)  # any import of it fails
+    check_peers(["minmax", "qdiff", "tfmq"])  # no peer: nothing imported
+    with pytest.raises(TfmqError, match=r"peer rows cannot run here .*leave modelopt-int8, modelopt-w4a16 out"):
+        check_peers(["tfmq", "modelopt-int8"])
 
 
 def test_peers_are_accepted_only_at_their_own_bit_setting() -> None:

@@ -34,6 +34,7 @@ from tfmq_export.workflows.evaluate_rows import (
     BIT_SETTINGS,
     check_bits,
     check_methods,
+    check_peers,
     evaluation_jobs,
     is_peer,
     parse_calib_seeds,
@@ -211,6 +212,7 @@ def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images:
     check_bits(bits)
     calib_seeds = parse_calib_seeds(calib_seeds)
     jobs = seeded_jobs(evaluation_jobs(methods, bits, skip), calib_seeds)
+    check_peers([m for m, _, _ in jobs])
     out_dir = Path(out_dir)
     command = _command(out_dir, methods, bits, num_images, seed, target, device, skip, calib_seeds, doc_path)
     provenance = start_provenance(command, target, recipe_lines(methods, bits))

@@ -21,7 +21,8 @@ import numpy as np
 from tfmq_export.config import METHODS
 from tfmq_export.errors import TfmqError
 
-__all__ = ["BIT_SETTINGS", "DEFAULT_CALIB_SEEDS", "PEER_BITS", "check_bits", "check_methods", "evaluation_jobs",
+__all__ = ["BIT_SETTINGS", "DEFAULT_CALIB_SEEDS", "PEER_BITS", "check_bits", "check_methods", "check_peers",
+           "evaluation_jobs",
            "is_peer", "parse_calib_seeds", "peer_arrays", "row_seeds", "seed_name", "seeded_jobs"]
 
 BIT_SETTINGS = {"w8a8": (8, 8), "w4a8": (4, 8), "w4a16": (4, 16)}
@@ -41,6 +42,22 @@ def check_methods(methods: Sequence[str]) -> None:
     bad = [m for m in methods if m not in METHODS and not is_peer(m)]
     if bad:
         raise TfmqError(f"unknown method(s) {bad}; choose from {', '.join([*METHODS, *PEER_BITS])}")
+
+
+def _peer_module() -> Any:
+    """``evaluate_peers`` (it needs nvidia-modelopt), or one line saying why it cannot be used."""
+    try:
+        from tfmq_export.workflows import evaluate_peers
+    except ImportError as error:
+        raise TfmqError(f"the ModelOpt peer rows cannot run here ({error}); install nvidia-modelopt or leave "
+                        f"{', '.join(PEER_BITS)} out of --methods") from None
+    return evaluate_peers
+
+
+def check_peers(methods: Sequence[str]) -> None:
+    """Where ``methods`` name a peer, load its module now (before any work); otherwise import nothing."""
+    if any(is_peer(m) for m in methods):
+        _peer_module()
 
 
 def check_bits(bits: Sequence[str]) -> None:
@@ -103,8 +120,7 @@ def peer_arrays(model: Any, method: str, *, num_images: int, seed: int, calib_se
     """A peer's samples (``evaluate_peers.peer_samples``) as arrays to cache: ``images`` (the calls for
     ``prompts``, (prompt, noise seed offset) each, concatenated), ``calib_seconds`` (the longest call's:
     a call that reuses its calibration reports less) and ``note`` (how the peer was run)."""
-    from tfmq_export.workflows.evaluate_peers import peer_samples  # needs nvidia-modelopt: only for peer rows
-
+    peer_samples = _peer_module().peer_samples  # needs nvidia-modelopt: imported only for peer rows
     runs = [peer_samples(model, method, num_images=num_images, seed=seed + offset, calib_seed=calib_seed,
                          steps=steps, batch_size=batch_size, progress=progress, prompt=prompt,
                          guidance_scale=guidance_scale) for prompt, offset in prompts]

@@ -51,6 +51,7 @@ from tfmq_export.workflows.evaluate_report import (
 from tfmq_export.workflows.evaluate_rows import (
     check_bits,
     check_methods,
+    check_peers,
     is_peer,
     parse_calib_seeds,
     peer_arrays,
@@ -214,6 +215,7 @@ def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
     _check(methods, bits, num_images, guidance_scale)
     calib_seeds = parse_calib_seeds(calib_seeds)
     jobs = seeded_jobs(evaluation_jobs(methods, bits, skip), calib_seeds)
+    check_peers([m for m, _, _ in jobs])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "prompts.txt", "\n".join(digits_text_prompts()) + "\n")
