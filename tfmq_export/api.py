@@ -326,15 +326,17 @@ def _deprecated(old: str, new: str, old_value: Any, new_value: Any) -> Any:
 def evaluate(out: PathLike, *, model: str = "digits", methods: str | Sequence[str] = "minmax,qdiff,tfmq",
              bits: str | Sequence[str] = "w8a8,w4a8,w4a16", num_images: int | None = None, seed: int = 0,
              target: str = "tensorrt", guidance_scale: float | None = None, doc: PathLike | None = None,
-             quiet: bool = False, device: str = "cpu", skip: str | Sequence[str] = ()) -> dict[str, Any]:
-    """``tfmq-export evaluate --out DIR [--model digits-text]``: every method x bits (less ``skip``) on a bundled model;
-    returns the results (``rows``), written to ``DIR/results.json`` (and as Markdown to ``doc``)."""
+             quiet: bool = False, device: str = "cpu", skip: str | Sequence[str] = (),
+             calib_seeds: str | Sequence[int] | None = None) -> dict[str, Any]:
+    """``tfmq-export evaluate --out DIR [--model digits-text]``: every method x bits (less ``skip``) x calibration
+    seed on a bundled model; returns the results (``rows``), written to ``DIR/results.json`` (and as Markdown to
+    ``doc``)."""
     from tfmq_export.workflows.evaluate_text import evaluate_model
 
     results, _markdown = evaluate_model(model, Path(out), _names(methods), _names(bits), num_images=num_images,
                                         seed=seed, target=target, guidance_scale=guidance_scale,
                                         doc_path=None if doc is None else Path(doc), progress=not quiet,
-                                        device=device, skip=_names(skip))
+                                        device=device, skip=_names(skip), calib_seeds=calib_seeds)
     return results
 
 

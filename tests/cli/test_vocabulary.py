@@ -20,6 +20,7 @@ MEANINGS: dict[str, tuple[str, str | None]] = {
     "--out": (r"\b(write|written)\b", None),
     "--model": (r"\bmodel\b", None),
     "--seed": (r"^Random seed of\b", None),
+    "--calib-seeds": (r"^Comma-separated calibration seeds\b", r"\bimages\b"),
     "--target": (r"^Q/DQ flavour of the exported UNet: tensorrt .* or onnxruntime", None),
     "--num-images": (r"\bimages generated\b|\bImages generated\b|^Images to generate", r"trajector"),
     "--num-samples": (r"\btrajectories\b", r"\bimages (generated|to generate)\b"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -15,8 +16,6 @@ from tfmq_export.workflows.evaluate import (
     _sampled_images,
     paired_rmse,
     recipe_settings,
-    results_markdown,
-    target_lines,
 )
 
 
@@ -32,77 +31,79 @@ def test_paired_rmse_measures_the_pixel_difference_of_clipped_images() -> None:
     assert paired_rmse(reference * 5, reference) < float(np.sqrt(np.mean((reference * 4.0) ** 2)))
 
 
-def _rows(tfmq_fid: float, qdiff_fid: float, fp_fids=(10.0, 10.5), w8_fid: float = 10.2) -> list[dict]:
-    base = {"num_samples": 100, "seed": 0, "calib_seconds": 0.0, "rmse_vs_fp": 0.0}
-    return [
-        base | {"method": "fp", "wbits": 16, "abits": 16, "fid": fp_fids[0]},
-        base | {"method": "fp", "wbits": 16, "abits": 16, "fid": fp_fids[1], "seed": 1, "rmse_vs_fp": None},
-        base | {"method": "tfmq", "wbits": 8, "abits": 8, "fid": w8_fid, "rmse_vs_fp": 0.01},
-        base | {"method": "qdiff", "wbits": 4, "abits": 8, "fid": qdiff_fid, "calib_seconds": 100.0,
-                "rmse_vs_fp": 0.05},
-        base | {"method": "tfmq", "wbits": 4, "abits": 8, "fid": tfmq_fid, "calib_seconds": 40.0, "rmse_vs_fp": 0.03},
-    ]
-
-
-def test_targets_are_judged_from_the_rows() -> None:
-    lines = "\n".join(target_lines(_rows(tfmq_fid=11.0, qdiff_fid=14.0)))
-    assert f"tfmq / qdiff = {1.0 / 4.0:.2f}" in lines
-    assert f"ratio {40 / 100:.2f}" in lines
-    assert "within the FP seed-to-seed difference 0.500" in lines
-    assert "outside" in "\n".join(target_lines(_rows(11.0, 14.0, w8_fid=11.0)))
-    assert "n/a" in "\n".join(target_lines(_rows(11.0, 9.0)))  # qdiff better than FP: no ratio
-    doc = results_markdown({"rows": _rows(11.0, 14.0), "command": "x", "created": "now"})
-    assert doc.count("\n| ") == 2 + 5 and "## Targets" in doc  # header, separator, one line per row
-
-
-def test_evaluate_command_end_to_end(tmp_path) -> None:
-    """One method and bit setting on the bundled model: calibrates, exports, samples from ONNX, scores,
-    writes JSON, grids and the Markdown; the artifact is reused by the next run."""
+def test_evaluate_command_end_to_end(tmp_path, monkeypatch) -> None:
+    """One method and bit setting with two calibration seeds on the bundled model: calibrates, exports,
+    samples from ONNX, scores, writes JSON, grids, the quality plot and the Markdown; artifacts and
+    samples of every calibration seed are reused by the next run."""
+    monkeypatch.setitem(sys.modules, "tfmq_export.workflows.evaluate_peers", None)  # importing it would fail
     out, doc = tmp_path / "eval", tmp_path / "RESULTS.md"
-    args = ["evaluate", "--out", str(out), "--methods", "minmax", "--bits", "w8a8", "--num-images", "300",
-            "--doc", str(doc), "--quiet"]
+    args = ["evaluate", "--out", str(out), "--methods", "minmax", "--bits", "w8a8", "--num-images", "200",
+            "--calib-seeds", "0,1", "--doc", str(doc), "--quiet"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["fp", "fp", "minmax", "real"]
-    fp, fp_other, minmax = rows[:3]
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert [(r["method"], r["calib_seed"]) for r in rows] == [("fp", None), ("fp", None), ("minmax", 0),
+                                                               ("minmax", 1), ("real", None)]
+    assert all("rmse_vs_fp" in r for r in rows) and results["calib_seeds"] == [0, 1]
+    fp, fp_other, minmax, minmax_cs1 = rows[:4]
     assert fp["rmse_vs_fp"] == 0.0 and fp_other["rmse_vs_fp"] is None
     assert 0.0 < minmax["rmse_vs_fp"] < 0.2  # W8A8 stays close to the FP samples from the same noise
+    assert 0.0 < minmax_cs1["rmse_vs_fp"] < 0.2 and minmax_cs1["seed"] == minmax["seed"] == 0  # same noise
     assert all(np.isfinite(r["fid"]) and r["fid"] > 0 for r in rows)
+    settings = [json.loads((out / "calib" / name / "artifact.json").read_text())["settings"]
+                for name in ("minmax-w8a8", "minmax-w8a8-cs1")]  # seed 0 keeps the folder name of older runs
+    assert [s["seed"] for s in settings] == [0, 1]
     assert (out / "onnx" / "minmax-w8a8.onnx").is_file() and (out / "grids" / "minmax-w8a8-seed0.png").is_file()
-    assert "| minmax | 8 | 8 |" in doc.read_text()
-    # the report: verdict first, where the figures come from, FP | quantized | difference, per-step error
+    assert (out / "onnx" / "minmax-w8a8-cs1.onnx").is_file()
     text = doc.read_text()
+    assert "| minmax | 8 | 8 | 0 |" in text and "| minmax | 8 | 8 | 1 |" in text
+    # the report: verdict first, the seeds' aggregate, where the figures come from, the images
     lines = text.splitlines()
-    assert lines[2].startswith("Verdict") and lines[3].startswith("- minmax W8A8: images ")
+    assert lines[2].startswith("Verdict")
+    assert lines[3].startswith("- minmax W8A8 (mean of 2 calibration seeds): images ")
+    assert "## Across calibration seeds" in text and "Lead rule: " in text
+    mean = (minmax["rmse_vs_fp"] + minmax_cs1["rmse_vs_fp"]) / 2
+    spread = abs(minmax["rmse_vs_fp"] - minmax_cs1["rmse_vs_fp"])
+    assert f"| minmax | 8 | 8 | 0,1 | {mean:.4f} | {spread:.4f} |" in text
+    assert "![quality vs bits](RESULTS-grids/quality-vs-bits.png)" in text
+    assert (doc.parent / "RESULTS-grids" / "quality-vs-bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for needle in ("- Machine: ", "- Load average (1/5/15 min): ", "- Versions: tfmq-export ", "- Target: tensorrt",
-                   "- Command: `tfmq-export evaluate --out ", "- Recipe(s): minmax-w8a8: digits-w8a8"):
+                   "- Command: `tfmq-export evaluate --out ", "--calib-seeds 0,1",
+                   "- Recipe(s): minmax-w8a8: digits-w8a8"):
         assert needle in text
-    assert "](RESULTS-grids/compare-minmax-w8a8-seed0.png)" in text
+    assert "](RESULTS-grids/compare-minmax-w8a8-seed0.png)" in text and "compare-minmax-w8a8-cs1" not in text
     assert (doc.parent / "RESULTS-grids" / "compare-minmax-w8a8-seed0.png").is_file()
     assert "![per-step error](RESULTS-grids/step-errors.png)" in text
     assert (doc.parent / "RESULTS-grids" / "step-errors.png").is_file()
-    steps = json.loads((out / "results.json").read_text())["step_errors"]
+    steps = results["step_errors"]
+    assert list(steps["errors"]) == ["minmax-w8a8"]  # the first calibration seed of each setting
     assert len(steps["errors"]["minmax-w8a8"]) == len(steps["timesteps"]) > 1
     assert all(e > 0 for e in steps["errors"]["minmax-w8a8"])
-    folder = out / "calib" / "minmax-w8a8"
-    stamp = (folder / "artifact.json").stat().st_mtime_ns
-    reused = _artifact(load_model("digits"), recipe_settings("minmax", "w8a8"), folder, progress=False)
-    assert (folder / "artifact.json").stat().st_mtime_ns == stamp  # a second run reuses it, not recalibrates
-    assert reused.method == "minmax" and (reused.wbits, reused.abits) == (8, 8)
-    # an interrupted evaluation resumes: the samples of finished rows are reused, not sampled again
-    cache = out / "samples" / "minmax-w8a8-seed0.npz"
-    with np.load(cache) as stored:
-        images = stored["images"]
-    assert images.shape == (300, 1, 16, 16)
-    (out / "onnx" / "minmax-w8a8.onnx").unlink()
-    again = _sampled_images(load_model("digits"), reused, "minmax-w8a8", out, 300, 0, "tensorrt", progress=False)
-    assert np.array_equal(again, images) and not (out / "onnx" / "minmax-w8a8.onnx").exists()
+    model = load_model("digits")
+    for calib_seed, name in ((0, "minmax-w8a8"), (1, "minmax-w8a8-cs1")):
+        folder = out / "calib" / name
+        stamp = (folder / "artifact.json").stat().st_mtime_ns
+        reused = _artifact(model, recipe_settings("minmax", "w8a8", calib_seed), folder, progress=False)
+        assert (folder / "artifact.json").stat().st_mtime_ns == stamp  # a second run reuses it, not recalibrates
+        assert reused.method == "minmax" and reused.settings["seed"] == calib_seed
+        # an interrupted evaluation resumes: the samples of finished rows are reused, not sampled again
+        with np.load(out / "samples" / f"{name}-seed0.npz") as stored:
+            images = stored["images"]
+        assert images.shape == (200, 1, 16, 16)
+        (out / "onnx" / f"{name}.onnx").unlink()
+        again = _sampled_images(model, reused, name, out, 200, 0, "tensorrt", progress=False)
+        assert np.array_equal(again, images) and not (out / "onnx" / f"{name}.onnx").exists()
+    with np.load(out / "samples" / "minmax-w8a8-seed0.npz") as a, \
+            np.load(out / "samples" / "minmax-w8a8-cs1-seed0.npz") as b:
+        assert not np.array_equal(a["images"], b["images"])  # another calibration seed, another calibration
 
 
 def test_evaluate_refuses_bad_options(tmp_path) -> None:
     for extra, message in ((["--methods", "gptq"], "unknown method"), (["--bits", "w2a2"], "unknown bit setting"),
-                           (["--num-images", "1"], "at least")):
+                           (["--num-images", "1"], "at least"), (["--calib-seeds", "0,x"], "comma-separated integers"),
+                           (["--calib-seeds", "1,1"], "distinct"), (["--calib-seeds", "-1"], ">= 0"),
+                           (["--skip", "modelopt-int8-w4a8", "--methods", "modelopt-int8"], "not a row of this run")):
         result = CliRunner().invoke(cli, ["evaluate", "--out", str(tmp_path / "e"), *extra])
         assert result.exit_code != 0 and message in result.output
-        assert "Traceback" not in result.output
+        assert "Traceback" not in result.output and not (tmp_path / "e").exists()

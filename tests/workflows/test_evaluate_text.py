@@ -25,7 +25,7 @@ def test_w8a8_is_judged_against_the_fp_seed_noise() -> None:
     assert "tfmq W8A8: FID +0.500 (FP seed noise 1.000), accuracy +0.010 (FP seed noise 0.020): within" in inside
     outside = text_results_markdown({"rows": [*fp, _row("tfmq", 8, 10.5, 0.80)], "command": "x", "created": "now"})
     assert "accuracy -0.100" in outside and ": outside noise" in outside
-    assert outside.count("\n| ") == 2 + 3  # header, separator, one line per row
+    assert outside.count("\n| ") == 2 + 3 + 2 + 1  # header, separator, a line per row; the seeds' table likewise
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -34,6 +34,8 @@ def test_w8a8_is_judged_against_the_fp_seed_noise() -> None:
     ({"guidance_scale": 1.0}, "above 1"),
     ({"methods": ["brecq"]}, "unknown method"),
     ({"bits": ["w2a8"]}, "unknown bit setting"),
+    ({"calib_seeds": "0,0"}, "distinct"),
+    ({"methods": ["modelopt-int8"], "skip": ["modelopt-int8-w4a8"]}, "not a row of this run"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, kwargs, message) -> None:
     options = {"methods": ["minmax"], "bits": ["w8a8"], "num_images": 20} | kwargs
@@ -58,7 +60,7 @@ def test_evaluate_digits_text_end_to_end(tmp_path) -> None:
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["fp", "fp", "minmax"]
+    assert [(r["method"], r["calib_seed"]) for r in rows] == [("fp", None), ("fp", None), ("minmax", 0)]
     fp, _, minmax = rows
     assert fp["rmse_vs_fp"] == 0.0 and 0.0 < minmax["rmse_vs_fp"] < 0.3
     assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ("accuracy", "accuracy_unguided"))
@@ -74,6 +76,9 @@ def test_evaluate_digits_text_end_to_end(tmp_path) -> None:
                    "- Command: `tfmq-export evaluate --model digits-text ", "- Recipe(s): minmax-w8a8: budget of "):
         assert needle in text
     assert "](RESULTS-text-grids/compare-minmax-w8a8-seed0.png)" in text
+    assert "## Across calibration seeds" in text and "| guided prompt accuracy mean | spread |" in text
+    assert "![quality vs bits](RESULTS-text-grids/quality-vs-bits.png)" in text
+    assert (doc.parent / "RESULTS-text-grids" / "quality-vs-bits.png").read_bytes()[:4] == b"\x89PNG"
     assert (doc.parent / "RESULTS-text-grids" / "compare-minmax-w8a8-seed0.png").is_file()
 
 

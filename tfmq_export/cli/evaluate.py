@@ -18,7 +18,9 @@ from tfmq_export.cli.options import TARGET_HELP, output_options
               help="The bundled model to evaluate. digits: the unconditional UNet; digits-text: the text-to-image "
                    "pipeline, sampled through its exported stages with and without guidance (adds prompt accuracy).")
 @click.option("--methods", default="minmax,qdiff,tfmq", show_default=True,
-              help="Comma-separated calibration methods.")
+              help="Comma-separated calibration methods: minmax, qdiff, tfmq, and the ModelOpt peers modelopt-int8 "
+                   "(INT8 SmoothQuant, a W8A8 row) and modelopt-w4a16 (INT4 weight-only, a W4A16 row), each shown "
+                   "only at its own bit setting when --bits lists it (peers need nvidia-modelopt).")
 @click.option("--bits", default="w8a8,w4a8,w4a16", show_default=True,
               help="Comma-separated bit settings (W8A8: 8-bit weights, 8-bit activations).")
 @click.option("--num-images", type=int, default=None, show_default="5000 for digits, 2000 for digits-text",
@@ -28,7 +30,11 @@ from tfmq_export.cli.options import TARGET_HELP, output_options
 @click.option("--guidance-scale", type=float, default=None, show_default="2",
               help="digits-text: classifier-free guidance scale of calibration and the guided rows, above 1.")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Random seed of the generated images (calibration uses the recipes' seeds).")
+              help="Random seed of the generated images, the same for every row so each is paired with the FP "
+                   "images (calibration seeds: --calib-seeds).")
+@click.option("--calib-seeds", default=None, show_default="0,1,2 for 4-bit weights, 0 for 8-bit",
+              help="Comma-separated calibration seeds (trajectories and minibatch order) every quantized row runs; "
+                   "the report gives each method x bits the mean and spread (max - min) over them.")
 @click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True,
               help=TARGET_HELP)
 @click.option("--skip", default="", show_default="none",
@@ -39,13 +45,14 @@ from tfmq_export.cli.options import TARGET_HELP, output_options
 @output_options
 @device_option
 @friendly
-def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, target, skip, doc_path, quiet,
-             device) -> None:
+def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, calib_seeds, target, skip, doc_path,
+             quiet, device) -> None:
     """Calibrate (or reuse), export, sample and score every method x bits on a bundled model.
 
     \b
     Examples:
       tfmq-export evaluate --out runs/eval --doc docs/RESULTS.md
+      tfmq-export evaluate --out runs/eval --methods tfmq,qdiff --bits w4a8 --calib-seeds 0,1,2,3,4
       tfmq-export evaluate --model digits-text --out runs/eval-text --bits w8a8,w4a8 --doc docs/RESULTS-text.md
     """
     from tfmq_export.workflows.evaluate_text import evaluate_model
@@ -55,5 +62,5 @@ def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, ta
     _results, markdown = evaluate_model(model, out_dir, method_list, bit_list, num_images=num_images, seed=seed,
                                         target=target, guidance_scale=guidance_scale, doc_path=doc_path,
                                         progress=not quiet, device=device,
-                                        skip=[r.strip() for r in skip.split(",") if r.strip()])
+                                        skip=[r.strip() for r in skip.split(",") if r.strip()], calib_seeds=calib_seeds)
     click.echo(markdown)

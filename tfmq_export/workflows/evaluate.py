@@ -22,24 +22,45 @@ from tqdm.auto import tqdm
 from tfmq_export.artifact import CalibrationArtifact, load_artifact
 from tfmq_export.backends.base import open_runner
 from tfmq_export.calibration.pipeline import calibrate
-from tfmq_export.config import METHODS, CalibrationSettings, load_recipe, recipe_names, settings_from
+from tfmq_export.config import CalibrationSettings, load_recipe, recipe_names, settings_from
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.onnx_export import export_onnx
 from tfmq_export.images import save_grid
 from tfmq_export.io import atomic_write, atomic_write_text
 from tfmq_export.metrics.fid import digits_fid, real_floor_fid
 from tfmq_export.models.loading import LoadedModel, load_model
-from tfmq_export.workflows.evaluate_report import evaluate_sections, evaluate_verdict, row_name
+from tfmq_export.workflows.evaluate_report import evaluate_sections, evaluate_verdict, row_name, seed_lines
+from tfmq_export.workflows.evaluate_rows import (
+    BIT_SETTINGS,
+    check_bits,
+    check_methods,
+    check_peers,
+    evaluation_jobs,
+    is_peer,
+    parse_calib_seeds,
+    peer_arrays,
+    row_seeds,
+    seed_name,
+    seeded_jobs,
+)
+from tfmq_export.workflows.quality_plot import plot_quality
 from tfmq_export.workflows.report_parts import end_provenance, save_comparison, start_provenance
 from tfmq_export.workflows.sample import artifact_spec, sample_with
 from tfmq_export.workflows.step_errors import plot_step_errors, step_errors
 
-BIT_SETTINGS = {"w8a8": (8, 8), "w4a8": (4, 8), "w4a16": (4, 16)}
+__all__ = ["BIT_SETTINGS", "DEFAULT_NUM_IMAGES", "QUALITY_PLOT", "cached_arrays", "copy_images", "evaluation_jobs",
+           "note_marks", "paired_rmse", "publish", "publish_file", "recipe_lines", "recipe_name", "recipe_settings",
+           "results_markdown", "reusable_artifact", "run_evaluate", "sample_key"]
+
 #: Samples per setting: with 1,000 the FID of full precision alone ranged 13.8-33.1 over ten seeds,
 #: two sets of 5,000 gave 12.1 / 14.0 (``python benchmarks/fid_noise.py``).
 DEFAULT_NUM_IMAGES = 5000
 #: The shipped recipes evaluate reads, most specific first (``tfmq_export/recipes``, package data).
 RECIPE_NAMES = ("digits-{method}-{bits}", "digits-{bits}")
+#: Images per onnxruntime call when sampling a row.
+SAMPLE_BATCH = 250
+#: The quality-vs-bits plot's file in the run folder.
+QUALITY_PLOT = "quality-vs-bits.png"
 
 
 def recipe_name(method: str, bits: str) -> str | None:
@@ -48,13 +69,15 @@ def recipe_name(method: str, bits: str) -> str | None:
     return next((n for n in (p.format(method=method, bits=bits) for p in RECIPE_NAMES) if n in shipped), None)
 
 
-def recipe_settings(method: str, bits: str) -> CalibrationSettings:
+def recipe_settings(method: str, bits: str, calib_seed: int | None = None) -> CalibrationSettings:
     """Settings for ``method`` at ``bits`` from the shipped recipe digits-<method>-<bits> (else
-    digits-<bits>), strictly checked; method and bits as given."""
+    digits-<bits>), strictly checked; method and bits as given, and the calibration seed when given
+    (else the recipe's)."""
     wbits, abits = BIT_SETTINGS[bits]
     name = recipe_name(method, bits)
     recipe = {} if name is None else load_recipe(name)
-    return settings_from(recipe, {"method": method, "wbits": wbits, "abits": abits})
+    seed = {} if calib_seed is None else {"seed": calib_seed}
+    return settings_from(recipe, {"method": method, "wbits": wbits, "abits": abits, **seed})
 
 
 def reusable_artifact(folder: Path, wanted: dict[str, Any]) -> CalibrationArtifact | None:
@@ -113,23 +136,44 @@ def _sampled_images(model, artifact, name: str, out_dir: Path, num_images: int, 
     def make() -> dict[str, np.ndarray]:
         onnx_path = export_onnx(model, artifact, out_dir / "onnx" / f"{name}.onnx", target=target)
         spec = artifact_spec(artifact, model.sample_shape)
-        return {"images": sample_with(open_runner("onnxruntime", onnx_path, name), spec, num_images, seed, 250,
-                                      progress)}
+        return {"images": sample_with(open_runner("onnxruntime", onnx_path, name), spec, num_images, seed,
+                                      SAMPLE_BATCH, progress)}
 
     cache = out_dir / "samples" / f"{name}-seed{seed}.npz"
     return cached_arrays(cache, sample_key(artifact, num_images, seed, target), make)["images"]
+
+
+def _scored(images: np.ndarray, name: str, out_dir: Path, seed: int) -> dict[str, Any]:
+    """The grid of one setting's samples and their FID."""
+    save_grid(images[:64], out_dir / "grids" / f"{name}-seed{seed}.png")
+    return {"fid": digits_fid(images), "num_samples": len(images), "seed": seed}
 
 
 def _sample_row(model, artifact, name: str, out_dir: Path, num_images: int, seed: int, target: str,
                 progress: bool) -> tuple[dict[str, Any], np.ndarray]:
     """Samples of one setting (see ``_sampled_images``), its grid and its row; returns the row and images."""
     images = _sampled_images(model, artifact, name, out_dir, num_images, seed, target, progress)
-    save_grid(images[:64], out_dir / "grids" / f"{name}-seed{seed}.png")
     row = {"method": artifact.method, "wbits": artifact.wbits, "abits": artifact.abits,
-           "fid": digits_fid(images), "num_samples": num_images, "seed": seed, "backend": "onnxruntime",
+           **_scored(images, name, out_dir, seed), "backend": "onnxruntime",
            "calib_seconds": round(artifact.timings.get("calib_seconds", 0.0), 2), "target": target,
            "temporal_table": artifact.temporal_table}
     return row, images
+
+
+def _peer_row(model: LoadedModel, fp: CalibrationArtifact, method: str, bits: str, calib_seed: int, out_dir: Path,
+              num_images: int, seed: int, progress: bool) -> tuple[dict[str, Any], np.ndarray]:
+    """A peer's row (``evaluate_rows.peer_arrays``: sampled in torch from the same noise as FP), its
+    samples cached like ours (keyed by the FP calibration's model and the peer's settings)."""
+    name, steps = seed_name(method, bits, calib_seed), fp.settings["steps"]
+    arrays = cached_arrays(out_dir / "samples" / f"{name}-seed{seed}.npz",
+                           sample_key(fp, "peer", method, calib_seed, num_images, seed, SAMPLE_BATCH),
+                           lambda: peer_arrays(model, method, num_images=num_images, seed=seed, calib_seed=calib_seed,
+                                               steps=steps, batch_size=SAMPLE_BATCH, progress=progress))
+    wbits, abits = BIT_SETTINGS[bits]
+    row = {"method": method, "wbits": wbits, "abits": abits, **_scored(arrays["images"], name, out_dir, seed),
+           "backend": "torch", "calib_seconds": round(float(arrays["calib_seconds"]), 2), "target": None,
+           "temporal_table": None, "note": str(arrays["note"])}
+    return row, arrays["images"]
 
 
 def paired_rmse(images: np.ndarray, reference: np.ndarray) -> float:
@@ -141,35 +185,37 @@ def paired_rmse(images: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
-def evaluation_jobs(methods: list[str], bits: list[str], skip: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """(method, bits) rows in table order, less the ``--skip`` ones (``method-bits`` names, checked)."""
-    jobs = [(m, b) for b in bits for m in methods]
-    unknown = sorted(set(skip) - {f"{m}-{b}" for m, b in jobs})
-    if unknown:
-        raise TfmqError(f"--skip {','.join(unknown)}: not a row of this run (rows are METHOD-BITS, e.g. qdiff-w4a8)")
-    return [(m, b) for m, b in jobs if f"{m}-{b}" not in skip]
+def _command(out_dir: Path, methods: list[str], bits: list[str], num_images: int, seed: int, target: str,
+             device: str, skip: Sequence[str], calib_seeds: Sequence[int] | None, doc_path: Path | None) -> str:
+    return (f"tfmq-export evaluate --out {out_dir} --methods {','.join(methods)} --bits {','.join(bits)} "
+            f"--num-images {num_images} --seed {seed} --target {target} --device {device}"
+            + (f" --calib-seeds {','.join(map(str, calib_seeds))}" if calib_seeds is not None else "")
+            + (f" --skip {','.join(skip)}" if skip else "") + (f" --doc {doc_path}" if doc_path is not None else ""))
+
+
+def recipe_lines(methods: list[str], bits: list[str], prefix: str = "") -> list[str]:
+    """Provenance: the recipe behind each method x bits (a peer's settings are its own)."""
+    return [f"{m}-{b}: " + ("ModelOpt's own configuration (evaluate_peers)" if is_peer(m)
+                            else prefix + (recipe_name(m, b) or "built-in defaults"))
+            for b in bits for m in methods]
 
 
 def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images: int = DEFAULT_NUM_IMAGES,
                  seed: int = 0, target: str = "tensorrt", doc_path: Path | None = None,
-                 progress: bool = True, device: str = "cpu", skip: Sequence[str] = ()) -> dict[str, Any]:
-    """Evaluate every method x bits on the bundled digits model (calibrating on ``device``); returns the
-    results dict."""
-    bad_methods = [m for m in methods if m not in METHODS]
-    if bad_methods:
-        raise TfmqError(f"unknown method(s) {bad_methods}; choose from {', '.join(METHODS)}")
+                 progress: bool = True, device: str = "cpu", skip: Sequence[str] = (),
+                 calib_seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """Evaluate every method x bits x calibration seed (``evaluate_rows.row_seeds``) on the bundled
+    digits model (calibrating on ``device``; sampling noise ``seed`` for every row); returns the results."""
+    check_methods(methods)
     if num_images < 2:
         raise TfmqError("--num-images must be at least 2 (FID needs a covariance)")
-    unknown = [b for b in bits if b not in BIT_SETTINGS]
-    if unknown:
-        raise TfmqError(f"unknown bit setting(s) {unknown}; choose from {', '.join(BIT_SETTINGS)}")
-    jobs = evaluation_jobs(methods, bits, skip)
+    check_bits(bits)
+    calib_seeds = parse_calib_seeds(calib_seeds)
+    jobs = seeded_jobs(evaluation_jobs(methods, bits, skip), calib_seeds)
+    check_peers([m for m, _, _ in jobs])
     out_dir = Path(out_dir)
-    command = (f"tfmq-export evaluate --out {out_dir} --methods {','.join(methods)} --bits {','.join(bits)} "
-               f"--num-images {num_images} --seed {seed} --target {target} --device {device}"
-               + (f" --skip {','.join(skip)}" if skip else "") + (f" --doc {doc_path}" if doc_path is not None else ""))
-    provenance = start_provenance(command, target, [f"{m}-{b}: {recipe_name(m, b) or 'built-in defaults'}"
-                                                    for b in bits for m in methods])
+    command = _command(out_dir, methods, bits, num_images, seed, target, device, skip, calib_seeds, doc_path)
+    provenance = start_provenance(command, target, recipe_lines(methods, bits))
     model = load_model("digits")
     rows: list[dict[str, Any]] = []
     artifacts = {}
@@ -181,25 +227,36 @@ def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images:
     for fp_seed in (seed, seed + 1):  # two seeds: the metric's own noise
         row, images = _sample_row(model, fp, "fp", out_dir, num_images, fp_seed, target, progress)
         reference = images if reference is None else reference
-        rows.append(row | {"method": "fp", "rmse_vs_fp": paired_rmse(images, reference) if fp_seed == seed else None})
-    for method, bit in tqdm(jobs, desc="evaluate", disable=not progress):
-        settings = recipe_settings(method, bit)
-        artifact = _artifact(model, settings, out_dir / "calib" / f"{method}-{bit}", progress, device)
-        row, images = _sample_row(model, artifact, f"{method}-{bit}", out_dir, num_images, seed, target, progress)
-        rows.append(row | {"rmse_vs_fp": paired_rmse(images, reference)})
-        name = row_name(row)
-        artifacts[name] = artifact
-        save_comparison(reference[:64], images[:64], out_dir / "grids" / f"compare-{name}-seed{seed}.png")
-        comparisons[name] = f"grids/compare-{name}-seed{seed}.png"
+        rows.append(row | {"method": "fp", "calib_seed": None,
+                           "rmse_vs_fp": paired_rmse(images, reference) if fp_seed == seed else None})
+    for method, bit, calib_seed in tqdm(jobs, desc="evaluate", disable=not progress):
+        name = seed_name(method, bit, calib_seed)
+        if is_peer(method):
+            row, images = _peer_row(model, fp, method, bit, calib_seed, out_dir, num_images, seed, progress)
+        else:
+            artifact = _artifact(model, recipe_settings(method, bit, calib_seed), out_dir / "calib" / name, progress,
+                                 device)
+            row, images = _sample_row(model, artifact, name, out_dir, num_images, seed, target, progress)
+        row |= {"calib_seed": calib_seed, "rmse_vs_fp": paired_rmse(images, reference)}
+        rows.append(row)
+        if calib_seed != row_seeds(bit, calib_seeds)[0]:
+            continue  # images and per-step errors of each setting's first calibration seed only
+        if not is_peer(method):
+            artifacts[row_name(row)] = artifact
+        save_comparison(reference[:64], images[:64], out_dir / "grids" / f"compare-{row_name(row)}-seed{seed}.png")
+        comparisons[row_name(row)] = f"grids/compare-{row_name(row)}-seed{seed}.png"
     steps = step_errors(model.unet, artifacts, fp, model.sample_shape, target=target) if artifacts else None
     if steps is not None:
         plot_step_errors(steps, out_dir / "step-errors.png", title="digits: per-step error vs FP")
+    if jobs:
+        plot_quality(rows, out_dir / QUALITY_PLOT, title="digits")
     floor = real_floor_fid(seed)
     rows.append({"method": "real", "wbits": 32, "abits": 32, "fid": floor, "num_samples": 1797 // 2, "seed": seed,
-                 "backend": "none", "calib_seconds": 0.0, "rmse_vs_fp": None})
+                 "backend": "none", "calib_seconds": 0.0, "calib_seed": None, "rmse_vs_fp": None})
     results = {"rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command,
                "verdict": evaluate_verdict(rows), "comparisons": comparisons, "step_errors": steps,
                "step_error_plot": "step-errors.png" if steps is not None else None,
+               "quality_plot": QUALITY_PLOT if jobs else None, "calib_seeds": calib_seeds,
                "provenance": end_provenance(provenance), "skipped": list(skip)}
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     if doc_path is not None:
@@ -208,11 +265,12 @@ def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images:
 
 
 def copy_images(results: dict[str, Any], out_dir: Path, grid_dir: Path) -> dict[str, Any]:
-    """Copy the comparison images and the step plot of ``results`` into ``grid_dir``; their links there."""
+    """Copy the comparison images, the step plot and the quality-vs-bits plot of ``results`` into
+    ``grid_dir``; their links there."""
     links: dict[str, Any] = {"comparisons": {}}
     wanted = [("comparisons", name, rel) for name, rel in (results.get("comparisons") or {}).items()]
-    if results.get("step_error_plot"):
-        wanted.append(("step_plot", None, results["step_error_plot"]))
+    wanted += [(kind, None, results[key]) for kind, key in (("step_plot", "step_error_plot"),
+                                                            ("quality_plot", "quality_plot")) if results.get(key)]
     for kind, name, rel in wanted:
         source = out_dir / rel
         if not source.is_file():
@@ -226,7 +284,7 @@ def copy_images(results: dict[str, Any], out_dir: Path, grid_dir: Path) -> dict[
 
 def publish(results: dict[str, Any], out_dir: Path, doc_path: Path) -> None:
     """Write the Markdown at ``doc_path`` with its JSON (``<stem>.json``), the sample grids, comparison
-    images and step plot (``<stem>-grids/``) beside it, so the document links to files that travel with it."""
+    images and plots (``<stem>-grids/``) beside it, so the document links to files that travel with it."""
     grid_dir = doc_path.parent / f"{doc_path.stem}-grids"
     grid_dir.mkdir(parents=True, exist_ok=True)
     links = copy_images(results, out_dir, grid_dir)
@@ -234,7 +292,7 @@ def publish(results: dict[str, Any], out_dir: Path, doc_path: Path) -> None:
     for row in results["rows"]:
         if row["method"] == "real":
             continue
-        name = "fp" if row["method"] == "fp" else f"{row['method']}-w{row['wbits']}a{row['abits']}"
+        name = "fp" if row["method"] == "fp" else row_name(row)
         source = out_dir / "grids" / f"{name}-seed{row['seed']}.png"
         if source.is_file():
             grids.append(publish_file(source, grid_dir))
@@ -242,46 +300,23 @@ def publish(results: dict[str, Any], out_dir: Path, doc_path: Path) -> None:
     atomic_write_text(doc_path, results_markdown(results, grids, links))
 
 
-def _row(rows: list[dict[str, Any]], method: str, bits: str) -> dict[str, Any] | None:
-    wbits, abits = BIT_SETTINGS[bits]
-    return next((r for r in rows if r["method"] == method and (r["wbits"], r["abits"]) == (wbits, abits)), None)
-
-
-def target_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """The issue's targets, judged from the numbers of this run (only those it measured)."""
-    fp = [r["fid"] for r in rows if r["method"] == "fp"]
-    noise = abs(fp[0] - fp[-1])
-    lines: list[str] = []
-    tfmq, qdiff, minmax = (_row(rows, m, "w4a8") for m in ("tfmq", "qdiff", "minmax"))
-    if tfmq and qdiff:
-        gap_t, gap_q = tfmq["fid"] - fp[0], qdiff["fid"] - fp[0]
-        ratio = f"{gap_t / gap_q:.2f}" if gap_q > 0 else "n/a (qdiff not above FP)"
-        lines.append(f"- W4A8 FID gap to FP: tfmq {gap_t:+.3f}, qdiff {gap_q:+.3f}"
-                     + (f", minmax {minmax['fid'] - fp[0]:+.3f}" if minmax else "")
-                     + f"; tfmq / qdiff = {ratio} (target <= 0.33).")
-        lines.append(f"- W4A8 RMSE to the FP samples from the same noise: tfmq {tfmq['rmse_vs_fp']:.4f}, "
-                     f"qdiff {qdiff['rmse_vs_fp']:.4f}" + (f", minmax {minmax['rmse_vs_fp']:.4f}" if minmax else "")
-                     + ".")
-        if qdiff["calib_seconds"] > 0:
-            lines.append(f"- W4A8 calibration time: tfmq {tfmq['calib_seconds']:.0f} s, qdiff "
-                         f"{qdiff['calib_seconds']:.0f} s, ratio {tfmq['calib_seconds'] / qdiff['calib_seconds']:.2f} "
-                         "(target <= 0.5).")
-    w8 = _row(rows, "tfmq", "w8a8")
-    if w8:
-        verdict = "within" if abs(w8["fid"] - fp[0]) <= noise else "outside"
-        lines.append(f"- tfmq W8A8: {w8['fid']:.3f} vs FP {fp[0]:.3f} ({w8['fid'] - fp[0]:+.3f}), {verdict} the "
-                     f"FP seed-to-seed difference {noise:.3f}.")
-    return lines
+def note_marks(rows: list[dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
+    """A mark per distinct row note (peers: how they were run) and the footnote lines under a table."""
+    notes = list(dict.fromkeys(r["note"] for r in rows if r.get("note")))
+    marks = {note: "\u2020" * (i + 1) for i, note in enumerate(notes)}  # daggers: no Markdown syntax
+    return marks, [f"{mark} {note}" for note, mark in marks.items()]
 
 
 def results_markdown(results: dict[str, Any], grids: list[str] | None = None,
                      links: dict[str, Any] | None = None) -> str:
-    """docs/RESULTS.md: the verdict, the table and the targets, the run's provenance, the images, all
-    from ``results`` (rerunnable, no hand edits); ``links``: where a published document finds the
-    images (``copy_images``)."""
+    """docs/RESULTS.md: the verdict, the table, the rows across calibration seeds with the lead rule and
+    the quality-vs-bits plot, the run's provenance, the images, all from ``results`` (rerunnable, no hand
+    edits); ``links``: where a published document finds the images (``copy_images``)."""
     rows = results["rows"]
+    links = links or {}
     fp = [r["fid"] for r in rows if r["method"] == "fp"]
     verdict = evaluate_verdict(rows)
+    marks, footnotes = note_marks(rows)
     lines = [
         "# Results on the bundled digits model",
         "",
@@ -291,22 +326,23 @@ def results_markdown(results: dict[str, Any], grids: list[str] | None = None,
         "digits-FID: Frechet distance between classifier features of generated samples and the 1,797 real",
         "digits (lower is better). Samples come from the exported ONNX graph run by onnxruntime (DDIM, the",
         "recipes' steps). RMSE vs FP: pixel RMSE to the full-precision samples drawn from the same",
-        "initial noise (0 = identical images); it separates methods that FID noise cannot.",
+        "initial noise (0 = identical images); it separates methods that FID noise cannot. Calib seed: the",
+        "calibration seed (trajectories and minibatch order); every row samples from the same noise (seed).",
         f"FP with two seeds: {', '.join(f'{v:.3f}' for v in fp)} (the metric's noise: {abs(fp[0] - fp[-1]):.3f}).",
         "The real-vs-real floor compares two halves of the real digits (898 vs 899 images); fewer images",
         "raise FID, so it is a floor for that sample size, not for the rows above it.",
         "",
-        "| method | W | A | digits-FID | gap to FP | RMSE vs FP | calibration s | samples | seed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | W | A | calib seed | digits-FID | gap to FP | RMSE vs FP | calibration s | samples | seed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         gap = "" if r["method"] in ("fp", "real") else f"{r['fid'] - fp[0]:+.3f}"
         rmse = "" if r.get("rmse_vs_fp") is None else f"{r['rmse_vs_fp']:.4f}"
-        lines.append(f"| {r['method']} | {r['wbits']} | {r['abits']} | {r['fid']:.3f} | {gap} | {rmse} | "
-                     f"{r['calib_seconds']} | {r['num_samples']} | {r['seed']} |")
-    targets = target_lines(rows)
-    if targets:
-        lines += ["", "## Targets (computed from the table)", "", *targets]
+        calib_seed = "" if r.get("calib_seed") is None else r["calib_seed"]
+        lines.append(f"| {r['method']}{marks.get(r.get('note'), '')} | {r['wbits']} | {r['abits']} | {calib_seed} | "
+                     f"{r['fid']:.3f} | {gap} | {rmse} | {r['calib_seconds']} | {r['num_samples']} | {r['seed']} |")
+    lines += ["", *footnotes] if footnotes else []
+    lines += seed_lines(rows, plot=links.get("quality_plot", results.get("quality_plot")))
     if grids:
         lines += ["", "## Samples (first 64 of each setting)", ""]
         lines += [f"- `{Path(g).stem}`: ![{Path(g).stem}]({g})" for g in grids]

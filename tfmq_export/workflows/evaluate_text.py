@@ -21,7 +21,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tfmq_export.artifact import CalibrationArtifact
-from tfmq_export.config import METHODS
 from tfmq_export.errors import TfmqError
 from tfmq_export.images import save_grid
 from tfmq_export.io import atomic_write_text
@@ -30,17 +29,37 @@ from tfmq_export.metrics.prompt_accuracy import pipeline_to_digits, prompt_accur
 from tfmq_export.models.digits_text import digit_prompt, digits_text_prompts
 from tfmq_export.workflows.evaluate import (
     BIT_SETTINGS,
+    QUALITY_PLOT,
     cached_arrays,
     copy_images,
     evaluation_jobs,
+    note_marks,
     paired_rmse,
     publish_file,
-    recipe_name,
+    recipe_lines,
     recipe_settings,
     reusable_artifact,
     sample_key,
 )
-from tfmq_export.workflows.evaluate_report import evaluate_sections, evaluate_verdict, row_name
+from tfmq_export.workflows.evaluate_report import (
+    TEXT_METRICS,
+    evaluate_sections,
+    evaluate_verdict,
+    row_name,
+    seed_lines,
+)
+from tfmq_export.workflows.evaluate_rows import (
+    check_bits,
+    check_methods,
+    check_peers,
+    is_peer,
+    parse_calib_seeds,
+    peer_arrays,
+    row_seeds,
+    seed_name,
+    seeded_jobs,
+)
+from tfmq_export.workflows.quality_plot import plot_quality
 from tfmq_export.workflows.report_parts import end_provenance, save_comparison, start_provenance
 
 __all__ = ["DEFAULT_TEXT_GUIDANCE", "DEFAULT_TEXT_NUM_IMAGES", "digit_grid_order", "evaluate_model",
@@ -50,6 +69,8 @@ __all__ = ["DEFAULT_TEXT_GUIDANCE", "DEFAULT_TEXT_NUM_IMAGES", "digit_grid_order
 DEFAULT_TEXT_GUIDANCE = 2.0
 #: Images per setting and guidance (a tenth per digit).
 DEFAULT_TEXT_NUM_IMAGES = 2000
+#: The metric the verdict judges each setting by against the FP seed-to-seed difference.
+VERDICT_METRIC = ("accuracy", "guided prompt accuracy")
 #: Calibration settings taken from the digits recipes (the sampler and reconstruction budget).
 RECIPE_KEYS = ("steps", "num_samples", "batch_size", "iters", "seed", "weight_init", "static_scale_rule",
                "temporal_table", "extra")
@@ -62,10 +83,12 @@ def text_settings(budget: Any, method: str, wbits: int, abits: int, guidance: fl
                                                            "guidance_scale": guidance}
 
 
-def _settings(method: str, bits: str, guidance: float) -> dict[str, Any]:
-    """The overrides for one row: the digits recipe's budget, the row's method and bits, the guidance."""
+def _settings(method: str, bits: str, guidance: float, calib_seed: int | None = None) -> dict[str, Any]:
+    """The overrides for one row: the digits recipe's budget, the row's method and bits, the guidance, the
+    calibration seed (None: the recipe's)."""
     wbits, abits = (16, 16) if bits == "fp" else BIT_SETTINGS[bits]
-    return text_settings(recipe_settings(method, "w8a8" if bits == "fp" else bits), method, wbits, abits, guidance)
+    budget = recipe_settings(method, "w8a8" if bits == "fp" else bits, calib_seed)
+    return text_settings(budget, method, wbits, abits, guidance)
 
 
 def _calibrated(name: str, overrides: dict[str, Any], out_dir: Path, progress: bool,
@@ -123,29 +146,59 @@ def _cached_samples(artifact: CalibrationArtifact, name: str, out_dir: Path, per
     return arrays["guided"], arrays["unguided"]
 
 
-def _row(artifact: CalibrationArtifact, name: str, out_dir: Path, per_digit: int, seed: int, guidance: float,
-         target: str, progress: bool) -> tuple[dict[str, Any], np.ndarray]:
-    """Metrics of one setting; returns the row and its guided digits images (for the paired RMSE)."""
-    guided, unguided = _cached_samples(artifact, name, out_dir, per_digit, seed, guidance, target, progress)
+def _metrics(guided: np.ndarray, unguided: np.ndarray, name: str, out_dir: Path, per_digit: int,
+             seed: int) -> tuple[dict[str, Any], np.ndarray]:
+    """FID and prompt accuracy of one setting's images (and its grid); returns them and the guided digits
+    images (for the paired RMSE)."""
     digits = np.repeat(np.arange(10), per_digit)
     guided_d, unguided_d = pipeline_to_digits(guided), pipeline_to_digits(unguided)
     grid = out_dir / "grids" / f"{name}-seed{seed}.png"
     save_grid(guided_d[digit_grid_order(per_digit, min(per_digit, 8))], grid, columns=10)
-    row = {"method": artifact.method, "wbits": artifact.wbits, "abits": artifact.abits, "seed": seed,
-           "fid": digits_fid(guided_d), "accuracy": prompt_accuracy(guided_d, digits),
-           "fid_unguided": digits_fid(unguided_d), "accuracy_unguided": prompt_accuracy(unguided_d, digits),
-           "num_samples": len(guided), "guidance_scale": guidance, "backend": "onnxruntime", "target": target,
+    return {"seed": seed, "fid": digits_fid(guided_d), "accuracy": prompt_accuracy(guided_d, digits),
+            "fid_unguided": digits_fid(unguided_d), "accuracy_unguided": prompt_accuracy(unguided_d, digits),
+            "num_samples": len(guided)}, guided_d
+
+
+def _row(artifact: CalibrationArtifact, name: str, out_dir: Path, per_digit: int, seed: int, guidance: float,
+         target: str, progress: bool) -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics of one setting; returns the row and its guided digits images (for the paired RMSE)."""
+    guided, unguided = _cached_samples(artifact, name, out_dir, per_digit, seed, guidance, target, progress)
+    metrics, guided_d = _metrics(guided, unguided, name, out_dir, per_digit, seed)
+    row = {"method": artifact.method, "wbits": artifact.wbits, "abits": artifact.abits, **metrics,
+           "guidance_scale": guidance, "backend": "onnxruntime", "target": target,
            "calib_seconds": round(artifact.timings.get("calib_seconds", 0.0), 2)}
     return row, guided_d
 
 
+def _peer_row(fp: CalibrationArtifact, method: str, bits: str, calib_seed: int, out_dir: Path, per_digit: int,
+              seed: int, guidance: float, progress: bool) -> tuple[dict[str, Any], np.ndarray]:
+    """A peer's row: each digit's prompt sampled in torch (``evaluate_rows.peer_arrays``) from the noise
+    our rows use, with and without guidance; cached like ours."""
+    name = seed_name(method, bits, calib_seed)
+
+    def make() -> dict[str, np.ndarray]:
+        from tfmq_export.models.loading import load_model
+
+        model, prompts = load_model("digits-text"), [(digit_prompt(d), d) for d in range(10)]
+        runs = [peer_arrays(model, method, num_images=per_digit, seed=seed * 1000, calib_seed=calib_seed,
+                            steps=fp.settings["steps"], batch_size=per_digit, progress=progress, prompts=prompts,
+                            guidance_scale=g) for g in (guidance, 1.0)]
+        return {"guided": runs[0]["images"], "unguided": runs[1]["images"], "note": runs[0]["note"],
+                "calib_seconds": np.array(max(float(r["calib_seconds"]) for r in runs))}
+
+    arrays = cached_arrays(out_dir / "samples" / f"{name}-seed{seed}.npz",
+                           sample_key(fp, "peer", method, calib_seed, per_digit, seed, guidance), make)
+    metrics, guided_d = _metrics(arrays["guided"], arrays["unguided"], name, out_dir, per_digit, seed)
+    wbits, abits = BIT_SETTINGS[bits]
+    row = {"method": method, "wbits": wbits, "abits": abits, **metrics, "guidance_scale": guidance,
+           "backend": "torch", "target": None, "calib_seconds": round(float(arrays["calib_seconds"]), 2),
+           "note": str(arrays["note"])}
+    return row, guided_d
+
+
 def _check(methods: list[str], bits: list[str], num_images: int, guidance: float) -> None:
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise TfmqError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
-    unknown = [b for b in bits if b not in BIT_SETTINGS]
-    if unknown:
-        raise TfmqError(f"unknown bit setting(s) {unknown}; choose from {', '.join(BIT_SETTINGS)}")
+    check_methods(methods)
+    check_bits(bits)
     if num_images < 20 or num_images % 10:
         raise TfmqError(f"--num-images {num_images}: digits-text needs a multiple of 10 (one share per digit), >= 20")
     if guidance <= 1.0:
@@ -155,21 +208,24 @@ def _check(methods: list[str], bits: list[str], num_images: int, guidance: float
 def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
                       num_images: int = DEFAULT_TEXT_NUM_IMAGES, seed: int = 0, target: str = "tensorrt",
                       guidance_scale: float = DEFAULT_TEXT_GUIDANCE, doc_path: Path | None = None,
-                      progress: bool = True, device: str = "cpu", skip: Sequence[str] = ()) -> dict[str, Any]:
-    """Evaluate every method x bits (less ``skip``) on ``digits-text`` through exported pipelines
-    (calibrating on ``device``); returns the results."""
+                      progress: bool = True, device: str = "cpu", skip: Sequence[str] = (),
+                      calib_seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """Evaluate every method x bits (less ``skip``) x calibration seed (``evaluate_rows.row_seeds``) on
+    ``digits-text`` through exported pipelines (calibrating on ``device``); returns the results."""
     _check(methods, bits, num_images, guidance_scale)
-    jobs = evaluation_jobs(methods, bits, skip)
+    calib_seeds = parse_calib_seeds(calib_seeds)
+    jobs = seeded_jobs(evaluation_jobs(methods, bits, skip), calib_seeds)
+    check_peers([m for m, _, _ in jobs])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "prompts.txt", "\n".join(digits_text_prompts()) + "\n")
     per_digit = num_images // 10
     command = (f"tfmq-export evaluate --model digits-text --out {out_dir} --methods {','.join(methods)} "
                f"--bits {','.join(bits)} --num-images {num_images} --seed {seed} --target {target} "
-               f"--guidance-scale {guidance_scale} --device {device}" + (f" --skip {','.join(skip)}" if skip else "")
-               + (f" --doc {doc_path}" if doc_path else ""))
-    provenance = start_provenance(command, target, [f"{m}-{b}: budget of {recipe_name(m, b) or 'built-in defaults'}"
-                                                    for b in bits for m in methods])
+               f"--guidance-scale {guidance_scale} --device {device}"
+               + (f" --calib-seeds {','.join(map(str, calib_seeds))}" if calib_seeds is not None else "")
+               + (f" --skip {','.join(skip)}" if skip else "") + (f" --doc {doc_path}" if doc_path else ""))
+    provenance = start_provenance(command, target, recipe_lines(methods, bits, "budget of "))
     rows: list[dict[str, Any]] = []
     comparisons: dict[str, str] = {}
     order = digit_grid_order(per_digit, min(per_digit, 8))  # as the grids
@@ -178,18 +234,28 @@ def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
     for fp_seed in (seed, seed + 1):  # two seeds: the metrics' own noise
         row, images = _row(fp, "fp", out_dir, per_digit, fp_seed, guidance_scale, target, progress)
         reference = images if reference is None else reference
-        rows.append(row | {"method": "fp", "rmse_vs_fp": paired_rmse(images, reference) if fp_seed == seed else None})
-    for method, bit in tqdm(jobs, desc="evaluate digits-text", disable=not progress):
-        name = f"{method}-{bit}"
-        artifact = _calibrated(name, _settings(method, bit, guidance_scale), out_dir, progress, device)
-        row, images = _row(artifact, name, out_dir, per_digit, seed, guidance_scale, target, progress)
-        rows.append(row | {"rmse_vs_fp": paired_rmse(images, reference)})
-        compare = f"compare/compare-{row_name(row)}-seed{seed}.png"  # not in grids/: _publish takes all of those
-        save_comparison(reference[order], images[order], out_dir / compare, columns=10)
-        comparisons[row_name(row)] = compare
+        rows.append(row | {"method": "fp", "calib_seed": None,
+                           "rmse_vs_fp": paired_rmse(images, reference) if fp_seed == seed else None})
+    for method, bit, calib_seed in tqdm(jobs, desc="evaluate digits-text", disable=not progress):
+        name = seed_name(method, bit, calib_seed)
+        if is_peer(method):
+            row, images = _peer_row(fp, method, bit, calib_seed, out_dir, per_digit, seed, guidance_scale, progress)
+        else:
+            artifact = _calibrated(name, _settings(method, bit, guidance_scale, calib_seed), out_dir, progress,
+                                   device)
+            row, images = _row(artifact, name, out_dir, per_digit, seed, guidance_scale, target, progress)
+        row |= {"calib_seed": calib_seed, "rmse_vs_fp": paired_rmse(images, reference)}
+        rows.append(row)
+        if calib_seed == row_seeds(bit, calib_seeds)[0]:  # images of each setting's first calibration seed
+            compare = f"compare/compare-{row_name(row)}-seed{seed}.png"  # not in grids/: _publish takes all those
+            save_comparison(reference[order], images[order], out_dir / compare, columns=10)
+            comparisons[row_name(row)] = compare
+    if jobs:
+        plot_quality(rows, out_dir / QUALITY_PLOT, TEXT_METRICS, title="digits-text")
     results = {"model": "digits-text", "rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "command": command, "verdict": evaluate_verdict(rows, "accuracy", "guided prompt accuracy"),
-               "comparisons": comparisons, "provenance": end_provenance(provenance), "skipped": list(skip)}
+               "command": command, "verdict": evaluate_verdict(rows, *VERDICT_METRIC, TEXT_METRICS),
+               "comparisons": comparisons, "quality_plot": QUALITY_PLOT if jobs else None,
+               "calib_seeds": calib_seeds, "provenance": end_provenance(provenance), "skipped": list(skip)}
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     if doc_path is not None:
         _publish(results, out_dir, Path(doc_path))
@@ -210,10 +276,12 @@ def text_results_markdown(results: dict[str, Any], grids: list[str] | None = Non
     """The verdict, the table, the judgement of W8A8 against the FP seed-to-seed noise, the run's
     provenance and the images, all from ``results``; ``links``: the published images (``copy_images``)."""
     rows = results["rows"]
+    links = links or {}
     fp = [r for r in rows if r["method"] == "fp"]
     fid_noise = abs(fp[0]["fid"] - fp[-1]["fid"])
     acc_noise = abs(fp[0]["accuracy"] - fp[-1]["accuracy"])
-    verdict = evaluate_verdict(rows, "accuracy", "guided prompt accuracy")
+    verdict = evaluate_verdict(rows, *VERDICT_METRIC, TEXT_METRICS)
+    marks, footnotes = note_marks(rows)
     lines = [
         "# Results on the bundled text-to-image model digits-text",
         "",
@@ -224,18 +292,22 @@ def text_results_markdown(results: dict[str, Any], grids: list[str] | None = Non
         "stage (`export-pipeline`), sample each digit's prompt through the exported pipeline with onnxruntime.",
         "Accuracy: the bundled digit classifier agrees with the prompted digit. FID: digits-FID of the guided",
         "images against the 1,797 real digits. RMSE: pixel RMSE to the FP images drawn from the same noise.",
+        "Calib seed: the calibration seed (trajectories and minibatch order); every row samples the same noise.",
         f"FP with two seeds: FID {fp[0]['fid']:.3f} / {fp[-1]['fid']:.3f}, guided accuracy "
         f"{fp[0]['accuracy']:.3f} / {fp[-1]['accuracy']:.3f} (the metrics' noise).",
         "",
-        "| method | W | A | guided accuracy | unguided accuracy | FID (guided) | FID (unguided) | RMSE vs FP | "
-        "calibration s | seed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | W | A | calib seed | guided accuracy | unguided accuracy | FID (guided) | FID (unguided) | "
+        "RMSE vs FP | calibration s | seed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         rmse = "" if r.get("rmse_vs_fp") is None else f"{r['rmse_vs_fp']:.4f}"
-        lines.append(f"| {r['method']} | {r['wbits']} | {r['abits']} | {r['accuracy']:.3f} | "
-                     f"{r['accuracy_unguided']:.3f} | {r['fid']:.3f} | {r['fid_unguided']:.3f} | {rmse} | "
-                     f"{r['calib_seconds']} | {r['seed']} |")
+        calib_seed = "" if r.get("calib_seed") is None else r["calib_seed"]
+        lines.append(f"| {r['method']}{marks.get(r.get('note'), '')} | {r['wbits']} | {r['abits']} | {calib_seed} | "
+                     f"{r['accuracy']:.3f} | {r['accuracy_unguided']:.3f} | {r['fid']:.3f} | {r['fid_unguided']:.3f} | "
+                     f"{rmse} | {r['calib_seconds']} | {r['seed']} |")
+    lines += ["", *footnotes] if footnotes else []
+    lines += seed_lines(rows, TEXT_METRICS, links.get("quality_plot", results.get("quality_plot")))
     lines += ["", "## W8A8 against full precision (computed from the table)", ""]
     for r in rows:
         if (r["wbits"], r["abits"]) == (8, 8):
@@ -252,24 +324,27 @@ def text_results_markdown(results: dict[str, Any], grids: list[str] | None = Non
 
 def evaluate_model(model: str, out_dir: Path, methods: list[str], bits: list[str], *, num_images: int | None = None,
                    seed: int = 0, target: str = "tensorrt", guidance_scale: float | None = None,
-                   doc_path: Path | None = None, progress: bool = True,
-                   device: str = "cpu", skip: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
+                   doc_path: Path | None = None, progress: bool = True, device: str = "cpu",
+                   skip: Sequence[str] = (),
+                   calib_seeds: str | Sequence[int] | None = None) -> tuple[dict[str, Any], str]:
     """``evaluate --model digits|digits-text``: (results, their Markdown) for the CLI and the API;
-    ``device``: where the calibrations run (sampling runs on the exported graphs)."""
+    ``device``: where the calibrations run (sampling runs on the exported graphs); ``calib_seeds``: every
+    quantized row's calibration seeds (None: ``evaluate_rows.row_seeds``' default per bit width)."""
     from tfmq_export.device import resolve_device
     from tfmq_export.workflows.evaluate import DEFAULT_NUM_IMAGES, results_markdown, run_evaluate
 
     resolve_device(device)  # one line before any work
+    seeds = parse_calib_seeds(calib_seeds)
 
     if model == "digits":
         if guidance_scale is not None:
             raise TfmqError("--guidance-scale applies to --model digits-text (digits is unconditional)")
         results = run_evaluate(out_dir, methods, bits, num_images or DEFAULT_NUM_IMAGES, seed, target, doc_path,
-                               progress=progress, device=device, skip=skip)
+                               progress=progress, device=device, skip=skip, calib_seeds=seeds)
         return results, results_markdown(results)
     if model != "digits-text":
         raise TfmqError(f"--model {model!r}: evaluate runs on the bundled models digits and digits-text")
     results = run_evaluate_text(out_dir, methods, bits, num_images or DEFAULT_TEXT_NUM_IMAGES, seed, target,
                                 DEFAULT_TEXT_GUIDANCE if guidance_scale is None else guidance_scale, doc_path,
-                                progress, device, skip)
+                                progress, device, skip, seeds)
     return results, text_results_markdown(results)
