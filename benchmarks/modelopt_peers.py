@@ -20,13 +20,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from tfmq_export.calibration.modelopt_peer import MODELOPT_VERSION, PEER_METHODS, enabled_quantizers
+from tfmq_export.calibration.modelopt_peer import (
+    MODELOPT_VERSION,
+    PEER_METHODS,
+    enabled_quantizers,
+    peer_config,
+)
 from tfmq_export.metrics.fid import digits_fid
 from tfmq_export.models.loading import load_model
 from tfmq_export.sampling import resolve_scheduler_name, sampler_timesteps
 from tfmq_export.temporal import build_table_unet
 from tfmq_export.workflows.evaluate import paired_rmse
 from tfmq_export.workflows.evaluate_peers import peer_unet, table_images, table_prompt_images
+
+#: ``--w4-per-channel``: modelopt-w4a16 with one 4-bit scale per output channel (our grain), not a peer row
+PER_CHANNEL = "modelopt-w4a16-per-channel"
+
+
+def per_channel_config() -> dict[str, Any]:
+    """INT4 AWQ with the weight quantizers per output channel (axis 0) instead of blocks of 128 along
+    the last axis, which for a Conv2d is the kernel width: one scale per kw weights."""
+    config = peer_config("modelopt-w4a16")
+    for entry in config["quant_cfg"]:
+        if entry.get("quantizer_name") == "*weight_quantizer" and "cfg" in entry:
+            entry["cfg"] = {"num_bits": 4, "axis": 0}
+    return config
 
 
 def _text_images(model: Any, unet: torch.nn.Module, timesteps: list, scheduler: str, args: argparse.Namespace):
@@ -64,6 +82,8 @@ def main() -> None:
     parser.add_argument("--calib-seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--w4-per-channel", action="store_true",
+                        help=f"also measure {PER_CHANNEL} (per-output-channel 4-bit weights; informational)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -83,13 +103,16 @@ def main() -> None:
     reference = sample(fp_sim, "fp")
     rows: list[dict[str, Any]] = [{"method": "fp", "sample_seconds": round(time.perf_counter() - start, 1),
                                    **_metrics(reference, reference, text)}]
-    for method in args.methods.split(","):
-        peer = peer_unet(model, method, calib_seed=args.calib_seed, steps=args.steps,
-                         calib_guidance=args.guidance if text else None)
+    for method in [m for m in args.methods.split(",") if m] + ([PER_CHANNEL] if args.w4_per_channel else []):
+        variant = method == PER_CHANNEL
+        peer = peer_unet(model, "modelopt-w4a16" if variant else method, calib_seed=args.calib_seed,
+                         steps=args.steps, calib_guidance=args.guidance if text else None,
+                         config=per_channel_config() if variant else None)
         start = time.perf_counter()
         images = sample(peer.unet, method)
         bits = enabled_quantizers(peer.unet)
-        rows.append({"method": method, "wbits": PEER_METHODS[method][0], "abits": PEER_METHODS[method][1],
+        wbits, abits = PEER_METHODS.get(method, (4, 16))
+        rows.append({"method": method, "wbits": wbits, "abits": abits,
                      "calibration_seconds": round(peer.calibration_seconds, 1),
                      "sample_seconds": round(time.perf_counter() - start, 1),
                      "enabled_quantizers": len(bits), **_metrics(images, reference, text)})

@@ -52,9 +52,14 @@ def test_int8_peer_quantizes_weights_and_inputs_at_8_bits(peers):
 
 
 def test_w4a16_peer_leaves_activations_unquantized(peers):
-    enabled = enabled_quantizers(peers["modelopt-w4a16"].unet)
-    assert set(enabled) == {f"{n}.weight_quantizer" for n in _quantizable(peers["modelopt-w4a16"].unet)}
+    unet = peers["modelopt-w4a16"].unet
+    enabled = enabled_quantizers(unet)
+    assert set(enabled) == {f"{n}.weight_quantizer" for n in _quantizable(unet)}
     assert set(enabled.values()) == {4}
+    # what docs/PEERS.md says of the grain: blocks along a Conv2d weight's last axis = one scale per kernel row
+    convs = [m for n, m in unet.named_modules()
+             if isinstance(m, torch.nn.Conv2d) and f"{n}.weight_quantizer" in enabled]
+    assert convs and all(m.weight_quantizer.amax.numel() == m.weight.numel() // m.weight.shape[-1] for m in convs)
 
 
 @pytest.mark.parametrize(("method", "bound"), [("modelopt-int8", 0.05), ("modelopt-w4a16", 0.2)])

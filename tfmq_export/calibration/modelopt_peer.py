@@ -104,13 +104,14 @@ def peer_config(method: str) -> dict[str, Any]:
 
 
 def modelopt_quantize(unet: torch.nn.Module, method: str, forward_loop: Callable[[torch.nn.Module], None],
-                      *, quiet: bool = True) -> torch.nn.Module:
+                      *, quiet: bool = True, config: dict[str, Any] | None = None) -> torch.nn.Module:
     """Quantize ``unet`` in place with ModelOpt's config for ``method``, calibrating with
     ``forward_loop(unet)``; then keep ``FP_LAYERS`` in full precision. Returns ``unet``.
 
     Any module works (a table UNet, a diffusers UNet): ``forward_loop`` knows how to call it.
-    ``quiet`` swallows ModelOpt's progress prints."""
-    config = peer_config(method)
+    ``quiet`` swallows ModelOpt's progress prints; ``config`` replaces ``peer_config(method)``
+    (a benchmark's variant, e.g. another weight grain)."""
+    config = peer_config(method) if config is None else config
     mtq = _mtq()
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
@@ -163,11 +164,11 @@ def _calibration_data(model: LoadedModel, fp_sim: TemporalTableUNet, timesteps: 
 
 
 def peer_table_unet(model: LoadedModel, method: str, settings: CalibrationSettings,
-                    progress: bool = False) -> PeerUNet:
+                    progress: bool = False, config: dict[str, Any] | None = None) -> PeerUNet:
     """ModelOpt's ``method`` on a copy of ``model``'s full-precision table UNet, calibrated on the
     inputs our methods see for ``settings`` (steps, scheduler, num_samples, seed, batch_size;
     ``model.guided``: prompts with guidance). The time includes collecting the data, as our
-    methods' ``calib_seconds`` does."""
+    methods' ``calib_seconds`` does. ``config``: see ``modelopt_quantize``."""
     check_peer_method(method)
     _mtq()  # fail before minutes of data collection
     started = time.perf_counter()
@@ -177,5 +178,5 @@ def peer_table_unet(model: LoadedModel, method: str, settings: CalibrationSettin
     torch.manual_seed(settings.seed)
     data = _calibration_data(model, fp_sim, timesteps, settings, progress)
     peer = copy.deepcopy(fp_sim)
-    modelopt_quantize(peer, method, calibration_loop(data, settings.batch_size))
+    modelopt_quantize(peer, method, calibration_loop(data, settings.batch_size), config=config)
     return PeerUNet(peer.eval(), method, list(timesteps), scheduler, time.perf_counter() - started)

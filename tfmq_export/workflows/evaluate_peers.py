@@ -15,6 +15,7 @@ float32 [N, C, H, W] in [-1, 1] (``sampling.generate``); a text-to-image pipelin
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -67,16 +68,18 @@ def _text_model(model: LoadedModel, guidance: float) -> LoadedModel:
 
 
 def peer_unet(model: LoadedModel, method: str, *, calib_seed: int, steps: int, progress: bool = False,
-              calib_guidance: float | None = None) -> PeerUNet:
+              calib_guidance: float | None = None, config: dict[str, Any] | None = None) -> PeerUNet:
     """ModelOpt's ``method`` calibrated for ``model`` (reused within the process for the same key).
-    A pipeline calibrates on the ten digit prompts with ``calib_guidance`` as our text rows do."""
+    A pipeline calibrates on the ten digit prompts with ``calib_guidance`` as our text rows do.
+    ``config`` replaces the method's ModelOpt config (a benchmark's variant)."""
     settings = peer_budget(method, steps, calib_seed)
     guidance = None
     if model.pipeline is not None:
         from tfmq_export.workflows.evaluate_text import DEFAULT_TEXT_GUIDANCE
 
         guidance = DEFAULT_TEXT_GUIDANCE if calib_guidance is None else float(calib_guidance)
-    key = (model.fingerprint(), model.source, method, calib_seed, steps, guidance)
+    key = (model.fingerprint(), model.source, method, calib_seed, steps, guidance,
+           None if config is None else json.dumps(config, sort_keys=True, default=str))
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -85,7 +88,7 @@ def peer_unet(model: LoadedModel, method: str, *, calib_seed: int, steps: int, p
 
         model = _text_model(model, guidance)
         settings = dataclasses.replace(settings, prompts=digits_text_prompts(), guidance_scale=guidance)
-    peer = peer_table_unet(model, method, settings, progress)
+    peer = peer_table_unet(model, method, settings, progress, config)
     _CACHE[key] = peer
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
