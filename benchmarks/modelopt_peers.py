@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from typing import Any
 
@@ -70,6 +71,18 @@ def _metrics(images: np.ndarray, reference: np.ndarray, text: bool) -> dict[str,
     return out
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run (every option spelled out)."""
+    parts = ["python", "benchmarks/modelopt_peers.py"]
+    for key, value in vars(args).items():
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            parts += [flag] if value else []
+        elif value is not None:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="digits", choices=("digits", "digits-text"))
@@ -116,8 +129,7 @@ def main() -> None:
                      "calibration_seconds": round(peer.calibration_seconds, 1),
                      "sample_seconds": round(time.perf_counter() - start, 1),
                      "enabled_quantizers": len(bits), **_metrics(images, reference, text)})
-    result = {"command": "python benchmarks/modelopt_peers.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+    result = {"command": _command(args),
               "model": args.model, "modelopt": MODELOPT_VERSION, "steps": args.steps, "seed": args.seed,
               "calib_seed": args.calib_seed, "num_images": len(reference), "threads": args.threads,
               "pixel_range": "[0, 1]" if text else "[-1, 1]", "rows": rows}
