@@ -169,6 +169,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "versions": versions(), "rows": out_rows}
 
 
+def sd15_weight_bytes() -> dict[str, Any]:
+    """Weight bytes of the sd15-arch UNet per setting, computed from its layer shapes (meta tensors, no
+    weights, no export): quantizable layers at 1 byte (INT8 storage) or half a byte (INT4) a weight,
+    every other parameter at 4 (float). The temporal table that replaces the time MLP is left out (it
+    is the same in every setting). ``tensorrt``: convolutions stay INT8 (no INT4 conv) and INT4 is
+    weight-only, so only W4A16's linear layers are 4-bit there."""
+    from importlib import resources
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from tfmq_export.models.adapter import UNetAdapter
+
+    config = json.loads(resources.files("tfmq_export.configs").joinpath("sd15_unet.json").read_text())
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    layers = UNetAdapter(unet).quantizable_layers()
+    conv = sum(m.weight.numel() for m in layers.values() if m.weight.dim() == 4)
+    linear = sum(m.weight.numel() for m in layers.values() if m.weight.dim() == 2)
+    floats = 4 * (sum(p.numel() for p in unet.parameters()) - conv - linear)
+    rows = {
+        "fp32": floats + 4 * (conv + linear),
+        "w8a8": floats + conv + linear,
+        "w4 int4 storage (onnxruntime / openvino)": floats + (conv + linear) // 2,
+        "w4a8 tensorrt": floats + conv + linear,
+        "w4a16 tensorrt": floats + conv + linear // 2,
+    }
+    return {"conv_weights": conv, "linear_weights": linear, "bytes": rows}
+
+
 def versions() -> dict[str, str]:
     import onnxruntime as ort
     import openvino as ov
@@ -203,7 +233,12 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--work", type=Path, default=Path("runs/int4_deploy"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--sd15-bytes", action="store_true", help="Only print sd15-arch's weight bytes per setting "
+                        "(computed from layer shapes; no export, no timing).")
     args = parser.parse_args()
+    if args.sd15_bytes:
+        print(json.dumps(sd15_weight_bytes(), indent=2))
+        return
     import torch
 
     from tfmq_export.io import atomic_write_text

@@ -111,13 +111,13 @@ def main() -> None:
             rows.append(row)
             print(f"{method:7s} {name:22s} {seconds:7.1f} s  output err {row['output_rel_error']:.5f}  "
                   f"int4 bytes {row['weight_bytes']['int4_storage']}", flush=True)
-    result = {"command": f"python benchmarks/mixed_precision.py --methods {args.methods} --tfmq-iters "
-                         f"{args.tfmq_iters} --threads {args.threads} --eval-samples {args.eval_samples}",
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu_count": os.cpu_count(),
-              "rows": rows}
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.json, json.dumps(result, indent=2))
+            result = {"command": f"python benchmarks/mixed_precision.py --methods {args.methods} --tfmq-iters "
+                                 f"{args.tfmq_iters} --threads {args.threads} --eval-samples {args.eval_samples}",
+                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu_count": os.cpu_count(),
+                      "rows": rows}
+            if args.json is not None:  # after every row: a long run cut short keeps what it measured
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(args.json, json.dumps(result, indent=2))
     if args.doc is not None:
         atomic_write_text(args.doc, markdown(result))
     print(markdown(result))

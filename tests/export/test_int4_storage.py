@@ -79,3 +79,14 @@ def test_tensorrt_refuses_int4_convolutions(w4a8):
 
 def test_pack_4bit_low_nibble_first():
     assert pack_4bit(np.array([1, -1, -8], dtype=np.int8)) == bytes([0xF1, 0x08])
+
+
+def test_tensorrt_lint_flags_int4_convolution_weights(w4a8):
+    """The lint is the second line: an INT4 conv weight (say, an onnxruntime-target file handed to
+    TensorRT) is named; the INT8-stored graph has no INT4 finding."""
+    from tfmq_export.export.lint import lint_tensorrt
+
+    _, _, graphs = w4a8
+    int4 = [v for v in lint_tensorrt(graphs["int4"]) if v.rule == "int4"]
+    assert any("feeds Conv" in v.message for v in int4)
+    assert not [v for v in lint_tensorrt(graphs["int8"]) if v.rule == "int4"]
