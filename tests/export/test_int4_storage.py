@@ -90,3 +90,16 @@ def test_tensorrt_lint_flags_int4_convolution_weights(w4a8):
     int4 = [v for v in lint_tensorrt(graphs["int4"]) if v.rule == "int4"]
     assert any("feeds Conv" in v.message for v in int4)
     assert not [v for v in lint_tensorrt(graphs["int8"]) if v.rule == "int4"]
+
+
+def test_cli_refuses_int4_for_tensorrt_in_one_line(tmp_path):
+    """Refused before the artifact is read (the folder here does not even exist)."""
+    from click.testing import CliRunner
+
+    from tfmq_export.cli import cli
+
+    result = CliRunner().invoke(cli, ["export-onnx", str(tmp_path / "none"), "--out", str(tmp_path / "x.onnx"),
+                                      "--target", "tensorrt", "--weight-storage", "int4"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "TensorRT has no INT4 convolution" in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
