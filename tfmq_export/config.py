@@ -24,6 +24,7 @@ from tfmq_export.errors import TfmqError
 
 __all__ = [
     "DEFAULT_ITERS",
+    "KEEP_FP_CLASSES",
     "METHODS",
     "RECIPE_NOTE_KEYS",
     "SCHEDULER_NAMES",
@@ -57,6 +58,9 @@ TEMPORAL_TABLES = ("fp", "quantized")
 SCHEDULER_NAMES = ("ddim", "pndm", "euler", "dpm++")
 #: Reconstruction iterations per block when ``iters`` is 0: the digits recipes' budget.
 DEFAULT_ITERS = 300
+#: ``extra.keep_fp``: classes of layers kept float (the TFMQ-DM authors keep the 1x1 shortcut convs
+#: and the downsample convs float); ``calibration.sensitivity`` maps them to layer names.
+KEEP_FP_CLASSES = ("shortcuts", "downsamplers", "upsamplers")
 #: Descriptive recipe keys that are not settings (what the preset is for, why its values).
 RECIPE_NOTE_KEYS = ("model", "notes")
 #: Where the shipped recipes live inside the package.
@@ -116,10 +120,13 @@ class ExtraOptions:
     tfmq: ``tiar_iters`` (default iters), ``step_factors`` (every activation quantizer keeps its
     per-step min-max range, deployed as per-step factors around one static scale), ``joint_act``
     (activation scales initialised from the FSC statistics and learned with the rounding in the
-    same block loop, activation quantization on; None = on for tfmq, the paper recipes turn it off), ``qdrop`` (with ``joint_act``: probability that
-    an activation keeps its float value in the reconstruction loss, QDrop's 0.5), ``split_skip``
-    (as qdiff).
+    same block loop, activation quantization on; None = on for tfmq, the paper recipes turn it
+    off), ``qdrop`` (with ``joint_act``: probability that an activation keeps its float value in
+    the reconstruction loss, QDrop's 0.5), ``split_skip`` (as qdiff).
     minmax reads none of them; recipes shared by every method may still carry them.
+    Every method: ``w8_layers`` (at wbits 4, this many of the weight layers that 4 bits hurt most,
+    by measured sensitivity, keep 8-bit weights; ``calibration.sensitivity``), ``keep_fp`` (classes
+    of layers left float, ``KEEP_FP_CLASSES``).
     """
 
     recon_batch_size: int = 32
@@ -136,6 +143,8 @@ class ExtraOptions:
     step_factors: bool = False
     joint_act: bool | None = None
     qdrop: float = 0.0
+    w8_layers: int = 0
+    keep_fp: tuple[str, ...] = ()
 
     #: keys whose value must be > 0 (others: >= 0)
     _POSITIVE = ("recon_batch_size", "cache_mb", "adaround_lr", "act_lr")
@@ -159,11 +168,16 @@ class ExtraOptions:
             _check_option(key, value, types[key], key in cls._POSITIVE)
         if extra.get("qdrop", 0) > 1:
             raise TfmqError(f"calibration option qdrop is a probability (0 to 1), got {extra['qdrop']!r}")
-        return cls(**{k: float(v) if "float" in types[k] and v is not None else v for k, v in extra.items()})
+        values = {k: float(v) if "float" in types[k] and v is not None else v for k, v in extra.items()}
+        return cls(**{k: tuple(v) if "tuple" in types[k] else v for k, v in values.items()})
 
 
 def _check_option(key: str, value: Any, expected: str, positive: bool) -> None:
     if value is None and "None" in expected:
+        return
+    if "tuple" in expected:  # keep_fp: a list of layer-class names
+        if not isinstance(value, list) or any(v not in KEEP_FP_CLASSES for v in value):
+            raise TfmqError(f"calibration option {key} must be a list of {', '.join(KEEP_FP_CLASSES)}, got {value!r}")
         return
     if "bool" in expected:
         if not isinstance(value, bool):

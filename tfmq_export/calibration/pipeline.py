@@ -22,6 +22,7 @@ from tfmq_export.calibration import minmax, qdiff, tfmq
 from tfmq_export.calibration.data import CalibrationData, collect_calibration_data, device_denoiser
 from tfmq_export.calibration.guided_data import guided_calibration_data
 from tfmq_export.calibration.result import MethodResult
+from tfmq_export.calibration.sensitivity import LayerPlan, plan_layers
 from tfmq_export.config import CalibrationSettings
 from tfmq_export.device import (
     cpu_tensors,
@@ -138,8 +139,10 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
     # 3. simulation + method
     sim = copy.deepcopy(fp_sim)  # the method quantizes its own copy of the full-precision table UNet
     result = MethodResult()
+    plan = LayerPlan()
     if settings.quantized:
-        layers = quantize_model(sim, settings.wbits, settings.abits)
+        plan = plan_layers(fp_sim, data, settings)  # keep_fp / w8_layers: the same layer list for every method
+        layers = quantize_model(sim, settings.wbits, settings.abits, plan.bits)
         work_dir = None if out_dir is None else Path(out_dir) / ".work"
         result = method(sim, layers, data, settings, model, work_dir, progress)
     synchronize(device)
@@ -160,7 +163,7 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
         model_fingerprint=model.fingerprint(),
         layers=records,
         tensors=tensors,
-        settings={**settings.record(), "model_source": model.source},
+        settings={**settings.record(), "model_source": model.source, **plan.record()},
         timings={"data_seconds": data_seconds, "calib_seconds": total_seconds, **result.timings,
                  **device_record(device)},
         static_scale_rule=settings.static_scale_rule,

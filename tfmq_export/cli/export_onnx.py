@@ -20,10 +20,14 @@ from tfmq_export.cli.options import TARGET_HELP, output_options, precision_optio
 @click.option("--timesteps", "table", type=click.Choice(["sampler", "all"]), default="sampler", show_default=True,
               help="Temporal table rows: one per calibrated sampler step, or one per training timestep "
                    "(any step count of DDIM/PNDM/Euler/DPM++ with integer timesteps from one engine).")
+@click.option("--weight-storage", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
+              help="How 4-bit weights are stored: int8 values on the 4-bit grid, or ONNX INT4 (two a byte, opset "
+                   "21; onnxruntime target only: TensorRT has no INT4 conv). INT4 buys file bytes, not speed "
+                   "(docs/INT4.md).")
 @precision_option("the graph's float parts (unquantized layers, activations between Q/DQ, scales, table)")
 @output_options
 @friendly
-def export_onnx_cmd(artifact_dir, out_path, target, model, table, precision) -> None:
+def export_onnx_cmd(artifact_dir, out_path, target, model, table, weight_storage, precision) -> None:
     """Export the calibrated UNet of ARTIFACT_DIR as a Q/DQ ONNX graph with the temporal table.
 
     \b
@@ -34,6 +38,6 @@ def export_onnx_cmd(artifact_dir, out_path, target, model, table, precision) -> 
     """
     from tfmq_export.workflows.export_onnx import export_onnx_file
 
-    artifact, precision = export_onnx_file(artifact_dir, out_path, target, model, table, precision)
+    artifact, precision = export_onnx_file(artifact_dir, out_path, target, model, table, precision, weight_storage)
     click.echo(f"wrote {out_path} ({target}, {artifact.method} W{artifact.wbits}A{artifact.abits}, {precision}, "
                f"{table} rows)")

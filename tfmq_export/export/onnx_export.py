@@ -37,7 +37,7 @@ from tfmq_export.contract import (
 )
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.fp16 import FP16_OPSET, to_fp16
-from tfmq_export.export.qdq import TARGETS, insert_qdq, needs_opset_21
+from tfmq_export.export.qdq import TARGETS, default_weight_storage, insert_qdq, needs_opset_21
 from tfmq_export.export.split_qdq import apply_split_qdq, split_layers
 from tfmq_export.io import check_writable
 from tfmq_export.models.adapter import UNetAdapter
@@ -261,16 +261,16 @@ def table_rows(model: LoadedModel, artifact: CalibrationArtifact,
     return compute_temporal_features(model.unet, rows), rows
 
 
-def _target_opset(artifact: CalibrationArtifact, precision: str) -> int | None:
+def _target_opset(artifact: CalibrationArtifact, precision: str, weight_storage: str = "int8") -> int | None:
     """The opset to convert the traced graph to before Q/DQ go in (None: keep ``BASE_OPSET``)."""
-    if artifact.layers and needs_opset_21(artifact):
+    if artifact.layers and needs_opset_21(artifact, weight_storage):
         return 21
     return FP16_OPSET if precision == "fp16" else None
 
 
 def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = "tensorrt", *,
                copy_unet: bool = True, timesteps: str = "sampler", precision: str = "fp32",
-               table_fp32: bool = False) -> onnx.ModelProto:
+               table_fp32: bool = False, weight_storage: str = "int8") -> onnx.ModelProto:
     """The exported graph (not yet written) for ``model`` quantized as ``artifact`` says.
 
     Refused before tracing: an unknown target or precision, another model's artifact, and an artifact
@@ -278,10 +278,12 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
     ``precision``: the float parts' type (``export.fp16``); this function's default stays ``fp32``,
     the graph every caller got before the option; the commands default by target
     (``contract.DEFAULT_FLOAT_PRECISION``). ``table_fp32`` (fp16 only): keep the tables FP32.
+    ``weight_storage``: INT8 or INT4 initializers for 4-bit weights (``qdq.default_weight_storage``).
     """
     if target not in TARGETS:
         raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
     precision = default_float_precision(target, precision)
+    weight_storage = default_weight_storage(target, weight_storage)
     problem = artifact_problem(artifact)
     if problem is not None:
         raise TfmqError(f"--target {target}: the artifact is corrupt: {problem}")
@@ -291,11 +293,11 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
         raise TfmqError(f"--precision fp16: {len(rows)} table rows; FP16 holds row indices up to {_FP16_MAX_ROWS}")
     table_unet = TemporalTableUNet(model.unet, tables, rows, copy_unet=copy_unet)
     graph = trace_to_onnx(table_unet, example_inputs(model))
-    opset = _target_opset(artifact, precision)
+    opset = _target_opset(artifact, precision, weight_storage)
     if opset is not None:
         graph = onnx.version_converter.convert_version(graph, opset)
     if artifact.layers:
-        insert_qdq(graph, artifact, target)
+        insert_qdq(graph, artifact, target, weight_storage)
         if split_layers(artifact):
             apply_split_qdq(graph, artifact)
     if precision == "fp16":
@@ -336,17 +338,20 @@ def check_onnx_output(out_path: Path) -> None:
 
 
 def export_onnx(model: LoadedModel, artifact: CalibrationArtifact, out_path: Path, target: str = "tensorrt", *,
-                copy_unet: bool = True, timesteps: str = "sampler", precision: str = "fp32") -> Path:
+                copy_unet: bool = True, timesteps: str = "sampler", precision: str = "fp32",
+                weight_storage: str = "int8") -> Path:
     """Build and atomically write the exported graph; returns the path.
 
     ``copy_unet=False`` traces ``model``'s own UNet (its temporal branch is replaced in place, so the
     model is spent afterwards): one UNet less at peak memory, for a > 2 GB export in a process that
     ends after it (``benchmarks/sd15_cpu.py``). The graph is the same. ``timesteps``: the table's
-    rows (``table_rows``). ``precision``: ``build_onnx``'s.
+    rows (``table_rows``). ``precision``, ``weight_storage``: ``build_onnx``'s.
     """
     if target not in TARGETS:
         raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
+    default_weight_storage(target, weight_storage)  # a refused combination costs nothing
     check_onnx_output(Path(out_path))
-    graph = build_onnx(model, artifact, target, copy_unet=copy_unet, timesteps=timesteps, precision=precision)
+    graph = build_onnx(model, artifact, target, copy_unet=copy_unet, timesteps=timesteps, precision=precision,
+                       weight_storage=weight_storage)
     save_onnx_atomic(graph, Path(out_path))
     return Path(out_path)

@@ -7,6 +7,13 @@ layer of the artifact is found by that scope, then:
   channel, zero point 0; INT4 weight-only MatMul/Gemm weights as a blocked DequantizeLinear),
 - its input gets ``QuantizeLinear -> DequantizeLinear`` with the per-tensor static scale.
 
+Weight storage (``WEIGHT_STORAGES``). ``int8``: every quantized weight as INT8 values on its bits'
+grid (a 4-bit weight takes a byte). ``int4``: 4-bit weights as ONNX INT4 initializers (two per
+byte) with a per-axis DequantizeLinear, opset 21; the dequantized values are the same, so the
+graph still computes the simulation. TensorRT has no INT4 convolution (INT4 only weight-only,
+blocked, on MatMul/Gemm), so the ``tensorrt`` target refuses ``int4`` and stores W4 convs as INT8;
+``int8`` is the default for both targets (``default_weight_storage`` says why).
+
 Targets. ``tensorrt``: int8 activations, zero point 0 (TensorRT's rules). ``onnxruntime``:
 uint8 activations with zero point 128 — the same dequantized values as int8/0, but onnxruntime
 on x86 fuses only unsigned activations into int8 kernels — plus Q/DQ on Conv outputs (scale from
@@ -25,9 +32,11 @@ from tfmq_export.errors import TfmqError
 from tfmq_export.export.graph import GraphIndex
 from tfmq_export.quant.state import conv_output_scale
 
-__all__ = ["TARGETS", "insert_qdq", "needs_opset_21", "onnx_scope"]
+__all__ = ["TARGETS", "WEIGHT_STORAGES", "default_weight_storage", "insert_qdq", "needs_opset_21", "onnx_scope"]
 
 TARGETS = ("tensorrt", "onnxruntime")
+#: ``--weight-storage`` (the first is the default, ``default_weight_storage`` says why)
+WEIGHT_STORAGES = ("int8", "int4")
 _WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 
 
@@ -63,8 +72,25 @@ def _weight_layout(node: onnx.NodeProto) -> int:
     return 1  # MatMul B is [K, N]
 
 
+def default_weight_storage(target: str, storage: str = "int8") -> str:
+    """``storage`` checked for ``target``: TensorRT builds no INT4 convolution, so ``tensorrt`` refuses
+    ``int4`` (its INT4 weight-only blocked MatMul/Gemm weights are written as INT4 whatever this says).
+
+    Why int8 is the default for both targets (``python benchmarks/int4_deploy.py``, docs/INT4.md):
+    onnxruntime has no INT4 convolution or int8-activation INT4 kernel, so INT4-stored W4A8 layers run
+    as float kernels fed by a DequantizeLinear every call (about 9x slower than W8A8 on digits);
+    OpenVINO reads INT4 as compressed i4 weights (smaller IR) but then runs those convolutions in
+    float instead of int8. INT4 storage buys file bytes only."""
+    if storage not in WEIGHT_STORAGES:
+        raise TfmqError(f"unknown --weight-storage {storage!r} (choose {' or '.join(WEIGHT_STORAGES)})")
+    if target == "tensorrt" and storage == "int4":
+        raise TfmqError("--weight-storage int4 with --target tensorrt: TensorRT has no INT4 convolution (INT4 is "
+                        "weight-only, blocked, on MatMul/Gemm); use --weight-storage int8 or --target onnxruntime")
+    return storage
+
+
 def _insert_weight_dq(g: GraphIndex, node: onnx.NodeProto, layer: str,
-                      artifact: CalibrationArtifact) -> list[onnx.NodeProto]:
+                      artifact: CalibrationArtifact, storage: str = "int8") -> list[onnx.NodeProto]:
     record = artifact.layers[layer]
     q = artifact.layer_tensor(layer, "weight_int").numpy().astype(np.int8)
     scale = artifact.layer_tensor(layer, "weight_scale").numpy().astype(np.float32)
@@ -76,7 +102,8 @@ def _insert_weight_dq(g: GraphIndex, node: onnx.NodeProto, layer: str,
     if list(q.shape) != old_shape:
         raise TfmqError(f"layer {layer}: artifact weight shape {list(q.shape)} does not match graph {old_shape}")
     int4_blocked = record.wbits == 4 and record.abits >= 16 and node.op_type in ("MatMul", "Gemm")
-    w_name = g.add_init(f"{layer}.weight_int", q, TensorProto.INT4 if int4_blocked else None)
+    int4 = record.wbits == 4 and (int4_blocked or storage == "int4")
+    w_name = g.add_init(f"{layer}.weight_int", q, TensorProto.INT4 if int4 else None)
     if int4_blocked:
         # one block spans the whole input dimension: per-output-channel scales, written as blocked
         # quantization (opset 21), the only INT4 form TensorRT accepts
@@ -88,7 +115,8 @@ def _insert_weight_dq(g: GraphIndex, node: onnx.NodeProto, layer: str,
         attrs = {"axis": block_axis, "block_size": int(k)}
     else:
         s_name = g.add_init(f"{layer}.weight_scale", scale)
-        g.add_init(f"{layer}.weight_zero_point", np.zeros_like(scale, dtype=np.int8))
+        zero = np.zeros_like(scale, dtype=np.int8)
+        g.add_init(f"{layer}.weight_zero_point", zero, TensorProto.INT4 if int4 else None)
         attrs = {"axis": axis}
     dq = helper.make_node(
         "DequantizeLinear", [w_name, s_name, f"{layer}.weight_zero_point"], [f"{layer}.weight_dq"],
@@ -163,10 +191,13 @@ def _step_factor_nodes(g: GraphIndex, node: onnx.NodeProto, layer: str, artifact
     return nodes["fwd"] + nodes["inv"], after
 
 
-def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: str) -> onnx.ModelProto:
-    """Insert the artifact's Q/DQ into ``model`` (in place) and return it, topologically sorted."""
+def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: str,
+               weight_storage: str = "int8") -> onnx.ModelProto:
+    """Insert the artifact's Q/DQ into ``model`` (in place) and return it, topologically sorted.
+    ``weight_storage``: ``WEIGHT_STORAGES`` (``int4`` needs the graph at opset 21)."""
     if target not in TARGETS:
         raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
+    weight_storage = default_weight_storage(target, weight_storage)
     g = GraphIndex(model)
     factored = [layer for layer in artifact.layers if f"{layer}.input_step_factor" in artifact.tensors]
     ranks = _tensor_ranks(model) if factored else {}
@@ -185,7 +216,7 @@ def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: st
             g.set_input(node, 0, pair[1].output[0])
             before += pair
         if record.wbits < 16:
-            before += _insert_weight_dq(g, node, layer, artifact)
+            before += _insert_weight_dq(g, node, layer, artifact, weight_storage)
         new_nodes[node.name] = before
         if factor_nodes is not None:
             after_nodes[node.name] = factor_nodes[1]
@@ -210,6 +241,8 @@ def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: st
     return model
 
 
-def needs_opset_21(artifact: CalibrationArtifact) -> bool:
-    """Blocked INT4 DequantizeLinear needs opset 21."""
+def needs_opset_21(artifact: CalibrationArtifact, weight_storage: str = "int8") -> bool:
+    """INT4 DequantizeLinear (blocked, or any with ``int4`` storage) needs opset 21."""
+    if weight_storage == "int4" and any(r.wbits == 4 for r in artifact.layers.values()):
+        return True
     return any(r.wbits == 4 and r.abits >= 16 and r.kind == "linear" for r in artifact.layers.values())

@@ -6,23 +6,33 @@ their scales is the calibrator's. ``quantize_model`` only swaps modules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from tfmq_export.config import check_bits
 from tfmq_export.models.adapter import UNetAdapter, replace_submodule
 from tfmq_export.quant.modules import ActMode, QuantLayer, make_quant_layer
 from tfmq_export.temporal import TemporalTableUNet
 
 
-def quantize_model(table_unet: TemporalTableUNet, wbits: int, abits: int) -> dict[str, QuantLayer]:
+def quantize_model(table_unet: TemporalTableUNet, wbits: int, abits: int,
+                   layer_bits: Mapping[str, tuple[int, int]] | None = None) -> dict[str, QuantLayer]:
     """Swap every quantizable layer of ``table_unet.unet`` for a quantized one, in place.
 
     Returns {layer name (relative to the UNet): quantized layer}. Quantizers start
-    uncalibrated and disabled; a calibrator sets them.
+    uncalibrated and disabled; a calibrator sets them. ``layer_bits``: {layer: (wbits, abits)}
+    for the layers that differ from the model's bits (mixed precision: 8-bit weights where 4 bits
+    hurt most; (16, 16) keeps a layer float). Such a layer still gets a quantized stand-in, with
+    disabled quantizers, so every method and the artifact list the same layers.
     """
     check_bits(wbits, abits)
+    layer_bits = dict(layer_bits or {})
+    for w, a in layer_bits.values():
+        check_bits(w, a)
     adapter = UNetAdapter(table_unet.unet)
     layers: dict[str, QuantLayer] = {}
     for name, module in adapter.quantizable_layers().items():
-        qlayer = make_quant_layer(module, wbits, abits, table_unet.num_steps)
+        w, a = layer_bits.get(name, (wbits, abits))
+        qlayer = make_quant_layer(module, w, a, table_unet.num_steps)
         replace_submodule(table_unet.unet, name, qlayer)
         layers[name] = qlayer
     return layers

@@ -106,7 +106,8 @@ def simulation_from_artifact(
     sim = TemporalTableUNet(unet, artifact.temporal_tables(), artifact.timesteps)
     if artifact.wbits >= 16 and artifact.abits >= 16:
         return sim.eval()
-    layers = quantize_model(sim, artifact.wbits, artifact.abits)
+    bits = {name: (r.wbits, r.abits) for name, r in artifact.layers.items()}  # mixed precision, float layers
+    layers = quantize_model(sim, artifact.wbits, artifact.abits, bits)
     extra = set(artifact.layers) - set(layers)
     missing = set(layers) - set(artifact.layers)
     if extra or missing:
