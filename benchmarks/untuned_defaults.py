@@ -121,13 +121,18 @@ def paired_mse(images: np.ndarray, reference: np.ndarray, clip: tuple[float, flo
 
 
 def mse_ratios(rows: dict[str, dict[str, Any]], bits: str = "w4a8") -> dict[str, float | None]:
-    """tfmq/minmax and tfmq/modelopt-w4a16 paired-MSE ratios at ``bits`` (None where a row is missing)."""
+    """tfmq/minmax, tfmq/modelopt-w4a16 and tfmq/qdiff paired-MSE ratios at ``bits`` (None where a row is missing)."""
     def mse(name: str) -> float | None:
         return rows[name]["mse"] if name in rows else None
 
-    tfmq, minmax, peer = mse(f"tfmq-{bits}"), mse(f"minmax-{bits}"), mse("modelopt-w4a16")
-    return {"tfmq_over_minmax": None if tfmq is None or not minmax else tfmq / minmax,
-            "tfmq_over_modelopt_w4a16": None if tfmq is None or not peer else tfmq / peer}
+    tfmq = mse(f"tfmq-{bits}")
+
+    def over(name: str) -> float | None:
+        other = mse(name)
+        return None if tfmq is None or not other else tfmq / other
+
+    return {"tfmq_over_minmax": over(f"minmax-{bits}"), "tfmq_over_modelopt_w4a16": over("modelopt-w4a16"),
+            "tfmq_over_qdiff": over(f"qdiff-{bits}")}
 
 
 def _key(*parts: Any) -> str:
@@ -337,14 +342,14 @@ def markdown(results: dict[str, Any]) -> str:
         return "" if value is None else format(value, spec)
 
     for name, r in results["rows"].items():
-        lines.append(f"| {name} | {r['wbits']} | {r['abits']} | {fmt(r['mse'], '.5f')} | {fmt(r['rmse'], '.4f')} | "
+        lines.append(f"| {name} | {r['wbits']} | {r['abits']} | {fmt(r['mse'], '.2e')} | {fmt(r['rmse'], '.4f')} | "
                      f"{fmt(r['rmse_digits'], '.4f')} | {fmt(r.get('paired_fid'), '.2f')} | "
                      f"{fmt(r.get('fid'), '.2f')} | "
                      f"{fmt(r.get('accuracy'), '.3f')} | {r['calib_seconds']:.1f} |")
     ratios = results["ratios"]
     lines += ["", f"- tfmq / minmax W4A8 paired MSE: {fmt(ratios['tfmq_over_minmax'], '.3f')} (target <= 0.333)",
               f"- tfmq W4A8 / modelopt-w4a16 paired MSE: {fmt(ratios['tfmq_over_modelopt_w4a16'], '.3f')} "
-              "(target <= 1.5)"]
+              "(target <= 1.5)", f"- tfmq / qdiff W4A8 paired MSE: {fmt(ratios['tfmq_over_qdiff'], '.3f')}"]
     lines += [f"- skipped: {s}" for s in results["skipped"]]
     return "\n".join(lines) + "\n"
 

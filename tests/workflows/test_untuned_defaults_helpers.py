@@ -41,5 +41,6 @@ def test_paired_mse_clips_and_ratios_compare_tfmq():
     assert bench.paired_mse(img, ref, (0.0, 1.0)) == pytest.approx(1.0)
     rows = {"tfmq-w4a8": {"mse": 0.01}, "minmax-w4a8": {"mse": 0.04}, "modelopt-w4a16": {"mse": 0.005}}
     ratios = bench.mse_ratios(rows)
-    assert ratios == {"tfmq_over_minmax": pytest.approx(0.25), "tfmq_over_modelopt_w4a16": pytest.approx(2.0)}
+    assert ratios == {"tfmq_over_minmax": pytest.approx(0.25), "tfmq_over_modelopt_w4a16": pytest.approx(2.0),
+                      "tfmq_over_qdiff": None}
     assert bench.mse_ratios({"tfmq-w4a8": {"mse": 0.01}})["tfmq_over_minmax"] is None
