@@ -32,8 +32,8 @@ features between the variant's and FP's images), ``fid`` (digits-FID against the
 summary prints tfmq/minmax and tfmq/modelopt-w4a16 MSE ratios (targets <= 1/3 and <= 1.5).
 
 Resumable: each variant's artifact lives in ``WORK/calib/NAME-KEY`` and its images in
-``WORK/samples/NAME-KEY.npz`` (KEY: a hash of its settings and the sampling), so a rerun skips what
-is done. Usage::
+``WORK/samples/NAME-KEY.npz`` (KEY: a hash of its settings, the sampling and the calibration code:
+config, calibration/, quant/, temporal), so a rerun skips what is done and a code change redoes it. Usage::
 
     python benchmarks/untuned_defaults.py --model digits-text --per-digit 10 --steps 50 \\
         --variants fp,minmax-w4a8,tfmq-w4a8,qdiff-w4a8,minmax-w8a8,tfmq-w8a8,modelopt-w4a16,modelopt-int8 \\
@@ -58,7 +58,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["BITS", "PEERS", "mse_ratios", "paired_mse", "parse_assignment", "parse_variant", "variant_overrides"]
+__all__ = ["BITS", "PEERS", "code_hash", "mse_ratios", "paired_mse", "parse_assignment", "parse_variant",
+           "variant_overrides"]
 
 #: bits name -> (wbits, abits)
 BITS = {"w4a8": (4, 8), "w8a8": (8, 8), "w4a16": (4, 16)}
@@ -139,6 +140,17 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def code_hash() -> str:
+    """A hash of the code that decides a calibration (config, calibration/, quant/, temporal): part of
+    every cache key, so a changed default or method never reuses stale artifacts or images."""
+    import tfmq_export
+
+    root = Path(tfmq_export.__file__).parent
+    files = [root / "config.py", root / "temporal.py", *sorted((root / "calibration").glob("*.py")),
+             *sorted((root / "quant").glob("*.py"))]
+    return _key(*(f.read_text() for f in files))
+
+
 # --- calibration ----------------------------------------------------------------------------------
 
 
@@ -155,6 +167,7 @@ class Bench:
         self.loaded = load_model(args.model)
         self.count = 10 * args.per_digit if self.text else args.num_images
         self.prompts_file = self.work / "prompts.txt"
+        self.code = code_hash()
 
     def common(self) -> dict[str, Any]:
         """Overrides every variant shares (what a new user types besides method and bits)."""
@@ -177,7 +190,7 @@ class Bench:
         from tfmq_export.io import atomic_write_text
         from tfmq_export.workflows.calibrate import calibrate_model
 
-        folder = self.work / "calib" / f"{name}-{_key(self.args.model, overrides)}"
+        folder = self.work / "calib" / f"{name}-{_key(self.args.model, overrides, self.code)}"
         if (folder / JSON_NAME).is_file():
             return load_artifact(folder)
         given = {k: v for k, v in overrides.items() if k not in ("prompts",)}
@@ -261,17 +274,26 @@ class Bench:
                 out.append(decoder(final).numpy().transpose(0, 2, 3, 1))
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
-    def run_variant(self, text: str, extra_sets: dict[str, Any]) -> dict[str, Any] | None:
-        """Images and calibration seconds of one variant (cached); None when a peer cannot run."""
-        from tfmq_export.config import CalibrationSettings
-        from tfmq_export.workflows.evaluate import cached_arrays
+    def overrides(self, text: str, extra_sets: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+        """(base, calibration overrides; None for a peer) of a variant, checked as ``calibrate`` checks them."""
+        from tfmq_export.config import CalibrationSettings, settings_from
 
         base, mods = parse_variant(text)
         if base.startswith("tfmq-"):
             mods = {**extra_sets, **mods}
-        overrides = None if base in PEERS else variant_overrides(base, mods, CalibrationSettings.field_names(),
-                                                                 **self.common())
-        key = _key(base, overrides or self.common(), self.sampling())
+        if base in PEERS:
+            return base, None
+        overrides = variant_overrides(base, mods, CalibrationSettings.field_names(), **self.common())
+        settings_from(None, overrides)  # unknown keys and bad values stop here, before any work
+        return base, overrides
+
+    def run_variant(self, text: str, extra_sets: dict[str, Any]) -> dict[str, Any] | None:
+        """Images and calibration seconds of one variant (cached); None when a peer cannot run."""
+        from tfmq_export.workflows.evaluate import cached_arrays
+
+        base, overrides = self.overrides(text, extra_sets)
+        peer_settings = {k: v for k, v in self.common().items() if k != "iters"}  # the peers do not read it
+        key = _key(base, overrides or peer_settings, self.sampling(), self.code)
         cache = self.work / "samples" / f"{text.replace('+', '_').replace('=', '-')}-{key}.npz"
         if base in PEERS and not cache.is_file() and not _peer_available():
             return None
@@ -290,7 +312,7 @@ class Bench:
 
         arrays = cached_arrays(cache, key, make)
         return {"images": arrays["images"], "calib_seconds": float(arrays["calib_seconds"]),
-                "settings": overrides or {"peer": base, **self.common()}}
+                "settings": overrides or {"peer": base, **peer_settings}}
 
 
 def _peer_module() -> Any:
@@ -361,9 +383,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     bench = Bench(args)
     names = ["fp", *[v for v in args.variants.split(",") if v.strip() and v.strip() != "fp"]]
-    for name in names:
-        parse_variant(name)  # every name checked before minutes of work
     sets = dict(parse_assignment(s) for s in args.set)
+    for name in names:
+        bench.overrides(name, sets)  # every variant checked before minutes of work
     rows: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
     reference = None
