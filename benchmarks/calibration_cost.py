@@ -11,7 +11,8 @@ Variants (all from the shipped digits recipes, tfmq_export/recipes, same data an
   tfmq-steps (per-step factors: every activation on its step's min-max grid, deployable),
   tfmq-static (no learned activation scales: the rule's static scales after the weights),
   tfmq-nosplit (no shortcut splitting), tfmq-paper (both off: the paper recipes), tfmq-qdrop
-  (QDrop 0.5 in the joint stage), tfmq-recon-act (activation quantization on while the weights
+  (QDrop 0.5 in the joint stage), tfmq-all-inputs (reconstruction on all 1,600 calibration inputs
+  instead of the recipe's 800), tfmq-recon-act (activation quantization on while the weights
   are learned, static scales).
 
 For each: wall time of ``calibrate`` and its stages, the relative L2 error of the UNet output
@@ -53,6 +54,7 @@ VARIANTS = {
     "tfmq-nosplit": ("tfmq", {}, {"split_skip": False}),
     "tfmq-paper": ("tfmq", {}, {"joint_act": False, "split_skip": False}),
     "tfmq-qdrop": ("tfmq", {}, {"qdrop": 0.5}),
+    "tfmq-all-inputs": ("tfmq", {}, {"recon_samples": 0}),
     "tfmq-recon-act": ("tfmq", {}, {"joint_act": False, "recon_act_quant": True}),
 }
 
