@@ -31,6 +31,7 @@ from tfmq_export.device import (
     resolve_device,
     synchronize,
 )
+from tfmq_export.distributed import check_agreement, run_on_writer, world_size
 from tfmq_export.errors import TfmqError
 from tfmq_export.models.loading import LoadedModel
 from tfmq_export.quant.modules import QuantLayer
@@ -103,6 +104,8 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
     # the artifact records the sampler actually used (None = the model's own, DDIM for a DDPM config)
     settings = replace(settings, scheduler=resolve_scheduler_name(settings.scheduler, model.scheduler_config))
     check_finite_weights(model.unet)
+    # several ranks: the same settings and model everywhere, else one line and no work (calibration.parallel)
+    check_agreement({"settings": settings.record(), "model fingerprint": model.fingerprint()})
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
 
@@ -162,12 +165,12 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
         tensors=tensors,
         settings={**settings.record(), "model_source": model.source},
         timings={"data_seconds": data_seconds, "calib_seconds": total_seconds, **result.timings,
-                 **device_record(device)},
+                 **device_record(device), "ranks": float(world_size())},
         static_scale_rule=settings.static_scale_rule,
         temporal_table=result.temporal_table or settings.temporal_table,
     )
-    if out_dir is not None:
-        save_artifact(artifact, Path(out_dir))
+    if out_dir is not None:  # several ranks: rank 0 writes, the others wait for it
+        run_on_writer(lambda: save_artifact(artifact, Path(out_dir)))
     return CalibrationRun(artifact, result)
 
 

@@ -40,10 +40,13 @@ def calibrate_model(
     from tfmq_export.calibration.pipeline import calibrate as run_calibration
     from tfmq_export.config import load_recipe, settings_from
     from tfmq_export.device import resolve_device
+    from tfmq_export.distributed import init_from_env, is_writer, rank_device
     from tfmq_export.models.loading import load_conditions, load_model
     from tfmq_export.models.prompts import read_prompts
 
     target = resolve_device(device)  # a malformed or absent device stops before anything loads
+    if init_from_env(target) > 1:  # under torchrun: data-parallel, one GPU per rank, rank 0 reports
+        target, progress = rank_device(target), progress and is_writer()
     if prompts is not None:  # the prompts are part of the settings: the artifact records them
         if conditions is not None:
             raise TfmqError("give --prompts or --conditions, not both")
