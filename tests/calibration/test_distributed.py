@@ -21,12 +21,17 @@ from tfmq_export.config import CalibrationSettings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-#: 2 ranks vs 1: reduction order (mean of two half-minibatch gradients against one mean) and
-#: per-rank batch composition of the activation-range passes change floats in the last bits; Adam
-#: and the hard rounding can turn that into a flipped rounding of a weight on the 0.5 boundary.
-#: Observed on this model: scales within 1e-5 relative, at most 0.5% of the integers off by one.
+#: 2 ranks vs 1 (tfmq: AdaRound + TIAR + ranges): the mean of two half-minibatch gradients against
+#: one mean (reduction order) and the per-rank batch composition of the range passes change floats
+#: in the last bits at most; Adam and the hard rounding could turn that into a flipped rounding of
+#: a weight on the 0.5 boundary. Observed on this model: bit-identical artifacts.
 SCALE_RTOL = 1e-4
 MAX_FLIPPED = 0.01
+#: qdiff's learned activation scales (LSQ) amplify those last bits: the straight-through gradient
+#: of a scale jumps when an input crosses a rounding boundary, and Adam's first steps move a scale
+#: by about lr whatever the gradient's size. Observed: scales within 0.9% relative, the (quantized)
+#: temporal table within 0.6% of its largest value; with no LSQ iterations qdiff is bit-identical.
+LSQ_RTOL = 0.03
 
 #: reconstruction iterations of the killed run: slow enough to be killed between two units
 ITERS = 60
@@ -72,14 +77,16 @@ def _launch(world: int, out: Path, changes: dict | None = None, per_rank: dict |
     return ctx
 
 
-def _compare(a: Path, b: Path) -> float:
-    """Assert two artifacts agree within the tolerance; returns the fraction of flipped integers."""
+def _compare(a: Path, b: Path, rtol: float = SCALE_RTOL) -> None:
+    """Assert two artifacts agree: floats within ``rtol`` (of each value; of the largest value for
+    the temporal table), integers off by at most one in at most ``MAX_FLIPPED`` of them."""
     ta, tb = load_file(str(a / TENSORS_NAME)), load_file(str(b / TENSORS_NAME))
     assert ta.keys() == tb.keys()
     flipped = total = 0
     for key in ta:
         if ta[key].is_floating_point():
-            assert torch.allclose(ta[key], tb[key], rtol=SCALE_RTOL, atol=1e-6, equal_nan=True), key
+            atol = rtol * float(ta[key].abs().max()) if key.startswith("temporal.") else 1e-6
+            assert torch.allclose(ta[key], tb[key], rtol=rtol, atol=atol, equal_nan=True), key
         else:
             diff = (ta[key].long() - tb[key].long()).abs()
             assert diff.numel() == 0 or int(diff.max()) <= 1, key
@@ -90,16 +97,16 @@ def _compare(a: Path, b: Path) -> float:
         ja.pop(key), jb.pop(key)
     assert ja == jb
     assert flipped <= MAX_FLIPPED * total, (flipped, total)
-    return flipped / total
 
 
-def test_two_ranks_match_one_rank_and_only_rank_0_writes(tmp_path):
+@pytest.mark.parametrize(("method", "rtol"), [("tfmq", SCALE_RTOL), ("qdiff", LSQ_RTOL)])
+def test_two_ranks_match_one_rank_and_only_rank_0_writes(tmp_path, method, rtol):
     from tests.calibration.test_adaround import micro_model
     from tfmq_export.calibration.pipeline import calibrate
 
-    calibrate(micro_model(), _settings(), tmp_path / "one", progress=False)
-    _launch(2, tmp_path / "two")
-    _compare(tmp_path / "one", tmp_path / "two")
+    calibrate(micro_model(), _settings(method=method), tmp_path / "one", progress=False)
+    _launch(2, tmp_path / "two", {"method": method})
+    _compare(tmp_path / "one", tmp_path / "two", rtol)
     assert json.loads((tmp_path / "two" / JSON_NAME).read_text())["timings"]["ranks"] == 2
     written = sorted(p.name for p in (tmp_path / "two").iterdir())
     assert written == sorted(p.name for p in (tmp_path / "one").iterdir())  # no per-rank files, no temp files

@@ -62,11 +62,14 @@ def _default(field: str) -> str:
 @click.option("--scheduler", type=click.Choice(["ddim", "pndm", "euler", "dpm++"]), default=None,
               show_default="the model's own; DDIM for DDPM",
               help="Sampler of the calibration pass = the table's rows.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine, started with torch's elastic launcher (torchrun); "
+                   "gloo on cpu, NCCL with --device cuda (one GPU per process). See docs/SCALING.md.")
 @output_options
 @device_option
 @friendly
 def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, seed, batch_size, static_scale_rule,
-              temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, quiet,
+              temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, workers, quiet,
               device) -> None:
     """Calibrate MODEL (`digits` or a local diffusers folder) and write an artifact to --out.
 
@@ -84,7 +87,16 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
       tfmq-export calibrate digits --recipe digits-tfmq-w8a8 --seed 1 --out calib/out/tfmq-w8a8-s1
       tfmq-export calibrate ./my-sd15 --recipe sd-v1-4-w8a8 --prompts prompts.txt --guidance-scale 7.5 \\
           --out calib/out/sd-w8a8
+      tfmq-export calibrate digits --recipe digits-tfmq-w4a8 --workers 2 --out calib/out/tfmq-w4a8
+      torchrun --nproc-per-node 2 -m tfmq_export.cli calibrate digits --method tfmq --wbits 4 --abits 8 \\
+          --out calib/out/tfmq-w4a8-2ranks
     """
+    if workers > 1:
+        from tfmq_export.cli.launch import launch_workers
+
+        launch_workers(click.get_current_context(), workers)
+        return
+    from tfmq_export.distributed import is_writer
     from tfmq_export.workflows.calibrate import calibrate_model
 
     overrides = {"method": method, "wbits": wbits, "abits": abits, "steps": steps, "num_samples": num_samples,
@@ -98,6 +110,8 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
         click.echo(f"settings: {resolved.record()}", err=True)
     artifact = calibrate_model(model, out_dir, overrides, recipe=recipe, conditions=conditions, prompts=prompts,
                                progress=not quiet, device=device)
+    if not is_writer():
+        return
     click.echo(
         f"wrote {out_dir} ({artifact.method} W{artifact.wbits}A{artifact.abits}, {len(artifact.layers)} quantized "
         f"layers, {len(artifact.timesteps)} steps, {artifact.timings['calib_seconds']:.1f} s)"
