@@ -1,6 +1,6 @@
-"""Data-parallel calibration on torch.distributed (gloo, 2 CPU processes): the 2-rank artifact equals
-the 1-rank one within a stated tolerance, only rank 0 writes, a killed run resumes with another
-number of ranks, and ranks that disagree stop with one line."""
+"""Data parallelism on torch.distributed (gloo, 2 CPU processes): the 2-rank artifact equals the
+1-rank one within a stated tolerance, only rank 0 writes, a killed run resumes with another number
+of ranks, ranks that disagree stop with one line, and sharded sampling gives the one-process images."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -68,8 +69,8 @@ def _worker(rank: int, world: int, port: int, out: str, changes: dict, per_rank:
 
 
 def _launch(world: int, out: Path, changes: dict | None = None, per_rank: dict | None = None,
-            join: bool = True) -> mp.ProcessContext:
-    ctx = mp.start_processes(_worker, args=(world, _free_port(), str(out), changes or {}, per_rank or {}),
+            join: bool = True, worker=_worker) -> mp.ProcessContext:
+    ctx = mp.start_processes(worker, args=(world, _free_port(), str(out), changes or {}, per_rank or {}),
                              nprocs=world, join=False, start_method="fork")
     if join:
         while not ctx.join(timeout=120):
@@ -155,3 +156,36 @@ def test_killed_rank_resumes_with_another_number_of_ranks(tmp_path):
     assert run.result.resumed_units >= 2
     run_calibration(model, _settings(iters=ITERS), tmp_path / "whole", progress=False)
     _compare(tmp_path / "whole", out)
+
+
+def _micro_sample(num_images: int) -> np.ndarray:
+    from tests.calibration.test_adaround import micro_model
+    from tfmq_export.sampling import sample_images, sampler_timesteps
+    from tfmq_export.temporal import build_table_unet
+
+    model = micro_model()
+    table = build_table_unet(model.unet, sampler_timesteps(model.scheduler_config, 3)).eval()
+    return sample_images(lambda x, rows, cond: table(x, rows, cond), model.scheduler_config, 3, num_images,
+                         tuple(model.sample_shape), seed=3, batch_size=2, progress=False)
+
+
+def _sample_worker(rank: int, world: int, port: int, out: str, _changes: dict, _per_rank: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), TFMQ_DIST_TIMEOUT="60")
+    torch.set_num_threads(1)
+    from tfmq_export.distributed import init_from_env
+
+    init_from_env()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    np.save(Path(out) / f"rank{rank}.npy", _micro_sample(5))
+
+
+def test_sharded_sampling_gives_the_one_process_images(tmp_path):
+    """5 images in batches of 2 over 2 ranks (rank 0 samples batches 0 and 2, rank 1 batch 1):
+    every rank returns all 5, equal to one process's, because each image's noise comes from the
+    one seeded draw and every batch holds the same images as in one process."""
+    with torch.no_grad():
+        single = _micro_sample(5)
+    _launch(2, tmp_path, worker=_sample_worker)
+    for rank in (0, 1):
+        assert np.array_equal(np.load(tmp_path / f"rank{rank}.npy"), single)

@@ -48,7 +48,10 @@ def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, ta
       tfmq-export evaluate --out runs/eval --doc docs/RESULTS.md
       tfmq-export evaluate --model digits-text --out runs/eval-text --bits w8a8,w4a8 --doc docs/RESULTS-text.md
     """
+    from tfmq_export.distributed import init_from_env, is_writer
     from tfmq_export.workflows.evaluate_text import evaluate_model
+
+    init_from_env(device)  # torchrun: calibration data-parallel, sampling sharded (docs/SCALING.md)
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     bit_list = [b.strip() for b in bits.split(",") if b.strip()]
@@ -56,4 +59,5 @@ def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, ta
                                         target=target, guidance_scale=guidance_scale, doc_path=doc_path,
                                         progress=not quiet, device=device,
                                         skip=[r.strip() for r in skip.split(",") if r.strip()])
-    click.echo(markdown)
+    if is_writer():
+        click.echo(markdown)
