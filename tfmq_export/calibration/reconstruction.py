@@ -219,6 +219,8 @@ def restore_unit(tensors: dict[str, torch.Tensor], layers: dict[str, QuantLayer]
 def _chunk_size(sim: TemporalTableUNet, fp_ref: TemporalTableUNet, block: Block, data: CalibrationData,
                 order: torch.Tensor, options: ReconstructionOptions) -> int:
     """Inputs per cached chunk: as many as ``cache_mb`` holds (inputs + targets), at least a minibatch."""
+    if options.disk_cache:  # one chunk; what exceeds cache_mb is memory-mapped on disk (block_io.spill_to_disk)
+        return len(data)
     probe = subset(data, order[:1])
     per_sample = capture_inputs(sim, block.name, probe.batches(1)).nbytes
     per_sample += capture_outputs(fp_ref, block.name, probe.batches(1)).numel() * 4

@@ -62,6 +62,10 @@ def _default(field: str) -> str:
 @click.option("--scheduler", type=click.Choice(["ddim", "pndm", "euler", "dpm++"]), default=None,
               show_default="the model's own; DDIM for DDPM",
               help="Sampler of the calibration pass = the table's rows.")
+@click.option("--cache-budget", type=float, default=None, metavar="GB", show_default="1 GB in RAM, chunked",
+              help="Memory for cached block inputs + targets during reconstruction; a block that needs more is "
+                   "captured into memory-mapped files under --out/.work instead (sets extra cache_mb and "
+                   "disk_cache).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine, started with torch's elastic launcher (torchrun); "
                    "gloo on cpu, NCCL with --device cuda (one GPU per process). See docs/SCALING.md.")
@@ -69,8 +73,8 @@ def _default(field: str) -> str:
 @device_option
 @friendly
 def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, seed, batch_size, static_scale_rule,
-              temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, workers, quiet,
-              device) -> None:
+              temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, cache_budget,
+              workers, quiet, device) -> None:
     """Calibrate MODEL (`digits` or a local diffusers folder) and write an artifact to --out.
 
     Settings come from three places, in this order of precedence: the options given here, then the
@@ -109,7 +113,7 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
         resolved = settings_from(load_recipe(recipe) if recipe is not None else None, overrides)
         click.echo(f"settings: {resolved.record()}", err=True)
     artifact = calibrate_model(model, out_dir, overrides, recipe=recipe, conditions=conditions, prompts=prompts,
-                               progress=not quiet, device=device)
+                               progress=not quiet, device=device, cache_budget_gb=cache_budget)
     if not is_writer():
         return
     click.echo(
