@@ -107,7 +107,8 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
     settings = replace(settings, scheduler=resolve_scheduler_name(settings.scheduler, model.scheduler_config))
     check_finite_weights(model.unet)
     # several ranks: the same settings and model everywhere, else one line and no work (calibration.parallel)
-    check_agreement({"settings": settings.record(), "model fingerprint": model.fingerprint()})
+    if world_size() > 1:  # (hashing the weights costs seconds for an SD-class UNet: only when needed)
+        check_agreement({"settings": settings.record(), "model fingerprint": model.fingerprint()})
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
 
