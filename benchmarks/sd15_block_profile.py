@@ -7,7 +7,8 @@ float32), and the time of one forward of the whole UNet per image. From those (d
 
 - the block cache of the largest block for the recipe's calibration set, i.e. what
   ``--cache-budget`` moves to memory-mapped files;
-- an EXTRAPOLATION of the weight stage of the authors' recipe (20,000 iterations per block,
+- an EXTRAPOLATION of the weight stage (in core-hours from the process's CPU time, which other jobs
+  on a shared machine inflate far less than the wall time) of the authors' recipe (20,000 iterations per block,
   minibatch 32): one iteration over every block costs about one forward + backward of the UNet on
   32 images (~3 forwards), so the stage is ~ 20,000 x 32 x 3 x the per-image forward time.
 
@@ -59,22 +60,25 @@ def main() -> None:
     handles = [unet.get_submodule(b.name).register_forward_hook(hook(b.name), with_kwargs=True) for b in blocks]
     x = torch.randn(1, 4, args.latent, args.latent)
     cond = torch.randn(1, 77, 768)
-    seconds = []
+    seconds, cpu_seconds = [], []
     with torch.no_grad():
         for _ in range(args.repeats):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             unet(x, torch.tensor([500]), cond)
             seconds.append(time.perf_counter() - started)
+            cpu_seconds.append(time.process_time() - cpu_started)
             for handle in handles:
                 handle.remove()
             handles = []
-    forward = min(seconds)
+    forward, cpu = min(seconds), min(cpu_seconds)  # CPU seconds: what the process computed, whatever the load
     largest = max(sizes, key=sizes.get)
     recipe_hours = forward * FWD_BWD * RECIPE_BATCH * RECIPE_ITERS / 3600
     result = {
         "command": "python benchmarks/sd15_block_profile.py " + " ".join(sys.argv[1:]),
         "latent": args.latent, "threads": args.threads, "blocks": len(blocks),
         "forward_seconds_per_image": round(forward, 3), "forward_seconds_all": [round(s, 3) for s in seconds],
+        "forward_cpu_seconds_per_image": round(cpu, 3),
+        "extrapolated_weight_stage_cpu_core_hours": round(cpu * FWD_BWD * RECIPE_BATCH * RECIPE_ITERS / 3600, 1),
         "cache_mb_per_input": {"largest_block": largest, "largest": round(sizes[largest] / 2**20, 2),
                                "sum_over_blocks": round(sum(sizes.values()) / 2**20, 1)},
         "cache_gb_largest_block_for_calib_inputs": round(sizes[largest] * args.calib_inputs / 2**30, 1),
