@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tfmq_export.config import SCHEDULER_NAMES
+from tfmq_export.distributed import all_gather_objects, is_writer, my_share, world_size
 from tfmq_export.errors import TfmqError
 
 __all__ = [
@@ -198,17 +199,24 @@ def sample_images(
     """Sample ``num_images`` in batches with fixed noise; returns float32 [N, C, H, W].
 
     ``scheduler`` and ``table_timesteps`` as in ``ddim_sample`` (the rows are mapped once, before
-    the first batch, so a missing row stops before any work)."""
+    the first batch, so a missing row stops before any work). Under several ranks
+    (``tfmq_export.distributed``) each samples its share of the batches and every rank returns
+    all the images, equal to a one-process run's."""
     if table_timesteps is not None:
         timestep_rows(table_timesteps, make_scheduler(scheduler, scheduler_config, num_steps).timesteps)
-    latents = initial_noise(num_images, sample_shape, seed)
-    out = []
-    for start in tqdm(range(0, num_images, batch_size), desc=desc, disable=not progress, leave=False):
+    latents = initial_noise(num_images, sample_shape, seed)  # every image's noise, whichever rank samples it
+    starts = list(range(0, num_images, batch_size))
+    out: dict[int, np.ndarray] = {}
+    # several ranks (torchrun): the batches are dealt round robin and gathered, each batch with the
+    # same images as in one process, so the images are the same
+    for start in tqdm(my_share(starts), desc=desc, disable=not progress or not is_writer(), leave=False):
         chunk = latents[start : start + batch_size]
         cond = None if conditions is None else cycle_conditions(conditions, start, chunk.shape[0])
-        out.append(ddim_sample(denoise, scheduler_config, num_steps, chunk, cond, scheduler=scheduler,
-                               table_timesteps=table_timesteps).numpy())
-    return np.concatenate(out).astype(np.float32)
+        out[start] = ddim_sample(denoise, scheduler_config, num_steps, chunk, cond, scheduler=scheduler,
+                                 table_timesteps=table_timesteps).numpy()
+    for part in all_gather_objects(out) if world_size() > 1 else []:
+        out.update(part)
+    return np.concatenate([out[start] for start in starts]).astype(np.float32)
 
 
 def cycle_conditions(conditions: torch.Tensor, start: int, count: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tfmq_export.calibration.data import CalibrationData
+from tfmq_export.calibration.parallel import rank_rows, reduce_histograms, reduce_ranges
 from tfmq_export.config import STEP_SCALE_RULES
 from tfmq_export.errors import TfmqError
 from tfmq_export.quant import grids
@@ -50,10 +51,11 @@ def observe_activations(
 ) -> None:
     """Run the calibration data through ``sim`` and record per-step input ranges of every layer."""
     set_act_mode(layers, ActMode.OBSERVING)
-    for x, step, cond in tqdm(list(data.batches(batch_size)), desc="activation ranges", disable=not progress,
-                              leave=False):
+    for x, step, cond in tqdm(list(rank_rows(data).batches(batch_size)), desc="activation ranges",
+                              disable=not progress, leave=False):
         with observing_steps(step):
             sim(x, step, cond)
+    reduce_ranges(layers)  # several ranks: each observed its share (calibration.parallel)
 
 
 def static_scale(quantizer: ActQuantizer) -> torch.Tensor:
@@ -155,7 +157,7 @@ def collect_step_histograms(
             split = aq.split if isinstance(aq, SplitActQuantizer) else None
             # a disabled quantizer returns early, so hook the module call itself (pre-hook)
             handles.append(aq.register_forward_pre_hook(hook(key, limit, split)))
-        for x, step, cond in tqdm(list(data.batches(batch_size)), desc="activation histograms",
+        for x, step, cond in tqdm(list(rank_rows(data).batches(batch_size)), desc="activation histograms",
                                   disable=not progress, leave=False):
             with observing_steps(step):
                 sim(x, step, cond)
@@ -164,7 +166,7 @@ def collect_step_histograms(
             handle.remove()
         for key, aq in quantizers.items():
             aq.mode = saved[key]
-    return hists
+    return reduce_histograms(hists)  # several ranks: each counted its share
 
 
 def current_steps_or_fail(batch: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tfmq_export.calibration.data import CalibrationData
+from tfmq_export.calibration.disk_cache import DeviceView, DiskSpill, active_spill
 from tfmq_export.errors import TfmqError
 from tfmq_export.models.adapter import UNetAdapter
 from tfmq_export.quant.steps import observing_steps
@@ -114,6 +115,7 @@ class CapturedCalls:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     tensors: list[torch.Tensor]
+    device: torch.device | None = None  # set when ``tensors`` live on the CPU side (disk_cache) for this device
 
     def __len__(self) -> int:
         return self.tensors[0].shape[0] if self.tensors else 0
@@ -124,7 +126,11 @@ class CapturedCalls:
 
     def select(self, index: torch.Tensor) -> tuple[tuple[Any, ...], dict[str, Any]]:
         def fill(value: Any) -> Any:
-            return self.tensors[value.index][index] if isinstance(value, _Slot) else value
+            if not isinstance(value, _Slot):
+                return value
+            if self.device is None:
+                return self.tensors[value.index][index]
+            return self.tensors[value.index][index.cpu()].to(self.device)
 
         return tuple(fill(a) for a in self.args), {k: fill(v) for k, v in self.kwargs.items()}
 
@@ -165,6 +171,9 @@ def _collate(calls: list[tuple[tuple[Any, ...], dict[str, Any]]], sizes: list[in
 @torch.no_grad()
 def capture_inputs(model: TemporalTableUNet, name: str, batches: Iterable[tuple]) -> CapturedCalls:
     """The call arguments of block ``name`` in ``model`` (forwards stop at the block)."""
+    spill = active_spill()
+    if spill is not None:  # --cache-budget: stream into (memory-mapped) storage, batch by batch
+        return _capture_inputs_streamed(model, name, list(batches), spill)
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
     def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -179,6 +188,9 @@ def capture_inputs(model: TemporalTableUNet, name: str, batches: Iterable[tuple]
 @torch.no_grad()
 def capture_outputs(model: TemporalTableUNet, name: str, batches: Iterable[tuple]) -> torch.Tensor:
     """The output of block ``name`` in ``model``, concatenated over the batches."""
+    spill = active_spill()
+    if spill is not None:
+        return _capture_outputs_streamed(model, name, list(batches), spill)
     outputs: list[torch.Tensor] = []
 
     def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
@@ -206,6 +218,92 @@ def _run_to_block(model: TemporalTableUNet, name: str, batches: Iterable[tuple],
     finally:
         handle.remove()
     return sizes
+
+
+def _destination(spill: DiskSpill, value: torch.Tensor, total: int) -> torch.Tensor:
+    shape = (total, *value.shape[1:])
+    return spill.empty(shape, value.dtype, total * value[0].numel() * value.element_size())
+
+
+@torch.no_grad()
+def _capture_inputs_streamed(model: TemporalTableUNet, name: str, batches: list[tuple],
+                             spill: DiskSpill) -> CapturedCalls:
+    """``capture_inputs`` writing every call into storage sized for all of them (memory-mapped
+    above the budget), so at most one batch of arguments is held at a time."""
+    total = sum(b[0].shape[0] for b in batches)
+    state: dict[str, Any] = {"offset": 0, "captured": None}
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        n = batches[state["calls"]][0].shape[0]
+        flat = [("a", i, v) for i, v in enumerate(args)] + [("k", k, v) for k, v in kwargs.items()]
+        if state["captured"] is None:  # the first call decides which values are batched
+            slots: dict[tuple[str, Any], Any] = {}
+            tensors: list[torch.Tensor] = []
+            device = None
+            for kind, key, value in flat:
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == n:
+                    slots[(kind, key)] = _Slot(len(tensors))
+                    tensors.append(_destination(spill, value, total))
+                    device = value.device
+                else:
+                    slots[(kind, key)] = value
+            args_out = tuple(slots[("a", i)] for i in range(len(args)))
+            state["captured"] = CapturedCalls(args_out, {k: slots[("k", k)] for k in kwargs}, tensors,
+                                              None if device is None or device.type == "cpu" else device)
+        captured: CapturedCalls = state["captured"]
+        values = list(captured.args) + list(captured.kwargs.values())
+        for (_kind, key, value), slot in zip(flat, values):
+            if isinstance(slot, _Slot):
+                captured.tensors[slot.index][state["offset"] : state["offset"] + n] = value.detach().cpu() \
+                    if captured.device is not None else value.detach()
+            elif not _same_constant(value, slot):
+                raise TfmqError(f"{name}: call argument {key!r} is neither batched nor constant; cannot cache it")
+        state["offset"] += n
+        raise _StopForward
+
+    _run_streamed(model, name, batches, state, model.unet.get_submodule(name).register_forward_pre_hook(
+        hook, with_kwargs=True))
+    return state["captured"]
+
+
+@torch.no_grad()
+def _capture_outputs_streamed(model: TemporalTableUNet, name: str, batches: list[tuple],
+                              spill: DiskSpill) -> torch.Tensor | DeviceView:
+    """``capture_outputs`` into storage for all of them (memory-mapped above the budget)."""
+    total = sum(b[0].shape[0] for b in batches)
+    state: dict[str, Any] = {"offset": 0, "captured": None}
+
+    def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
+        if not torch.is_tensor(output):
+            raise TfmqError(f"block {name} returns {type(output).__name__}; reconstruction needs one tensor")
+        if state["captured"] is None:
+            state["captured"] = _destination(spill, output, total)
+            state["device"] = output.device
+        n = output.shape[0]
+        state["captured"][state["offset"] : state["offset"] + n] = output.detach().to(state["captured"].device)
+        state["offset"] += n
+        raise _StopForward
+
+    _run_streamed(model, name, batches, state, model.unet.get_submodule(name).register_forward_hook(hook))
+    if state["device"].type != "cpu" and state["captured"].device.type == "cpu":
+        return DeviceView(state["captured"], state["device"])
+    return state["captured"]
+
+
+def _run_streamed(model: TemporalTableUNet, name: str, batches: list[tuple], state: dict[str, Any],
+                  handle: Any) -> None:
+    """``_run_to_block`` that tells the hook which batch it sees (``state["calls"]``)."""
+    state["calls"] = 0
+    try:
+        for x, step, cond in batches:
+            try:
+                forward_declared(model, x, step, cond)
+            except _StopForward:
+                state["calls"] += 1
+                continue
+            raise TfmqError(f"block {name} was not called by the UNet")
+    finally:
+        handle.remove()
 
 
 class TargetCache:

@@ -78,6 +78,8 @@ def collect_calibration_data(
     ``scheduler``: ``sampling.make_scheduler``'s name (None: the config's own, DDIM for DDPM);
     ``timesteps`` is its schedule for ``num_steps`` steps (``sampler_timesteps``; default
     ``len(timesteps)``, but PNDM makes more calls than steps)."""
+    from tfmq_export.calibration.parallel import batch_starts, gather_batches
+
     latents = initial_noise(num_samples, sample_shape, seed)
     steps = num_steps or len(timesteps)
     xs: list[torch.Tensor] = []
@@ -90,12 +92,19 @@ def collect_calibration_data(
         if cond is not None:
             conds.append(cond)
 
-    for start in tqdm(range(0, num_samples, batch_size), desc="calibration data", disable=not progress, leave=False):
+    pieces: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+    # several ranks (torchrun): each samples its share of the batches, then every rank gets them all
+    for start in tqdm(batch_starts(range(0, num_samples, batch_size)), desc="calibration data",
+                      disable=not progress, leave=False):
         chunk = latents[start : start + batch_size]
         cond = None if conditions is None else cycle_conditions(conditions, start, chunk.shape[0])
+        xs.clear(), rows.clear(), conds.clear()
         ddim_sample(denoise, scheduler_config, steps, chunk, cond, on_step=keep, scheduler=scheduler)
+        pieces[start] = (torch.cat(xs), torch.cat(rows), torch.cat(conds) if conds else None)
+    batches = gather_batches(pieces)
     return CalibrationData(
-        torch.cat(xs), torch.cat(rows), torch.cat(conds) if conds else None, list(timesteps)
+        torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]),
+        torch.cat([b[2] for b in batches]) if batches[0][2] is not None else None, list(timesteps)
     )
 
 

@@ -20,7 +20,9 @@ from tfmq_export import config
 from tfmq_export.artifact import CalibrationArtifact, save_artifact
 from tfmq_export.calibration import minmax, qdiff, tfmq
 from tfmq_export.calibration.data import CalibrationData, collect_calibration_data, device_denoiser
+from tfmq_export.calibration.disk_cache import spill_to_disk
 from tfmq_export.calibration.guided_data import guided_calibration_data
+from tfmq_export.calibration.memory import stage_memory
 from tfmq_export.calibration.result import MethodResult
 from tfmq_export.calibration.sensitivity import LayerPlan, plan_layers
 from tfmq_export.config import CalibrationSettings
@@ -32,6 +34,7 @@ from tfmq_export.device import (
     resolve_device,
     synchronize,
 )
+from tfmq_export.distributed import check_agreement, rank, run_on_writer, world_size
 from tfmq_export.errors import TfmqError
 from tfmq_export.models.loading import LoadedModel
 from tfmq_export.quant.modules import QuantLayer
@@ -104,6 +107,9 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
     # the artifact records the sampler actually used (None = the model's own, DDIM for a DDPM config)
     settings = replace(settings, scheduler=resolve_scheduler_name(settings.scheduler, model.scheduler_config))
     check_finite_weights(model.unet)
+    # several ranks: the same settings and model everywhere, else one line and no work (calibration.parallel)
+    if world_size() > 1:  # (hashing the weights costs seconds for an SD-class UNet: only when needed)
+        check_agreement({"settings": settings.record(), "model fingerprint": model.fingerprint()})
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
 
@@ -112,28 +118,9 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
     fp_sim = build_table_unet(model.unet, timesteps).eval()
 
     # 2. full-precision trajectories, every step kept
-    data: CalibrationData | None = None
-    if settings.quantized and model.guided is not None:  # calibrate --prompts: both guidance halves, one pass
-        data = guided_calibration_data(fp_sim, model, timesteps, settings, progress)
-        check_finite_data(data)
-    elif settings.quantized:
-        if model.is_conditional and model.conditions is None:
-            raise TfmqError("a conditional UNet needs --conditions FILE.npy (encoder_hidden_states [N, S, D])")
-        data = collect_calibration_data(
-            device_denoiser(fp_sim, fp_sim),
-            model.scheduler_config,
-            timesteps,
-            model.sample_shape,
-            settings.num_samples,
-            settings.seed,
-            settings.batch_size,
-            model.conditions,
-            progress,
-            scheduler=settings.scheduler,
-            num_steps=settings.steps,
-        )
-        check_finite_data(data)
-        data = data.to(device)  # the methods' cached inputs live on the device
+    memory: dict[str, float] = {}
+    with stage_memory(memory, "data", device):
+        data = _collect(fp_sim, model, timesteps, settings, progress, device)
     data_seconds = time.perf_counter() - started
 
     # 3. simulation + method
@@ -144,7 +131,11 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
         plan = plan_layers(fp_sim, data, settings)  # keep_fp / w8_layers: the same layer list for every method
         layers = quantize_model(sim, settings.wbits, settings.abits, plan.bits)
         work_dir = None if out_dir is None else Path(out_dir) / ".work"
-        result = method(sim, layers, data, settings, model, work_dir, progress)
+        spill_dir = None if work_dir is None else work_dir / f"cache-rank{rank()}"  # --cache-budget
+        options = settings.options
+        with spill_to_disk(spill_dir, options.cache_mb * 2**20, options.disk_cache), \
+                stage_memory(memory, "method", device):
+            result = method(sim, layers, data, settings, model, work_dir, progress)
     synchronize(device)
     total_seconds = time.perf_counter() - started
 
@@ -165,13 +156,41 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
         tensors=tensors,
         settings={**settings.record(), "model_source": model.source, **plan.record()},
         timings={"data_seconds": data_seconds, "calib_seconds": total_seconds, **result.timings,
-                 **device_record(device)},
+                 **device_record(device), "ranks": float(world_size()), **memory},
         static_scale_rule=settings.static_scale_rule,
         temporal_table=result.temporal_table or settings.temporal_table,
     )
-    if out_dir is not None:
-        save_artifact(artifact, Path(out_dir))
+    if out_dir is not None:  # several ranks: rank 0 writes, the others wait for it
+        run_on_writer(lambda: save_artifact(artifact, Path(out_dir)))
     return CalibrationRun(artifact, result)
+
+
+def _collect(fp_sim: TemporalTableUNet, model: LoadedModel, timesteps: list, settings: CalibrationSettings,
+             progress: bool, device: torch.device) -> CalibrationData | None:
+    """The full-precision trajectories, every step kept (None: nothing to quantize)."""
+    if settings.quantized and model.guided is not None:  # calibrate --prompts: both guidance halves, one pass
+        data = guided_calibration_data(fp_sim, model, timesteps, settings, progress)
+        check_finite_data(data)
+        return data
+    if not settings.quantized:
+        return None
+    if model.is_conditional and model.conditions is None:
+        raise TfmqError("a conditional UNet needs --conditions FILE.npy (encoder_hidden_states [N, S, D])")
+    data = collect_calibration_data(
+        device_denoiser(fp_sim, fp_sim),
+        model.scheduler_config,
+        timesteps,
+        model.sample_shape,
+        settings.num_samples,
+        settings.seed,
+        settings.batch_size,
+        model.conditions,
+        progress,
+        scheduler=settings.scheduler,
+        num_steps=settings.steps,
+    )
+    check_finite_data(data)
+    return data.to(device)  # the methods' cached inputs live on the device
 
 
 # --- non-finite values stop the run, naming the tensor ---------------------------------------------

@@ -56,9 +56,11 @@ from tfmq_export.calibration.block_io import (
     uniform_subset,
 )
 from tfmq_export.calibration.data import CalibrationData
+from tfmq_export.calibration.parallel import minibatch_share
 from tfmq_export.calibration.result import BlockResult
 from tfmq_export.calibration.resume import Checkpoint, unit_seed
 from tfmq_export.config import CalibrationSettings, ExtraOptions
+from tfmq_export.distributed import average_gradients
 from tfmq_export.errors import TfmqError
 from tfmq_export.quant.modules import ActMode, QuantLayer
 from tfmq_export.quant.simulate import set_act_mode
@@ -152,6 +154,7 @@ def optimise(
                 loss = rec + weight * sum(a.regularizer(beta) for a in adas.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        average_gradients(p for group in optimizer.param_groups for p in group["params"])  # ranks: mean
         optimizer.step()
         losses.append(float(rec.detach()))
         if it == 0:
@@ -239,6 +242,8 @@ def restore_unit(tensors: dict[str, torch.Tensor], layers: dict[str, QuantLayer]
 def _chunk_size(sim: TemporalTableUNet, fp_ref: TemporalTableUNet, block: Block, data: CalibrationData,
                 order: torch.Tensor, options: ReconstructionOptions) -> int:
     """Inputs per cached chunk: as many as ``cache_mb`` holds (inputs + targets), at least a minibatch."""
+    if options.disk_cache:  # one chunk; what exceeds cache_mb is memory-mapped on disk (block_io.spill_to_disk)
+        return len(data)
     probe = subset(data, order[:1])
     per_sample = capture_inputs(sim, block.name, probe.batches(1)).nbytes
     per_sample += capture_outputs(fp_ref, block.name, probe.batches(1)).numel() * 4
@@ -300,9 +305,10 @@ def reconstruct_block(
         # 2. learn on minibatches of the cached chunk
         def batch_loss(inputs: CapturedCalls = inputs, targets: torch.Tensor = targets, size: int = len(part),
                        batch: int = batch) -> torch.Tensor:
-            index = torch.randperm(size, generator=generator)[:batch]
+            # several ranks: this rank's share of the same global minibatch (calibration.parallel)
+            index, weight = minibatch_share(torch.randperm(size, generator=generator)[:batch])
             args, kwargs = inputs.select(index)
-            return lp_loss(module(*args, **kwargs), targets[index])
+            return weight * lp_loss(module(*args, **kwargs), targets[index])
 
         optimise(batch_loss, optimizer, adas, schedule, it, stop, block.name, on_step)
         it = max(it, stop)

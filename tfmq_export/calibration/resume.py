@@ -10,6 +10,10 @@ finished units instead of learning them again. Every unit draws its minibatches 
 seeded by (seed, stage, block), recorded in the JSON, so there is no RNG state to carry from one
 unit to the next: a resumed run computes bit for bit what an uninterrupted one computes. A rerun
 with a different fingerprint starts over and says so.
+
+Under several ranks (``tfmq_export.distributed``) rank 0 reads and writes the checkpoint and the
+others wait for each write; the fingerprint does not depend on the number of ranks (the data is
+the same, ``calibration.parallel``), so a run resumes with the same or another number of ranks.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tfmq_export.distributed import broadcast_object, is_writer, run_on_writer
 from tfmq_export.errors import TfmqError
 from tfmq_export.io import atomic_write
 
@@ -63,7 +68,7 @@ class Checkpoint:
         self.units: list[dict[str, Any]] = []
         if self.work_dir is None:
             return
-        state = self._read_state()
+        state = broadcast_object(self._read_state() if is_writer() else None)  # ranks: rank 0's view
         if state is not None and state.get("fingerprint") == fingerprint:
             self.units = list(state["units"])
             if self.units:
@@ -114,22 +119,29 @@ class Checkpoint:
         if self.done(unit):
             raise TfmqError(f"unit {unit!r} is already checkpointed")
         entry = {"unit": unit, "file": f"{len(self.units):04d}.safetensors", "info": info}
-        if self.work_dir is not None:
-            units_dir = self.work_dir / UNITS_DIR
-            units_dir.mkdir(parents=True, exist_ok=True)
-            payload = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-            atomic_write(units_dir / entry["file"], lambda tmp: save_file(payload, tmp))
         self.units.append(entry)
-        if self.work_dir is not None:
-            state = {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "units": self.units}
-            text = json.dumps(state, indent=1, sort_keys=True)
-            atomic_write(self.work_dir / CHECKPOINT_JSON, lambda tmp: Path(tmp).write_text(text))
+        if self.work_dir is not None:  # several ranks: rank 0 writes, the others wait for it
+            run_on_writer(lambda: self._write(entry, tensors))
+
+    def _write(self, entry: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        assert self.work_dir is not None
+        units_dir = self.work_dir / UNITS_DIR
+        units_dir.mkdir(parents=True, exist_ok=True)
+        payload = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        atomic_write(units_dir / entry["file"], lambda tmp: save_file(payload, tmp))
+        state = {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "units": self.units}
+        text = json.dumps(state, indent=1, sort_keys=True)
+        atomic_write(self.work_dir / CHECKPOINT_JSON, lambda tmp: Path(tmp).write_text(text))
 
     def clear(self) -> None:
         """Forget every unit (on disk too)."""
         self.units = []
         if self.work_dir is None:
             return
+        run_on_writer(self._delete)
+
+    def _delete(self) -> None:
+        assert self.work_dir is not None
         (self.work_dir / CHECKPOINT_JSON).unlink(missing_ok=True)
         shutil.rmtree(self.work_dir / UNITS_DIR, ignore_errors=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +149,7 @@ class Checkpoint:
     def remove(self) -> None:
         """Delete this checkpoint after a successful run (and the work folder if nothing else is in it)."""
         self.clear()
-        if self.work_dir is not None:
+        if self.work_dir is not None and is_writer():
             with contextlib.suppress(OSError):
                 self.work_dir.rmdir()
 

@@ -62,12 +62,19 @@ def _default(field: str) -> str:
 @click.option("--scheduler", type=click.Choice(["ddim", "pndm", "euler", "dpm++"]), default=None,
               show_default="the model's own; DDIM for DDPM",
               help="Sampler of the calibration pass = the table's rows.")
+@click.option("--cache-budget", type=float, default=None, metavar="GB", show_default="1 GB in RAM, chunked",
+              help="Memory for cached block inputs + targets during reconstruction; a block that needs more is "
+                   "captured into memory-mapped files under --out/.work instead (sets extra cache_mb and "
+                   "disk_cache).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine, started with torch's elastic launcher (torchrun); "
+                   "gloo on cpu, NCCL with --device cuda (one GPU per process). See docs/SCALING.md.")
 @output_options
 @device_option
 @friendly
 def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, seed, batch_size, static_scale_rule,
-              temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, quiet,
-              device) -> None:
+              temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, cache_budget,
+              workers, quiet, device) -> None:
     """Calibrate MODEL (`digits` or a local diffusers folder) and write an artifact to --out.
 
     Settings come from three places, in this order of precedence: the options given here, then the
@@ -84,7 +91,16 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
       tfmq-export calibrate digits --recipe digits-tfmq-w8a8 --seed 1 --out calib/out/tfmq-w8a8-s1
       tfmq-export calibrate ./my-sd15 --recipe sd-v1-4-w8a8 --prompts prompts.txt --guidance-scale 7.5 \\
           --out calib/out/sd-w8a8
+      tfmq-export calibrate digits --recipe digits-tfmq-w4a8 --workers 2 --out calib/out/tfmq-w4a8
+      torchrun --nproc-per-node 2 -m tfmq_export.cli calibrate digits --method tfmq --wbits 4 --abits 8 \\
+          --out calib/out/tfmq-w4a8-2ranks
     """
+    if workers > 1:
+        from tfmq_export.cli.launch import launch_workers
+
+        launch_workers(click.get_current_context(), workers)
+        return
+    from tfmq_export.distributed import is_writer
     from tfmq_export.workflows.calibrate import calibrate_model
 
     overrides = {"method": method, "wbits": wbits, "abits": abits, "steps": steps, "num_samples": num_samples,
@@ -97,7 +113,9 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
         resolved = settings_from(load_recipe(recipe) if recipe is not None else None, overrides)
         click.echo(f"settings: {resolved.record()}", err=True)
     artifact = calibrate_model(model, out_dir, overrides, recipe=recipe, conditions=conditions, prompts=prompts,
-                               progress=not quiet, device=device)
+                               progress=not quiet, device=device, cache_budget_gb=cache_budget)
+    if not is_writer():
+        return
     click.echo(
         f"wrote {out_dir} ({artifact.method} W{artifact.wbits}A{artifact.abits}, {len(artifact.layers)} quantized "
         f"layers, {len(artifact.timesteps)} steps, {artifact.timings['calib_seconds']:.1f} s)"

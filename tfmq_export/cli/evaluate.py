@@ -55,7 +55,10 @@ def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, ca
       tfmq-export evaluate --out runs/eval --methods tfmq,qdiff --bits w4a8 --calib-seeds 0,1,2,3,4
       tfmq-export evaluate --model digits-text --out runs/eval-text --bits w8a8,w4a8 --doc docs/RESULTS-text.md
     """
+    from tfmq_export.distributed import init_from_env, is_writer
     from tfmq_export.workflows.evaluate_text import evaluate_model
+
+    init_from_env(device)  # torchrun: calibration data-parallel, sampling sharded (docs/SCALING.md)
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     bit_list = [b.strip() for b in bits.split(",") if b.strip()]
@@ -63,4 +66,5 @@ def evaluate(out_dir, model, methods, bits, num_images, guidance_scale, seed, ca
                                         target=target, guidance_scale=guidance_scale, doc_path=doc_path,
                                         progress=not quiet, device=device,
                                         skip=[r.strip() for r in skip.split(",") if r.strip()], calib_seeds=calib_seeds)
-    click.echo(markdown)
+    if is_writer():
+        click.echo(markdown)

@@ -62,6 +62,7 @@ def sample(source, out_path, backend, num_images, seed, batch_size, json_path, m
       tfmq-export sample engines/sd-w8a8 --prompt "a handwritten digit seven" --num-images 4 --out grid.png
       tfmq-export sample calib/sd-w8a8 --prompt "a handwritten digit seven" --backend torch --out grid.png
     """
+    from tfmq_export.distributed import is_writer
     from tfmq_export.errors import TfmqError
     from tfmq_export.workflows.sample import sample_to_files
     from tfmq_export.workflows.sample_pipeline import is_pipeline_dir, sample_pipeline_cli
@@ -80,4 +81,5 @@ def sample(source, out_path, backend, num_images, seed, batch_size, json_path, m
         raise TfmqError("--float-stages applies to pipeline folders (export-pipeline); a bare UNet has no float stages")
     summary = sample_to_files(source, out_path, backend, 64 if num_images is None else num_images, seed, batch_size,
                               json_path, model, scheduler, steps, device)
-    click.echo(json.dumps(summary))
+    if is_writer():  # torchrun: rank 0 reports
+        click.echo(json.dumps(summary))

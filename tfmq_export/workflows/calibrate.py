@@ -30,20 +30,26 @@ def calibrate_model(
     prompts: Path | None = None,
     progress: bool = True,
     device: str | None = None,
+    cache_budget_gb: float | None = None,
 ) -> CalibrationArtifact:
     """Validate everything first (settings, output folder), then load MODEL and calibrate it into ``out_dir``.
 
     ``overrides`` are the command line's values (``None`` = not given); they win over the recipe
     (a shipped recipe name or a path, ``config.load_recipe``). ``device``: where torch computes
-    (``cpu``, ``cuda``, ``cuda:N``; checked first), never part of the settings.
+    (``cpu``, ``cuda``, ``cuda:N``; checked first), never part of the settings. ``cache_budget_gb``
+    (``--cache-budget``): memory for cached block inputs + targets; above it they are memory-mapped
+    on disk (``extra``: ``cache_mb``, ``disk_cache``).
     """
     from tfmq_export.calibration.pipeline import calibrate as run_calibration
     from tfmq_export.config import load_recipe, settings_from
     from tfmq_export.device import resolve_device
+    from tfmq_export.distributed import init_from_env, is_writer, rank_device
     from tfmq_export.models.loading import load_conditions, load_model
     from tfmq_export.models.prompts import read_prompts
 
     target = resolve_device(device)  # a malformed or absent device stops before anything loads
+    if init_from_env(target) > 1:  # under torchrun: data-parallel, one GPU per rank, rank 0 reports
+        target, progress = rank_device(target), progress and is_writer()
     if prompts is not None:  # the prompts are part of the settings: the artifact records them
         if conditions is not None:
             raise TfmqError("give --prompts or --conditions, not both")
@@ -51,6 +57,11 @@ def calibrate_model(
         if overrides.get("guidance_scale") is None:
             overrides["guidance_scale"] = DEFAULT_GUIDANCE_SCALE
     settings = settings_from(load_recipe(recipe) if recipe is not None else None, overrides)
+    if cache_budget_gb is not None:
+        if cache_budget_gb <= 0:
+            raise TfmqError(f"--cache-budget must be a positive number of GB, got {cache_budget_gb}")
+        extra = {**(settings.extra or {}), "cache_mb": cache_budget_gb * 1024, "disk_cache": True}
+        settings = _with_extra(settings, extra)
     check_writable(out_dir, "--out", folder=True)  # before minutes of calibration, creating nothing
     loaded = load_model(model)
     if loaded.pipeline is not None and settings.quantized and prompts is None and conditions is None:
@@ -84,3 +95,12 @@ def _guided_conditions(loaded: Any, settings: Any, model: str) -> Any:
                         f"{model} has no text encoder")
     return encode_guided(loaded.pipeline, settings.prompts, settings.negative_prompt, settings.guidance_scale,
                          loaded.sample_shape[-1])
+
+
+def _with_extra(settings: Any, extra: dict[str, Any]) -> Any:
+    """``settings`` with another ``extra`` dict, validated."""
+    from dataclasses import replace
+
+    changed = replace(settings, extra=extra)
+    changed.validate()
+    return changed

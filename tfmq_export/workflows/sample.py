@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from tfmq_export.backends.base import Runner, open_runner, runner_denoiser
+from tfmq_export.distributed import init_from_env, is_writer, rank_device, world_size
 from tfmq_export.errors import TfmqError
 from tfmq_export.images import save_grid
 from tfmq_export.io import check_writable
@@ -117,6 +118,16 @@ def sample_with(runner: Runner, spec: SamplingSpec, num_images: int, seed: int, 
                         desc=f"sampling {runner.backend}:{runner.precision}")
 
 
+def _rank_device(device: str | None) -> str | None:
+    """Join torchrun's process group when there is one (``tfmq_export.distributed``); a plain
+    ``cuda`` then means this rank's GPU."""
+    import torch
+
+    if init_from_env(device) > 1 and device is not None and device.startswith("cuda"):
+        return str(rank_device(torch.device(device)))
+    return device
+
+
 def sample_to_files(source: Path, out_path: Path, backend: str, num_images: int, seed: int, batch_size: int,
                     json_path: Path | None, model: str | None, scheduler: str | None = None,
                     steps: int | None = None, device: str | None = None) -> dict[str, Any]:
@@ -126,15 +137,18 @@ def sample_to_files(source: Path, out_path: Path, backend: str, num_images: int,
     check_writable(out_path, "--out")
     if json_path is not None:
         check_writable(json_path, "--json")
+    device = _rank_device(device)
     runner, info = runner_for(source, backend, model, scheduler, steps, device)
     start = time.perf_counter()
-    images = sample_with(runner, info.spec, num_images, seed, batch_size)
+    images = sample_with(runner, info.spec, num_images, seed, batch_size, progress=is_writer())
     seconds = time.perf_counter() - start
-    save_grid(images[:64], out_path)
     summary: dict[str, Any] = {"source": str(source), "backend": backend, "precision": info.precision,
                                "method": info.method, "num_images": num_images, "seed": seed,
-                               "device": device or "cpu",
+                               "device": device or "cpu", "ranks": world_size(),
                                "seconds": round(seconds, 3), "grid": str(out_path)}
+    if not is_writer():  # several ranks: they shared the sampling; rank 0 scores and writes
+        return summary
+    save_grid(images[:64], out_path)
     if is_digits_fingerprint(info.fingerprint):
         from tfmq_export.metrics.fid import digits_fid
 
