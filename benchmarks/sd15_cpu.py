@@ -39,8 +39,10 @@ from pathlib import Path
 from typing import Any
 
 if __package__:  # imported as benchmarks.sd15_cpu
+    from .cpu_facts import cpu_isa, isa_env, run_ov_child
     from .sd15_report import write_report
 else:  # run as python benchmarks/sd15_cpu.py
+    from cpu_facts import cpu_isa, isa_env, run_ov_child
     from sd15_report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,17 +56,28 @@ def log(message: str) -> None:
 # --- 1-3: graphs and engines ----------------------------------------------------------------------
 
 
-def sd15_model(latent: int, num_conditions: int, seed: int) -> Any:
-    """``sd15-arch`` with its config's sample size set to the benchmark latent (calibration data
-    and export metadata follow it) and random CLIP-shaped conditions to calibrate with."""
+def sd15_model(latent: int, num_conditions: int, seed: int, name: str = "sd15-arch") -> Any:
+    """``sd15-arch`` (or ``name``: ``digits-text`` for smoke runs) with its config's sample size set to
+    the benchmark latent (calibration data and export metadata follow it) and random CLIP-shaped
+    conditions to calibrate with."""
     import torch
 
     from tfmq_export.models.loading import load_model
 
-    model = load_model("sd15-arch")
+    model = load_model(name)
     model.unet.register_to_config(sample_size=latent)
-    model.conditions = torch.randn(num_conditions, 77, 768, generator=torch.Generator().manual_seed(seed))
+    dim = int(model.unet.config.cross_attention_dim)
+    model.conditions = torch.randn(num_conditions, 77, dim, generator=torch.Generator().manual_seed(seed))
     return model
+
+
+def cond_shape(args: argparse.Namespace) -> tuple[int, int]:
+    """encoder_hidden_states shape of the model (without building sd15-arch's 859 M weights)."""
+    if args.model == "sd15-arch":
+        return (77, 768)
+    from tfmq_export.models.loading import load_model
+
+    return (77, int(load_model(args.model).unet.config.cross_attention_dim))
 
 
 def export_graphs(work: Path, args: argparse.Namespace) -> dict[str, Path]:
@@ -85,7 +98,7 @@ def export_graphs(work: Path, args: argparse.Namespace) -> dict[str, Path]:
     if not graphs["fp32"].is_file():
         log("exporting the FP32 graph (in a child process, so its 10 GB peak is gone before calibration)")
         subprocess.run([sys.executable, __file__, "--export-fp32-only", *_forward(args)], check=True)
-    model = sd15_model(args.latent, args.num_samples, args.seed)
+    model = sd15_model(args.latent, args.num_samples, args.seed, args.model)
     common = {"steps": args.steps, "seed": args.seed}
     calib_dir = work / "calib-w8a8"
     if (calib_dir / "artifact.json").is_file():
@@ -109,8 +122,8 @@ def export_graphs(work: Path, args: argparse.Namespace) -> dict[str, Path]:
 
 def _forward(args: argparse.Namespace) -> list[str]:
     """The options a child process needs to rebuild the same model and artifact paths."""
-    return ["--work", str(args.work.resolve()), "--latent", str(args.latent), "--num-samples", str(args.num_samples),
-            "--seed", str(args.seed), "--steps", str(args.steps)]
+    return ["--work", str(args.work.resolve()), "--model", args.model, "--latent", str(args.latent),
+            "--num-samples", str(args.num_samples), "--seed", str(args.seed), "--steps", str(args.steps)]
 
 
 def export_fp32(args: argparse.Namespace, work: Path) -> None:
@@ -124,7 +137,7 @@ def export_fp32(args: argparse.Namespace, work: Path) -> None:
     from tfmq_export.config import CalibrationSettings
     from tfmq_export.export.onnx_export import export_onnx
 
-    model = sd15_model(args.latent, args.num_samples, args.seed)
+    model = sd15_model(args.latent, args.num_samples, args.seed, args.model)
     fp_dir = work / "calib-fp32"
     if not (fp_dir / "artifact.json").is_file():
         calibrate(model, CalibrationSettings(method="minmax", wbits=16, abits=16, steps=args.steps, seed=args.seed),
@@ -155,7 +168,7 @@ def build_engines(graphs: dict[str, Path], args: argparse.Namespace) -> dict[str
         engines[f"onnxruntime:{key}"] = opt
     log("NNCF peer (reused when its manifest matches)")
     engines["nncf"] = ensure_nncf_engine(graphs["fp32"], nncf_path(graphs), args.nncf_samples, args.latent,
-                                         seed=args.seed, threads=args.threads)
+                                         cond_shape(args), seed=args.seed, threads=args.threads)
     gc.collect()
     return engines
 
@@ -170,7 +183,7 @@ def nncf_path(graphs: dict[str, Path]) -> Path:
 def bench_command(graphs: dict[str, Path], engines: dict[str, Path], json_path: Path,
                   args: argparse.Namespace) -> list[str]:
     """The ``tfmq-export bench`` call of this benchmark (also printed, so it can be rerun alone)."""
-    cmd = ["tfmq-export", "bench", "sd15-arch", "--backends", "torch,onnxruntime",
+    cmd = ["tfmq-export", "bench", args.model, "--backends", "torch,onnxruntime",
            "--onnx", str(graphs["fp32"]),
            "--variant", f"onnxruntime={graphs['w8a8-onnxruntime']}",
            "--variant", f"openvino={engines['openvino:fp32']}",
@@ -234,6 +247,25 @@ def engine_facts(graphs: dict[str, Path]) -> dict[str, Any]:
     return {"fusion": fusion, "openvino": openvino}
 
 
+def openvino_facts(graphs: dict[str, Path], engines: dict[str, Path], args: argparse.Namespace,
+                   iters: int) -> dict[str, Any]:
+    """``ov-default`` vs forced f32 on the FP32 IR (its own round robin, ``iters`` calls; 0: none) and
+    the exec types of every OpenVINO engine, in a child process under ``--isa-cap``."""
+    from tfmq_export.export.onnx_export import describe_onnx
+
+    channels = describe_onnx(graphs["fp32"]).sample_shape[0]
+    kernels = {key.split(":", 1)[-1]: [str(xml), "f32"] for key, xml in engines.items() if key.startswith("openvino:")
+               or key == "nncf"}
+    kernels["fp32 (ov-default)"] = [str(engines["openvino:fp32"]), None]
+    payload = {"fp32_xml": str(engines["openvino:fp32"]), "engines": kernels, "threads": args.threads,
+               "batches": args.batches, "iters": iters, "warmup": 2, "pause_ms": args.pause_ms, "seed": args.seed,
+               "sample_shape": [channels, args.latent, args.latent], "cond_shape": list(cond_shape(args))}
+    facts = run_ov_child(payload, args.isa_cap)
+    if args.isa_cap and facts["amx_ran"]:
+        log(f"WARNING: AMX kernels ran under {args.isa_cap}: {', '.join(facts['amx_ran'])}")
+    return facts
+
+
 # --- 5: the report (sd15_report.py) and main ---------------------------------------------------------
 
 
@@ -255,7 +287,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-load", type=float, default=1.5)
     parser.add_argument("--max-wait-min", type=float, default=25.0)
+    parser.add_argument("--model", default="sd15-arch", help="sd15-arch; digits-text for smoke runs of the tooling")
+    parser.add_argument("--isa-cap", default=None,
+                        help="ONEDNN_MAX_CPU_ISA for every OpenVINO variant (set in the environment of this process "
+                             "at start and of the bench / OpenVINO child processes), e.g. AVX512_CORE_VNNI or "
+                             "AVX512_CORE_BF16 to time an AMX CPU as one without AMX")
+    parser.add_argument("--ov-iters", type=int, default=None,
+                        help="round-robin calls of ov-default vs forced f32 (default: --iters; 0: none)")
     parser.add_argument("--prepare-only", action="store_true", help="stop before timing")
+    parser.add_argument("--kernels-only", action="store_true",
+                        help="build, then print the exec types every OpenVINO engine runs (under --isa-cap) and stop")
     parser.add_argument("--export-fp32-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--report-only", type=Path, default=None, help="rewrite the report from this bench JSON")
     parser.add_argument("--json", type=Path, default=RESULTS)
@@ -265,6 +306,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.isa_cap:  # this process's own OpenVINO use (the NNCF build); children get it through isa_env
+        os.environ.update(isa_env(args.isa_cap))
     work = args.work.resolve()
     if args.export_fp32_only:
         export_fp32(args, work)
@@ -284,15 +327,23 @@ def main(argv: list[str] | None = None) -> int:
     log("bench command: " + " ".join(shlex.quote(c) for c in command))
     if args.prepare_only:
         return 0
+    if args.kernels_only:
+        print(json.dumps({"cpu_isa": cpu_isa(), **openvino_facts(graphs, engines, args, 0)}, indent=2))
+        return 0
     load = wait_for_quiet_machine(args.max_load, args.max_wait_min * 60)
     exe = Path(sys.executable).with_name("tfmq-export")
-    proc = subprocess.run([str(exe) if exe.is_file() else command[0], *command[1:]], cwd=ROOT)
+    proc = subprocess.run([str(exe) if exe.is_file() else command[0], *command[1:]], cwd=ROOT,
+                          env=isa_env(args.isa_cap))
     if proc.returncode != 0:
         log(f"bench failed with exit code {proc.returncode}")
         return proc.returncode
     result = json.loads(args.json.read_text())
     result["command"] = command
     result["script"] = {"load": load, "argv": sys.argv[1:]}
+    result["cpu_isa"] = {**cpu_isa(), "onednn_max_cpu_isa": args.isa_cap}
+    log("OpenVINO: ov-default vs forced f32, and the kernels every engine runs")
+    ov_iters = args.iters if args.ov_iters is None else args.ov_iters
+    result["ov_precision"] = openvino_facts(graphs, engines, args, ov_iters)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     facts = engine_facts(graphs)
     print(write_report(result, command, {**facts, "load": load}, args.report))

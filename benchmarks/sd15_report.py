@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NOTES_MARKER", "targets", "write_report"]
+__all__ = ["NOTES_MARKER", "isa_line", "ov_precision_lines", "targets", "write_report"]
 
 #: targets the report checks (the project's CPU targets, issue 4)
 TARGET_OV_VS_FP32 = 2.8
@@ -91,6 +91,40 @@ def _met(value: float | None, goal: float) -> bool | None:
     return None if value is None else value >= goal
 
 
+def isa_line(result: dict[str, Any]) -> list[str]:
+    """The machine lines on the ISA (issue 12): /proc/cpuinfo flags and oneDNN's cap, when recorded."""
+    isa = result.get("cpu_isa")
+    if not isa:
+        return []
+    flags = isa.get("flags", {})
+    have = [f for f, on in flags.items() if on and ("vnni" in f or "bf16" in f or "amx" in f)]
+    cap = isa.get("onednn_max_cpu_isa")
+    kernels = result.get("ov_precision", {})
+    line = (f"- ISA flags (/proc/cpuinfo): {', '.join(have) or 'no VNNI / BF16 / AMX'}; OpenVINO variants run with "
+            + (f"`ONEDNN_MAX_CPU_ISA={cap}`" if cap else "no ISA cap"))
+    if kernels.get("kernels"):
+        amx = kernels.get("amx_ran", [])
+        line += (f"; AMX kernels that ran: {', '.join(amx)}" if amx else "; no AMX kernel ran (exec types of every "
+                 "OpenVINO engine, `ov_precision.kernels` in the JSON)")
+    return [line]
+
+
+def ov_precision_lines(result: dict[str, Any]) -> list[str]:
+    """Table rows for ``ov-default`` (OpenVINO's own inference precision) beside forced f32.
+
+    Timed in their own round robin after the bench (``benchmarks/cpu_facts.py``), so they are
+    rows of their own: compare them with each other, not with the bench's medians.
+    """
+    ov = result.get("ov_precision", {})
+    lines = []
+    for row in ov.get("rows", []):
+        lines.append(f"| OpenVINO FP32 {row['label']} ({row['inference_precision']}; separate round robin) | "
+                     f"{row['batch']} | {row['latency_ms_median']:.1f} | n/a | {row['latency_ms_p90']:.1f} | "
+                     f"{row['latency_ms_min']:.1f} | n/a | n/a | n/a | n/a | "
+                     f"{row['rel_error_vs_ov_f32']:.4f} vs OpenVINO f32 |")
+    return lines
+
+
 def write_report(result: dict[str, Any], command: list[str], extra: dict[str, Any], path: Path) -> str:
     """``docs/BENCHMARKS.md``: the command, the machine, every variant, the ratios, the verdicts."""
     machine = result["machine"]
@@ -113,6 +147,7 @@ def write_report(result: dict[str, Any], command: list[str], extra: dict[str, An
         "",
         f"- CPU: {machine.get('cpu')} ({machine.get('cpu_count')} logical cores visible; AVX512-VNNI: "
         f"{machine.get('avx512_vnni')}, AMX: {machine.get('amx')})",
+        *isa_line(result),
         f"- threads per backend: {machine.get('threads')}; onnxruntime {machine.get('onnxruntime')}, "
         f"OpenVINO {machine.get('openvino')}, NNCF {machine.get('nncf')}, torch {machine.get('torch')}",
         f"- 1-minute load average: {_fmt(machine.get('load_avg_start', [None])[0])} when timing started, "
@@ -149,6 +184,7 @@ def write_report(result: dict[str, Any], command: list[str], extra: dict[str, An
             f"{_fmt(row.get('peak_mem_mb'), '.0f')} | {row['model_bytes'] / 1e6:.0f} | "
             f"{_fmt(row.get('rel_error_vs_reference'), '.4f')} |"
         )
+    lines += ov_precision_lines(result)
     for skipped in result.get("skipped", []):
         lines.append(f"| {skipped['label']} | - | skipped: {skipped['reason']} | | | | | | | | |")
     key = _key(result)
