@@ -66,7 +66,7 @@ else:  # run as python benchmarks/cpu_profile.py
         unet_feed,
     )
 
-__all__ = ["aggregate_ort_trace", "aggregate_ov", "markdown", "ort_kernel_precision"]
+__all__ = ["aggregate_ort_trace", "aggregate_ov", "compare", "markdown", "ort_kernel_precision"]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: OpenVINO node types (prefixes: ``FullyConnectedQuantizedLegacy`` too) that hold weights or do the heavy arithmetic
@@ -210,6 +210,18 @@ def profile_onnxruntime(onnx_path: Path, args: argparse.Namespace, shapes: tuple
     return out
 
 
+def compare(ours: dict[str, Any], peer: dict[str, Any], top: int = 10) -> list[dict[str, Any]]:
+    """Node types by how many more ms per call ``ours`` spends in them than ``peer`` (largest first)."""
+    a = {r["name"]: r for r in ours["by_node_type"]}
+    b = {r["name"]: r for r in peer["by_node_type"]}
+    rows = [{"name": n, "ours_ms": a.get(n, {}).get("ms", 0.0), "peer_ms": b.get(n, {}).get("ms", 0.0),
+             "ours_count": a.get(n, {}).get("count", 0), "peer_count": b.get(n, {}).get("count", 0)}
+            for n in set(a) | set(b)]
+    for r in rows:
+        r["diff_ms"] = r["ours_ms"] - r["peer_ms"]
+    return sorted(rows, key=lambda r: -abs(r["diff_ms"]))[:top]
+
+
 # --- Markdown ------------------------------------------------------------------------------------------
 
 
@@ -242,6 +254,13 @@ def markdown(result: dict[str, Any], top: int = 12) -> str:
             lines += ["", "| exec type | layers | ms | share |", "| --- | --- | --- | --- |"]
             lines += [f"| {r['name']} | {r['count']} | {r['ms']:.2f} | {r['share']:.1%} |"
                       for r in p["by_exec_type"][:top]]
+        lines.append("")
+    ours, peer = (result["profiles"].get(k) for k in ("OpenVINO W8A8 (tensorrt graph)", "OpenVINO + NNCF INT8"))
+    if ours and peer:
+        lines += ["## OpenVINO W8A8 (tensorrt graph) vs NNCF INT8, per node type", "",
+                  "| node type | ours: layers, ms | NNCF: layers, ms | ours - NNCF ms |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['name']} | {r['ours_count']}, {r['ours_ms']:.2f} | {r['peer_count']}, {r['peer_ms']:.2f} | "
+                  f"{r['diff_ms']:+.2f} |" for r in compare(ours, peer)]
         lines.append("")
     return "\n".join(lines)
 

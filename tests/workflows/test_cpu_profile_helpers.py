@@ -123,6 +123,10 @@ def test_openvino_counters_of_a_real_int8_conv(tmp_path):
     md = profile.markdown({"cpu": facts.cpu_isa(SAPPHIRE), "isa_cap": None, "threads": 1, "latent": 16,
                            "model": "conv", "command": "python benchmarks/cpu_profile.py", "profiles": {"conv": agg}})
     assert "| Convolution | 1 |" in md and "i8: 1 layers" in md
+    slower = {**agg, "by_node_type": [{**r, "ms": r["ms"] + (1.0 if r["name"] == "Convolution" else 0.0)}
+                                      for r in agg["by_node_type"]]}
+    diff = profile.compare(slower, agg)
+    assert diff[0]["name"] == "Convolution" and diff[0]["diff_ms"] == pytest.approx(1.0)
 
 
 def test_report_lines_for_isa_and_ov_default():
