@@ -9,9 +9,9 @@ Variants (all from the shipped digits recipes, tfmq_export/recipes, same data an
   tfmq (FP temporal table, the default), tfmq-qtable (--temporal-table quantized),
   tfmq-max (static engine scale by the max rule instead of the recipe's mse rule),
   tfmq-steps (per-step factors: every activation on its step's min-max grid, deployable),
-  tfmq-static (no learned activation scales: the rule's static scales after the weights),
-  tfmq-nosplit (no shortcut splitting), tfmq-paper (both off: the paper recipes), tfmq-qdrop
-  (QDrop 0.5 in the joint stage), tfmq-all-inputs (reconstruction on all 1,600 calibration inputs
+  tfmq-joint (activation scales learned with the rounding, joint_act), tfmq-nosplit (no
+  shortcut splitting), tfmq-paper (no splitting either: the paper recipes), tfmq-qdrop
+  (joint_act with QDrop 0.5), tfmq-all-inputs (reconstruction on all 1,600 calibration inputs
   instead of the recipe's 800), tfmq-recon-act (activation quantization on while the weights
   are learned, static scales).
 
@@ -50,12 +50,12 @@ VARIANTS = {
     "tfmq-qtable": ("tfmq", {"temporal_table": "quantized"}, {}),
     "tfmq-max": ("tfmq", {"static_scale_rule": "max"}, {}),
     "tfmq-steps": ("tfmq", {}, {"step_factors": True}),
-    "tfmq-static": ("tfmq", {}, {"joint_act": False}),
+    "tfmq-joint": ("tfmq", {}, {"joint_act": True}),
     "tfmq-nosplit": ("tfmq", {}, {"split_skip": False}),
-    "tfmq-paper": ("tfmq", {}, {"joint_act": False, "split_skip": False}),
-    "tfmq-qdrop": ("tfmq", {}, {"qdrop": 0.5}),
+    "tfmq-paper": ("tfmq", {}, {"split_skip": False}),
+    "tfmq-qdrop": ("tfmq", {}, {"joint_act": True, "qdrop": 0.5}),
     "tfmq-all-inputs": ("tfmq", {}, {"recon_samples": 0}),
-    "tfmq-recon-act": ("tfmq", {}, {"joint_act": False, "recon_act_quant": True}),
+    "tfmq-recon-act": ("tfmq", {}, {"recon_act_quant": True}),
 }
 
 

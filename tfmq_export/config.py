@@ -122,9 +122,10 @@ class ExtraOptions:
     tfmq: ``tiar_iters`` (default iters), ``step_factors`` (every activation quantizer keeps its
     per-step min-max range, deployed as per-step factors around one static scale), ``joint_act``
     (activation scales initialised from the FSC statistics and learned with the rounding in the
-    same block loop, activation quantization on; None = on for tfmq, the paper recipes turn it
-    off), ``qdrop`` (with ``joint_act``: probability that an activation keeps its float value in
-    the reconstruction loss, QDrop's 0.5), ``split_skip`` (as qdiff).
+    same block loop, activation quantization on; off by default: it lowers the single-step
+    error but not the sampled images' error, docs/ANALYSIS.md), ``qdrop`` (with ``joint_act``:
+    probability that an activation keeps its float value in the reconstruction loss, QDrop's
+    0.5), ``split_skip`` (as qdiff).
     minmax reads none of them; recipes shared by every method may still carry them.
     Every method: ``w8_layers`` (at wbits 4, this many of the weight layers that 4 bits hurt most,
     by measured sensitivity, keep 8-bit weights; ``calibration.sensitivity``), ``keep_fp`` (classes
@@ -144,7 +145,7 @@ class ExtraOptions:
     split_skip: bool = True
     tiar_iters: int | None = None
     step_factors: bool = False
-    joint_act: bool | None = None
+    joint_act: bool = False
     qdrop: float = 0.0
     w8_layers: int = 0
     keep_fp: tuple[str, ...] = ()

@@ -345,7 +345,8 @@ def test_joint_act_learns_scales_with_the_rounding(micro):
     learned scales are what the artifact (and so the exported graph) carries."""
     extra = {"split_skip": False}
     static = calibrate(micro, _settings("tfmq", extra={**extra, "joint_act": False}), progress=False)
-    artifact, result = calibrate_with_result(micro, _settings("tfmq", extra={**extra, "qdrop": 0.5}))  # joint: default
+    artifact, result = calibrate_with_result(micro, _settings("tfmq", extra={**extra, "joint_act": True,
+                                                                              "qdrop": 0.5}))
     assert result.weights and not result.act  # one pass: no separate activation stage
     assert all(np.isfinite(r.loss_after) for r in result.weights if r.iters)
     keys = [k for k in artifact.tensors if k.endswith(".input_scale")]

@@ -246,7 +246,7 @@ def run(
     split_layers = enable_split_skip(sim, layers, data) if options.split_skip and quantize_acts else []
     init_weight_scales(layers, settings.weight_init)
     blocks = execution_order(sim, adapter_blocks(model.unet), data)
-    joint = options.joint_act is not False and quantize_acts  # None: tfmq's default, on
+    joint = options.joint_act and quantize_acts
     act_started = time.perf_counter()
     if joint:  # FSC statistics first (round-to-nearest weights): they initialise the learned scales
         calibrate_activations(sim, layers, data, options.capture_batch_size, settings.static_scale_rule,
