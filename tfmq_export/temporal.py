@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tfmq_export.device import module_device
+from tfmq_export.device import module_device, shared_copy
 from tfmq_export.errors import TfmqError
 from tfmq_export.models.adapter import UNetAdapter
 from tfmq_export.quant.steps import observing_steps
@@ -39,11 +39,12 @@ class TemporalBranch(nn.Module):
     Notation (TFMQ-DM): t a sampler timestep (a table row), h(t) the time MLP's output, g_i(.) =
     nonlinearity -> ``time_emb_proj`` of ResBlock i. Holds the UNet's ``time_proj``,
     ``time_embedding`` and every ResBlock's nonlinearity + ``time_emb_proj`` (copies by default,
-    so calibration can swap quantized layers in; ``copy_modules=False`` computes with the UNet's
-    own modules). ``time_proj`` replaces the UNet's sinusoidal embedding module (a UNet whose
-    ``time_proj`` was wrapped, as qdiff's live branch does, passes the inner one). The one
-    implementation of the temporal features: the table, TIAR's targets and qdiff's quantized
-    table all come from ``forward``.
+    so calibration can swap quantized layers in; the copies share the weights' storage,
+    ``device.shared_copy``; ``copy_modules=False`` computes with the UNet's own modules).
+    ``time_proj`` replaces the UNet's sinusoidal embedding module (a UNet whose ``time_proj`` was
+    wrapped, as qdiff's live branch does, passes the inner one). The one implementation of the
+    temporal features: the table, TIAR's targets and qdiff's quantized table all come from
+    ``forward``.
 
     SDXL (``text_time``): diffusers adds the added-condition embedding to the time embedding
     before the ResBlocks (``emb = h(t) + aug(text_embeds, time_ids)``), so g_i sees the
@@ -55,7 +56,7 @@ class TemporalBranch(nn.Module):
     def __init__(self, unet: nn.Module, timesteps: Sequence[int] | torch.Tensor, copy_modules: bool = True,
                  time_proj: nn.Module | None = None) -> None:
         super().__init__()
-        take = copy.deepcopy if copy_modules else (lambda module: module)
+        take = shared_copy if copy_modules else (lambda module: module)
         adapter = UNetAdapter(unet)
         self.text_time = adapter.has_text_time
         projections = [] if self.text_time else adapter.temporal_projections()
@@ -174,7 +175,9 @@ class TemporalTableUNet(nn.Module):
     """A UNet whose temporal branch is a per-step table: ``forward(sample, step_index[, ehs])``.
 
     This is the function the ONNX graph computes, and, with quantized layers swapped in, the
-    torch simulation of it. It owns a copy of the UNet, so the caller's model is untouched.
+    torch simulation of it. It owns a copy of the UNet, so the caller's model is untouched;
+    ``share_weights``: the copy's parameters share storage with the caller's (``device.shared_copy``:
+    calibration's float references, which nothing writes in place).
     """
 
     def __init__(
@@ -183,9 +186,13 @@ class TemporalTableUNet(nn.Module):
         tables: dict[str, torch.Tensor],
         timesteps: Sequence[int],
         copy_unet: bool = True,
+        share_weights: bool = False,
     ) -> None:
         super().__init__()
-        self.unet = copy.deepcopy(unet) if copy_unet else unet
+        if copy_unet:
+            self.unet = shared_copy(unet) if share_weights else copy.deepcopy(unet)
+        else:
+            self.unet = unet
         self.timesteps = timestep_tensor(timesteps).tolist()
         self.is_conditional = type(unet).__name__ == "UNet2DConditionModel"
         adapter = UNetAdapter(self.unet)
@@ -254,9 +261,11 @@ class TemporalTableUNet(nn.Module):
         return self.unet(sample, step_index, return_dict=False, **kwargs)[0]
 
 
-def build_table_unet(unet: nn.Module, timesteps: Sequence[float]) -> TemporalTableUNet:
-    """The full-precision table UNet for the given sampler timesteps."""
-    return TemporalTableUNet(unet, compute_temporal_features(unet, timesteps), timesteps)
+def build_table_unet(unet: nn.Module, timesteps: Sequence[float], share_weights: bool = False) -> TemporalTableUNet:
+    """The full-precision table UNet for the given sampler timesteps (``share_weights``: see
+    ``TemporalTableUNet``)."""
+    return TemporalTableUNet(unet, compute_temporal_features(unet, timesteps), timesteps,
+                             share_weights=share_weights)
 
 
 __all__ = [

@@ -8,7 +8,6 @@ module only wires them to data and the artifact, and refuses non-finite values o
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,6 +31,7 @@ from tfmq_export.device import (
     exact_float32,
     module_device,
     resolve_device,
+    shared_copy,
     synchronize,
 )
 from tfmq_export.distributed import check_agreement, rank, run_on_writer, world_size
@@ -115,7 +115,7 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
 
     # 1. the sampler's timesteps = the rows of the temporal table (one per scheduler call)
     timesteps = sampler_timesteps(model.scheduler_config, settings.steps, settings.scheduler)
-    fp_sim = build_table_unet(model.unet, timesteps).eval()
+    fp_sim = build_table_unet(model.unet, timesteps, share_weights=True).eval()  # the caller's weights
 
     # 2. full-precision trajectories, every step kept
     memory: dict[str, float] = {}
@@ -124,7 +124,9 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
     data_seconds = time.perf_counter() - started
 
     # 3. simulation + method
-    sim = copy.deepcopy(fp_sim)  # the method quantizes its own copy of the full-precision table UNet
+    # the method quantizes its own copy of the full-precision table UNet: its quantized layers clone
+    # their weights (quantize_model), the rest shares the float weights (nothing writes them)
+    sim = shared_copy(fp_sim)
     result = MethodResult()
     plan = LayerPlan()
     if settings.quantized:

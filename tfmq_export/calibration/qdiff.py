@@ -36,7 +36,6 @@ the table is the quantized MLP's h^(t) (``UNetAdapter.tib_quantized_names``).
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
@@ -57,7 +56,7 @@ from tfmq_export.calibration.result import BlockResult, MethodResult
 from tfmq_export.calibration.resume import Checkpoint, run_fingerprint
 from tfmq_export.calibration.weights import init_weight_scales
 from tfmq_export.config import CalibrationSettings
-from tfmq_export.device import module_device
+from tfmq_export.device import module_device, shared_copy
 from tfmq_export.models.adapter import UNetAdapter, replace_submodule
 from tfmq_export.models.loading import LoadedModel
 from tfmq_export.quant.modules import QuantLayer, SplitActQuantizer, make_quant_layer, split_tensors
@@ -91,16 +90,17 @@ class StepToTimestep(nn.Module):
 
 
 def attach_live_temporal_branch(table_unet: TemporalTableUNet, source_unet: nn.Module) -> None:
-    """Put copies of ``source_unet``'s temporal modules back into ``table_unet`` (in place)."""
+    """Put copies of ``source_unet``'s temporal modules back into ``table_unet`` (in place; the copies
+    share the float weights, ``device.shared_copy``: quantizing them swaps in layers with their own)."""
     unet = table_unet.unet
-    unet.time_proj = StepToTimestep(copy.deepcopy(source_unet.time_proj), table_unet.timesteps).to(
+    unet.time_proj = StepToTimestep(shared_copy(source_unet.time_proj), table_unet.timesteps).to(
         module_device(unet))  # its timesteps buffer beside the UNet (--device)
-    unet.time_embedding = copy.deepcopy(source_unet.time_embedding)
+    unet.time_embedding = shared_copy(source_unet.time_embedding)
     if table_unet.text_time:
         return  # SDXL: the ResBlocks' projections never left the table UNet (see ``run``)
     for proj in UNetAdapter(source_unet).temporal_projections():
         resnet = unet.get_submodule(proj.resnet_name)
-        resnet.time_emb_proj = copy.deepcopy(proj.resnet.time_emb_proj)
+        resnet.time_emb_proj = shared_copy(proj.resnet.time_emb_proj)
         resnet.skip_time_act = proj.resnet.skip_time_act
 
 
@@ -182,7 +182,7 @@ def run(
     sim.requires_grad_(False)
 
     # 1. live, quantized temporal branch in the simulation; live FP branch in the reference
-    fp_ref = build_table_unet(model.unet, data.timesteps).eval().requires_grad_(False)
+    fp_ref = build_table_unet(model.unet, data.timesteps, share_weights=True).eval().requires_grad_(False)
     attach_live_temporal_branch(fp_ref, model.unet)
     attach_live_temporal_branch(sim, model.unet)
     tib_layers = quantize_temporal_branch(sim, model.unet, settings.wbits, settings.abits)

@@ -241,7 +241,7 @@ def run(
     tiar_seconds = time.perf_counter() - tiar_started
 
     # 4. the rest of the network, TIB out of the loop (it is a table in ``sim`` and ``fp_ref``)
-    fp_ref = TemporalTableUNet(model.unet, targets, data.timesteps).eval().requires_grad_(False)
+    fp_ref = TemporalTableUNet(model.unet, targets, data.timesteps, share_weights=True).eval().requires_grad_(False)
     quantize_acts = settings.abits < 16
     split_layers = enable_split_skip(sim, layers, data) if options.split_skip and quantize_acts else []
     init_weight_scales(layers, settings.weight_init)
