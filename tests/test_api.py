@@ -22,6 +22,7 @@ RENAMED: dict = {"out_dir": "out", "out_path": "out", "table": "timesteps", "onn
 NOT_MIRRORED = {("sample", "json"): "the function returns the images; the summary JSON is the command's output",
                 ("calibrate", "workers"): "relaunches the command as N processes; a Python caller runs under torchrun",
                 ("calibrate", "cache_budget"): "sets the recipe's extra options (disk_cache, cache_mb); pass a recipe",
+                ("calibrate", "offload"): "sets the recipe's extra option offload; pass a recipe",
                 **{(command, "verbose"): "the command's log level and timing lines; callers configure logging"
                    for command in ("calibrate", "export-onnx", "export-pipeline", "build-engine", "lint", "sample",
                                    "bench", "evaluate", "demo", "train-digits", "train-digits-text")},

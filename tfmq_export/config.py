@@ -112,7 +112,9 @@ class ExtraOptions:
     ``act_samples_per_step`` (inputs per step for activation ranges; 0 = all; the authors' 256),
     ``cache_mb`` (memory for cached block inputs + targets), ``disk_cache`` (a block whose inputs +
     targets exceed ``cache_mb`` is captured into memory-mapped files instead of chunks; calibrate
-    ``--cache-budget``), ``recon_act_quant`` (activation
+    ``--cache-budget``), ``offload`` (with ``--device cuda``: the UNets stay in CPU memory and each
+    top-level block visits the GPU while it runs, ``calibration.offload``; calibrate ``--offload``),
+    ``recon_act_quant`` (activation
     quantization on while weights are learned), ``keep_checkpoints`` (keep ``.work`` after a
     successful run), ``adaround_lr`` (Adam rate of the rounding variables; default
     ``3 / iters``, at least 1e-3).
@@ -137,6 +139,7 @@ class ExtraOptions:
     act_samples_per_step: int = 0
     cache_mb: float = 1024.0
     disk_cache: bool = False
+    offload: bool = False
     recon_act_quant: bool = False
     keep_checkpoints: bool = False
     adaround_lr: float | None = None

@@ -153,7 +153,8 @@ def collect_step_histograms(
             limit = _observed_absmax(aq)
             if limit is None:
                 continue
-            hists[key] = torch.zeros(num_steps, bins, dtype=torch.float64, device=aq.step_min.device)
+            # where the forward computes (the data's device; --offload keeps the quantizers on the CPU)
+            hists[key] = torch.zeros(num_steps, bins, dtype=torch.float64, device=data.samples.device)
             split = aq.split if isinstance(aq, SplitActQuantizer) else None
             # a disabled quantizer returns early, so hook the module call itself (pre-hook)
             handles.append(aq.register_forward_pre_hook(hook(key, limit, split)))

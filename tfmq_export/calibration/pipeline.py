@@ -17,13 +17,13 @@ import torch
 
 from tfmq_export import config
 from tfmq_export.artifact import CalibrationArtifact, save_artifact
-from tfmq_export.calibration import minmax, qdiff, tfmq
+from tfmq_export.calibration import minmax, offload, qdiff, tfmq
 from tfmq_export.calibration.data import CalibrationData, collect_calibration_data, device_denoiser
 from tfmq_export.calibration.disk_cache import spill_to_disk
 from tfmq_export.calibration.guided_data import guided_calibration_data
 from tfmq_export.calibration.memory import stage_memory
 from tfmq_export.calibration.result import MethodResult
-from tfmq_export.calibration.sensitivity import LayerPlan, plan_layers
+from tfmq_export.calibration.sensitivity import plan_layers
 from tfmq_export.config import CalibrationSettings
 from tfmq_export.device import (
     cpu_tensors,
@@ -43,7 +43,7 @@ from tfmq_export.quant.state import artifact_tensors
 from tfmq_export.sampling import resolve_scheduler_name, sampler_timesteps
 from tfmq_export.temporal import TemporalTableUNet, build_table_unet
 
-__all__ = ["METHODS", "CalibrationRun", "MethodFn", "calibrate", "run_calibration"]
+__all__ = ["METHODS", "CalibrationRun", "MethodFn", "calibrate", "check_offload", "run_calibration"]
 
 #: fn(sim, layers, data, settings, model, work_dir, progress) -> MethodResult; calibrates ``sim`` in place
 MethodFn = Callable[
@@ -89,13 +89,22 @@ def run_calibration(
     """
     settings.validate()  # before minutes of data collection (fields may have changed since construction)
     target = resolve_device(device)
+    check_offload(settings, target)
     home = module_device(model.unet)
-    model.unet.to(target)
+    model.unet.to("cpu" if settings.options.offload else target)  # --offload: blocks visit the device
     try:
         with exact_float32(target):
             return _run(model, settings, out_dir, progress, target)
     finally:
         model.unet.to(home)  # the caller's model stays where it was (export and sampling run on the CPU)
+
+
+def check_offload(settings: CalibrationSettings, device: torch.device) -> None:
+    """``--offload`` needs a GPU: it is refused with ``--device cpu``, where every tensor already is in
+    CPU memory, rather than recorded in an artifact whose run moved nothing."""
+    if settings.options.offload and device.type != "cuda":
+        raise TfmqError(f"--offload keeps the UNets in CPU memory and moves blocks to a GPU while they run; it needs "
+                        f"--device cuda (this run is on {device}, where everything already is in CPU memory)")
 
 
 def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None, progress: bool,
@@ -115,29 +124,32 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
 
     # 1. the sampler's timesteps = the rows of the temporal table (one per scheduler call)
     timesteps = sampler_timesteps(model.scheduler_config, settings.steps, settings.scheduler)
-    fp_sim = build_table_unet(model.unet, timesteps, share_weights=True).eval()  # the caller's weights
+    options = settings.options
+    with offload.offloading(device if options.offload else None):  # --offload: calibration.offload
+        fp_sim = build_table_unet(model.unet, timesteps, share_weights=True).eval()  # the caller's weights
+        offload.attach(fp_sim)
 
-    # 2. full-precision trajectories, every step kept
-    memory: dict[str, float] = {}
-    with stage_memory(memory, "data", device):
-        data = _collect(fp_sim, model, timesteps, settings, progress, device)
-    data_seconds = time.perf_counter() - started
-
-    # 3. simulation + method
-    # the method quantizes its own copy of the full-precision table UNet: its quantized layers clone
-    # their weights (quantize_model), the rest shares the float weights (nothing writes them)
-    sim = shared_copy(fp_sim)
-    result = MethodResult()
-    plan = LayerPlan()
-    if settings.quantized:
+        # 2. full-precision trajectories, every step kept
+        memory: dict[str, float] = {}
+        with stage_memory(memory, "data", device):
+            data = _collect(fp_sim, model, timesteps, settings, progress, device)
+        data_seconds = time.perf_counter() - started
         plan = plan_layers(fp_sim, data, settings)  # keep_fp / w8_layers: the same layer list for every method
-        layers = quantize_model(sim, settings.wbits, settings.abits, plan.bits)
-        work_dir = None if out_dir is None else Path(out_dir) / ".work"
-        spill_dir = None if work_dir is None else work_dir / f"cache-rank{rank()}"  # --cache-budget
-        options = settings.options
-        with spill_to_disk(spill_dir, options.cache_mb * 2**20, options.disk_cache), \
-                stage_memory(memory, "method", device):
-            result = method(sim, layers, data, settings, model, work_dir, progress)
+        offload.detach(fp_sim)  # the copy below must not carry its hooks
+
+        # 3. simulation + method
+        # the method quantizes its own copy of the full-precision table UNet: its quantized layers clone
+        # their weights (quantize_model), the rest shares the float weights (nothing writes them)
+        sim = shared_copy(fp_sim)
+        result = MethodResult()
+        if settings.quantized:
+            layers = quantize_model(sim, settings.wbits, settings.abits, plan.bits)
+            offload.attach(sim)
+            work_dir = None if out_dir is None else Path(out_dir) / ".work"
+            spill_dir = None if work_dir is None else work_dir / f"cache-rank{rank()}"  # --cache-budget
+            with spill_to_disk(spill_dir, options.cache_mb * 2**20, options.disk_cache), \
+                    stage_memory(memory, "method", device):
+                result = method(sim, layers, data, settings, model, work_dir, progress)
     synchronize(device)
     total_seconds = time.perf_counter() - started
 

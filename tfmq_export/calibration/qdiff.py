@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tfmq_export.calibration import offload
 from tfmq_export.calibration.activations import calibrate_activations
 from tfmq_export.calibration.block_io import (
     Block,
@@ -184,6 +185,7 @@ def run(
     # 1. live, quantized temporal branch in the simulation; live FP branch in the reference
     fp_ref = build_table_unet(model.unet, data.timesteps, share_weights=True).eval().requires_grad_(False)
     attach_live_temporal_branch(fp_ref, model.unet)
+    offload.attach(fp_ref)  # --offload: its blocks visit the device while they run
     attach_live_temporal_branch(sim, model.unet)
     tib_layers = quantize_temporal_branch(sim, model.unet, settings.wbits, settings.abits)
     all_layers = {**tib_layers, **layers}

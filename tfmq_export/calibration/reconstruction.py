@@ -56,6 +56,7 @@ from tfmq_export.calibration.block_io import (
     uniform_subset,
 )
 from tfmq_export.calibration.data import CalibrationData
+from tfmq_export.calibration.offload import keep_resident
 from tfmq_export.calibration.parallel import minibatch_share
 from tfmq_export.calibration.result import BlockResult
 from tfmq_export.calibration.resume import Checkpoint, unit_seed
@@ -363,8 +364,9 @@ def reconstruct_blocks(
             continue
         seed = unit_seed(options.seed, stage.value, block.name)
         generator = torch.Generator().manual_seed(seed)
-        result, frozen = reconstruct_block(sim, fp_ref, block, layers, data, options, stage, iters, generator, bar,
-                                           target_cache)
+        with keep_resident(sim, block.name):  # --offload: the block and its Adam state stay on the device
+            result, frozen = reconstruct_block(sim, fp_ref, block, layers, data, options, stage, iters, generator,
+                                               bar, target_cache)
         results.append(result)
         checkpoint.save(unit, frozen, {"seed": seed, **vars(result)})
     return results

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from tfmq_export.calibration import offload
 from tfmq_export.calibration.activations import calibrate_activations
 from tfmq_export.calibration.adaround import AdaRound, RegularizerSchedule, attach_adaround, lp_loss
 from tfmq_export.calibration.block_io import adapter_blocks, execution_order, uniform_subset
@@ -219,9 +220,10 @@ def run(
 
     # 1. TIB: FP reference features and the quantized branch
     tiar_started = time.perf_counter()
-    fp_branch = TemporalBranch(model.unet, data.timesteps).requires_grad_(False).eval()
+    device = data.samples.device  # the UNet's, or the GPU's under --offload (the branch is a few Linear layers)
+    fp_branch = TemporalBranch(model.unet, data.timesteps).requires_grad_(False).eval().to(device)
     targets = fp_branch.table()
-    branch = TemporalBranch(model.unet, data.timesteps).requires_grad_(False).eval()
+    branch = TemporalBranch(model.unet, data.timesteps).requires_grad_(False).eval().to(device)
     tib_layers = quantize_branch(branch, settings.wbits, settings.abits)
     init_weight_scales(tib_layers, settings.weight_init)
 
@@ -242,6 +244,7 @@ def run(
 
     # 4. the rest of the network, TIB out of the loop (it is a table in ``sim`` and ``fp_ref``)
     fp_ref = TemporalTableUNet(model.unet, targets, data.timesteps, share_weights=True).eval().requires_grad_(False)
+    offload.attach(fp_ref)  # --offload: its blocks visit the device while they run
     quantize_acts = settings.abits < 16
     split_layers = enable_split_skip(sim, layers, data) if options.split_skip and quantize_acts else []
     init_weight_scales(layers, settings.weight_init)

@@ -66,6 +66,9 @@ def _default(field: str) -> str:
               help="Memory for cached block inputs + targets during reconstruction; a block that needs more is "
                    "captured into memory-mapped files under --out/.work instead (sets extra cache_mb and "
                    "disk_cache).")
+@click.option("--offload", is_flag=True, default=False,
+              help="With --device cuda: keep the UNets in CPU memory and move each top-level block to the GPU only "
+                   "while it runs; the block being learned stays on the GPU (sets extra offload; docs/SCALING.md).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine, started with torch's elastic launcher (torchrun); "
                    "gloo on cpu, NCCL with --device cuda (one GPU per process). See docs/SCALING.md.")
@@ -74,7 +77,7 @@ def _default(field: str) -> str:
 @friendly
 def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, seed, batch_size, static_scale_rule,
               temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, cache_budget,
-              workers, quiet, device) -> None:
+              offload, workers, quiet, device) -> None:
     """Calibrate MODEL (`digits` or a local diffusers folder) and write an artifact to --out.
 
     Settings come from three places, in this order of precedence: the options given here, then the
@@ -113,7 +116,8 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
         resolved = settings_from(load_recipe(recipe) if recipe is not None else None, overrides)
         click.echo(f"settings: {resolved.record()}", err=True)
     artifact = calibrate_model(model, out_dir, overrides, recipe=recipe, conditions=conditions, prompts=prompts,
-                               progress=not quiet, device=device, cache_budget_gb=cache_budget)
+                               progress=not quiet, device=device, cache_budget_gb=cache_budget,
+                               offload=offload)
     if not is_writer():
         return
     click.echo(

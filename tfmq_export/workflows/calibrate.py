@@ -31,6 +31,7 @@ def calibrate_model(
     progress: bool = True,
     device: str | None = None,
     cache_budget_gb: float | None = None,
+    offload: bool = False,
 ) -> CalibrationArtifact:
     """Validate everything first (settings, output folder), then load MODEL and calibrate it into ``out_dir``.
 
@@ -38,9 +39,11 @@ def calibrate_model(
     (a shipped recipe name or a path, ``config.load_recipe``). ``device``: where torch computes
     (``cpu``, ``cuda``, ``cuda:N``; checked first), never part of the settings. ``cache_budget_gb``
     (``--cache-budget``): memory for cached block inputs + targets; above it they are memory-mapped
-    on disk (``extra``: ``cache_mb``, ``disk_cache``).
+    on disk (``extra``: ``cache_mb``, ``disk_cache``). ``offload`` (``--offload``, with ``--device
+    cuda``): the UNets stay in CPU memory and blocks visit the GPU while they run (``extra.offload``).
     """
     from tfmq_export.calibration.pipeline import calibrate as run_calibration
+    from tfmq_export.calibration.pipeline import check_offload
     from tfmq_export.config import load_recipe, settings_from
     from tfmq_export.device import resolve_device
     from tfmq_export.distributed import init_from_env, is_writer, rank_device
@@ -62,6 +65,9 @@ def calibrate_model(
             raise TfmqError(f"--cache-budget must be a positive number of GB, got {cache_budget_gb}")
         extra = {**(settings.extra or {}), "cache_mb": cache_budget_gb * 1024, "disk_cache": True}
         settings = _with_extra(settings, extra)
+    if offload:
+        settings = _with_extra(settings, {**(settings.extra or {}), "offload": True})
+    check_offload(settings, target)  # refused on the CPU before the model loads
     check_writable(out_dir, "--out", folder=True)  # before minutes of calibration, creating nothing
     loaded = load_model(model)
     if loaded.pipeline is not None and settings.quantized and prompts is None and conditions is None:
