@@ -8,10 +8,22 @@ recipe (20,000 iterations per block, minibatch 32, 64x64 latents) is days of com
 attention at 64x64 with minibatch 32 needs ~17 GB for one score tensor, more than this machine.
 Each variant runs in its own child process so its peak resident memory is its own.
 
+Model copies: every row reports ``weight_copies`` per device, the bytes of distinct float parameter
+storages alive while blocks are reconstructed (largest over the blocks), in units of one UNet's
+weights, counting the loaded UNet itself (``calibration.memory.float_parameter_storages``). The
+run shares the float weights between the loaded UNet and its float references, so the expected
+figure is about 2 (the float weights + the simulation's quantized layers); it was 4 before.
+
+``--offload`` (only meaningful with ``--device cuda``; the pipeline refuses it on the CPU) runs
+every variant with ``calibrate --offload``: the UNets stay in CPU memory and the GPU holds one
+top-level block at a time plus the block being learned (compare ``peak_cuda_mb_method`` with a run
+without it).
+
 Usage (repository root)::
 
     python benchmarks/sd15_recon_memory.py --latent 32 --batch 4 --iters 3 \
         --json benchmarks/results/sd15_recon_memory.json
+    python benchmarks/sd15_recon_memory.py --device cuda --offload --budgets none --json runs/offload.json
 """
 
 from __future__ import annotations
@@ -34,24 +46,51 @@ def child(args: argparse.Namespace) -> dict:
     """One calibration in this process; returns its timings, per-block costs and peak memory."""
     import torch
 
+    from tfmq_export.calibration import reconstruction
+    from tfmq_export.calibration.memory import float_parameter_storages
     from tfmq_export.calibration.pipeline import run_calibration
     from tfmq_export.config import CalibrationSettings
     from tfmq_export.models.loading import load_model
 
     torch.set_num_threads(args.threads)
-    model = load_model("sd15-arch")
+    model = load_model(args.model)
     model.unet.register_to_config(sample_size=args.latent)
-    model.conditions = torch.randn(args.num_samples, 77, 768, generator=torch.Generator().manual_seed(0))
+    if model.is_conditional:
+        width = model.unet.config.cross_attention_dim
+        model.conditions = torch.randn(args.num_samples, 77, width, generator=torch.Generator().manual_seed(0))
     extra = {"recon_batch_size": args.batch, "tiar_iters": args.iters}
     if args.cache_budget is not None:
         extra.update(cache_mb=args.cache_budget * 1024, disk_cache=True)
+    if args.offload:
+        extra["offload"] = True
+    unet_bytes = sum(p.untyped_storage().nbytes() for p in model.unet.parameters())
+    baseline = set(float_parameter_storages()) - {(str(p.device), p.untyped_storage().data_ptr())
+                                                  for p in model.unet.parameters()}
+    copies: dict[str, float] = {}
+    real = reconstruction.reconstruct_block
+
+    def counted(*call_args, **kwargs):  # copies of the weights alive while a block is learned
+        per_device: dict[str, int] = {}
+        for key, nbytes in float_parameter_storages().items():
+            device = key[0]
+            if key not in baseline:
+                per_device[device] = per_device.get(device, 0) + nbytes
+        for device, nbytes in per_device.items():
+            copies[device] = max(copies.get(device, 0.0), round(nbytes / unet_bytes, 3))
+        return real(*call_args, **kwargs)
+
+    reconstruction.reconstruct_block = counted
     settings = CalibrationSettings(method="tfmq", wbits=4, abits=8, steps=args.steps, num_samples=args.num_samples,
                                    batch_size=args.num_samples, iters=args.iters, seed=0, extra=extra)
     started = time.perf_counter()
-    run = run_calibration(model, settings, Path(args.out), progress=False)
+    run = run_calibration(model, settings, Path(args.out), progress=False, device=args.device)
     blocks = run.result.weights
     return {
         "cache_budget_gb": args.cache_budget,
+        "device": args.device,
+        "offload": args.offload,
+        "unet_weights_mb": round(unet_bytes / 2**20, 1),
+        "weight_copies": copies,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "timings": {k: v for k, v in run.artifact.timings.items() if not isinstance(v, str)},
         "blocks": len(blocks),
@@ -84,6 +123,9 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budgets", default="none,0.05", help="comma list: none (RAM, chunked) or GB")
+    parser.add_argument("--model", default="sd15-arch", help="sd15-arch (a small model only to try the script)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--offload", action="store_true", help="calibrate --offload (needs --device cuda)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cache-budget", type=float, default=None, help=argparse.SUPPRESS)
@@ -94,10 +136,13 @@ def main() -> None:
         return
     rows = []
     for budget in args.budgets.split(","):
-        out = ROOT / "runs" / "sd15_recon_memory" / f"budget-{budget}"
+        out = ROOT / "runs" / "sd15_recon_memory" / f"budget-{budget}{'-offload' if args.offload else ''}"
         cmd = [sys.executable, __file__, "--child", "--latent", str(args.latent), "--batch", str(args.batch),
                "--iters", str(args.iters), "--steps", str(args.steps), "--num-samples", str(args.num_samples),
-               "--threads", str(args.threads), "--out", str(out)]
+               "--threads", str(args.threads), "--out", str(out), "--device", args.device,
+               "--model", args.model]
+        if args.offload:
+            cmd.append("--offload")
         if budget != "none":
             cmd += ["--cache-budget", budget]
         print(f"[sd15_recon_memory] {' '.join(cmd[2:])}", flush=True)

@@ -74,7 +74,8 @@ class BlockOffload:
 
     def __init__(self, device: torch.device) -> None:
         self.device = torch.device(device)
-        self._roots: dict[int, tuple[nn.Module, Any, dict[int, list[Any]]]] = {}  # unet -> (unet, hook, blocks)
+        #: unet -> (unet, its hook, {block: (block, its hooks)}); blocks are held so no id is reused
+        self._roots: dict[int, tuple[nn.Module, Any, dict[int, tuple[nn.Module, list[Any]]]]] = {}
         self._loaded: dict[int, tuple[nn.Module, list[tuple[Any, ...]]]] = {}  # block -> (block, saved tensors)
         self._pinned: set[int] = set()
         self._callers: dict[int, torch.device | None] = {}
@@ -96,7 +97,7 @@ class BlockOffload:
             return
         self.evict_all()
         entry[1].remove()
-        for handles in entry[2].values():
+        for _block, handles in entry[2].values():
             for handle in handles:
                 handle.remove()
 
@@ -104,8 +105,8 @@ class BlockOffload:
         blocks = self._roots[id(unet)][2]
         for block in top_level_blocks(unet):
             if id(block) not in blocks:
-                blocks[id(block)] = [block.register_forward_pre_hook(self._before_block, with_kwargs=True),
-                                     block.register_forward_hook(self._after_block)]
+                blocks[id(block)] = (block, [block.register_forward_pre_hook(self._before_block, with_kwargs=True),
+                                             block.register_forward_hook(self._after_block)])
 
     def _before_unet(self, unet: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         self.evict_all()  # a block a capture pass stopped inside is still on the device
