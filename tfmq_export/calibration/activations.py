@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from tfmq_export.calibration import offload
 from tfmq_export.calibration.data import CalibrationData
 from tfmq_export.calibration.parallel import rank_rows, reduce_histograms, reduce_ranges
 from tfmq_export.config import STEP_SCALE_RULES
@@ -153,8 +154,9 @@ def collect_step_histograms(
             limit = _observed_absmax(aq)
             if limit is None:
                 continue
-            # where the forward computes (the data's device; --offload keeps the quantizers on the CPU)
-            hists[key] = torch.zeros(num_steps, bins, dtype=torch.float64, device=data.samples.device)
+            # where the forward computes (--offload: not where the quantizer rests)
+            hists[key] = torch.zeros(num_steps, bins, dtype=torch.float64,
+                                     device=offload.compute_device(aq.step_min.device))
             split = aq.split if isinstance(aq, SplitActQuantizer) else None
             # a disabled quantizer returns early, so hook the module call itself (pre-hook)
             handles.append(aq.register_forward_pre_hook(hook(key, limit, split)))

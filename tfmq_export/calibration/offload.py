@@ -39,7 +39,7 @@ from torch import nn
 from tfmq_export.device import module_device, to_device
 from tfmq_export.temporal import TemporalTableUNet
 
-__all__ = ["BlockOffload", "attach", "detach", "keep_resident", "offloading", "top_level_blocks"]
+__all__ = ["BlockOffload", "attach", "compute_device", "detach", "keep_resident", "offloading", "top_level_blocks"]
 
 _ACTIVE: ContextVar[BlockOffload | None] = ContextVar("tfmq_offload", default=None)
 
@@ -213,6 +213,13 @@ def offloading(device: torch.device | None) -> Iterator[BlockOffload | None]:
         for unet, *_ in list(offload._roots.values()):
             offload.detach(unet)
         _ACTIVE.reset(token)
+
+
+def compute_device(default: torch.device) -> torch.device:
+    """Where forwards compute: the offload's device when the run offloads, else ``default`` (the
+    device of the modules, which then is where they compute)."""
+    offload = _ACTIVE.get()
+    return default if offload is None else offload.device
 
 
 def attach(model: TemporalTableUNet) -> None:

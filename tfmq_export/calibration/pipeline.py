@@ -84,8 +84,10 @@ def run_calibration(
     """``calibrate``, also handing back the method's result (per-block losses, TIAR, timings).
 
     ``device`` (``cpu``, ``cuda``, ``cuda:N``; None = cpu): where every tensor of the run lives;
-    ``model.unet`` is moved there for the run and back after it. The artifact is written from CPU
-    tensors and its settings do not name the device (the timings do: ``device``, ``device_name``).
+    ``model.unet`` is moved there for the run and back after it (``extra.offload``, CUDA only: the
+    UNets stay in CPU memory and their blocks visit the device, ``calibration.offload``). The artifact
+    is written from CPU tensors and its settings do not name the device (the timings do: ``device``,
+    ``device_name``). The run's float references share ``model.unet``'s weights (never written).
     """
     settings.validate()  # before minutes of data collection (fields may have changed since construction)
     target = resolve_device(device)

@@ -220,7 +220,7 @@ def run(
 
     # 1. TIB: FP reference features and the quantized branch
     tiar_started = time.perf_counter()
-    device = data.samples.device  # the UNet's, or the GPU's under --offload (the branch is a few Linear layers)
+    device = offload.compute_device(module_device(model.unet))  # --offload: the GPU (a few Linear layers)
     fp_branch = TemporalBranch(model.unet, data.timesteps).requires_grad_(False).eval().to(device)
     targets = fp_branch.table()
     branch = TemporalBranch(model.unet, data.timesteps).requires_grad_(False).eval().to(device)
