@@ -160,12 +160,14 @@ def main() -> None:
     for name, seed in jobs:
         settings = replace(variant_settings(name, args.bits), seed=seed)
         load_before = os.getloadavg()[0]
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         artifact = calibrate(model, settings, progress=False)
         seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started  # CPU time: far less sensitive to other jobs than wall time
         sim = simulation_from_artifact(model.unet, artifact)
         row = {"variant": name, "seed": seed, "method": settings.method, "bits": args.bits, "iters": settings.iters,
                "extra": settings.extra, "temporal_table": artifact.temporal_table, "seconds": round(seconds, 1),
+               "cpu_seconds": round(cpu_seconds, 1),
                "stages": {k: round(v, 1) if isinstance(v, float) else v for k, v in artifact.timings.items()},
                "output_rel_error": output_error(sim, fp, held_out),
                "fp_table_output_rel_error": output_error(with_fp_table(model, artifact, fp_features), fp, held_out),
@@ -176,7 +178,8 @@ def main() -> None:
             images = sampled(sim, model, settings.steps, args.sample_images)
             row["sample_rmse_vs_fp"] = float(np.sqrt(np.mean((images - fp_images) ** 2)))
         rows.append(row)
-        print(f"{name:12s} seed {seed} {seconds:7.1f} s  output err {row['output_rel_error']:.5f}  "
+        print(f"{name:12s} seed {seed} {seconds:7.1f} s ({cpu_seconds:7.1f} CPU s)  "
+              f"output err {row['output_rel_error']:.5f}  "
               f"with FP table {row['fp_table_output_rel_error']:.5f}  "
               f"per-step {row['per_step_output_rel_error']:.5f}  "
               f"table err {row['table_rel_error']:.5f}"
@@ -190,13 +193,16 @@ def main() -> None:
     by_name = {r["variant"]: r for r in rows_first}
     ratios = {f"{a}/{b}": round(by_name[a]["seconds"] / by_name[b]["seconds"], 3)
               for a, b in (("tfmq", "qdiff"), ("tfmq", "qdiff-equal")) if a in by_name and b in by_name}
-    print("time ratios:", ratios)
+    cpu_ratios = {f"{a}/{b}": round(by_name[a]["cpu_seconds"] / by_name[b]["cpu_seconds"], 3)
+                  for a, b in (("tfmq", "qdiff"), ("tfmq", "qdiff-equal")) if a in by_name and b in by_name}
+    print("time ratios (wall):", ratios, " (CPU time):", cpu_ratios)
     result = {"command": "python benchmarks/calibration_cost.py --bits " + args.bits
                          + f" --threads {args.threads} --eval-samples {args.eval_samples} --seeds {args.seeds}"
                          + f" --seed-variants {args.seed_variants}",
               "mean_over_seeds": means,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": args.threads,
-              "cpu_count": os.cpu_count(), "rows": rows, "time_ratios": ratios}
+              "cpu_count": os.cpu_count(), "rows": rows, "time_ratios": ratios,
+              "cpu_time_ratios": cpu_ratios}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.json, json.dumps(result, indent=2))
