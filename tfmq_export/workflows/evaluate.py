@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tfmq_export.artifact import CalibrationArtifact, load_artifact
 from tfmq_export.backends.base import open_runner
@@ -36,10 +35,12 @@ from tfmq_export.workflows.evaluate_rows import (
     check_methods,
     check_peers,
     evaluation_jobs,
+    fp_rows,
     is_peer,
+    method_rows,
+    paired_rmse,
     parse_calib_seeds,
     peer_arrays,
-    row_seeds,
     seed_name,
     seeded_jobs,
 )
@@ -176,15 +177,6 @@ def _peer_row(model: LoadedModel, fp: CalibrationArtifact, method: str, bits: st
     return row, arrays["images"]
 
 
-def paired_rmse(images: np.ndarray, reference: np.ndarray) -> float:
-    """Root-mean-square pixel difference (pixels in [-1, 1], clipped) between samples drawn from the
-    same initial noise. Why: FID between two sets of 5,000 digits still moves by about two points from
-    seed to seed, while quantized and full-precision samples from the same x_T differ only by what
-    quantization changed, so this separates methods that FID cannot."""
-    a, b = (np.clip(x.astype(np.float64), -1.0, 1.0) for x in (images, reference))
-    return float(np.sqrt(np.mean((a - b) ** 2)))
-
-
 def _command(out_dir: Path, methods: list[str], bits: list[str], num_images: int, seed: int, target: str,
              device: str, skip: Sequence[str], calib_seeds: Sequence[int] | None, doc_path: Path | None) -> str:
     return (f"tfmq-export evaluate --out {out_dir} --methods {','.join(methods)} --bits {','.join(bits)} "
@@ -217,34 +209,29 @@ def run_evaluate(out_dir: Path, methods: list[str], bits: list[str], num_images:
     command = _command(out_dir, methods, bits, num_images, seed, target, device, skip, calib_seeds, doc_path)
     provenance = start_provenance(command, target, recipe_lines(methods, bits))
     model = load_model("digits")
-    rows: list[dict[str, Any]] = []
     artifacts = {}
     comparisons: dict[str, str] = {}
     steps = recipe_settings("minmax", "w8a8").steps  # the FP table uses the recipes' sampler steps
     fp = _artifact(model, CalibrationSettings(wbits=16, abits=16, steps=steps), out_dir / "calib" / "fp", progress,
                    device)
-    reference: np.ndarray | None = None
-    for fp_seed in (seed, seed + 1):  # two seeds: the metric's own noise
-        row, images = _sample_row(model, fp, "fp", out_dir, num_images, fp_seed, target, progress)
-        reference = images if reference is None else reference
-        rows.append(row | {"method": "fp", "calib_seed": None,
-                           "rmse_vs_fp": paired_rmse(images, reference) if fp_seed == seed else None})
-    for method, bit, calib_seed in tqdm(jobs, desc="evaluate", disable=not progress):
-        name = seed_name(method, bit, calib_seed)
+    rows, reference = fp_rows(lambda fp_seed: _sample_row(model, fp, "fp", out_dir, num_images, fp_seed, target,
+                                                          progress), seed)
+    made: dict[str, CalibrationArtifact] = {}
+
+    def make_row(method: str, bit: str, calib_seed: int, name: str) -> tuple[dict[str, Any], np.ndarray]:
         if is_peer(method):
-            row, images = _peer_row(model, fp, method, bit, calib_seed, out_dir, num_images, seed, progress)
-        else:
-            artifact = _artifact(model, recipe_settings(method, bit, calib_seed), out_dir / "calib" / name, progress,
-                                 device)
-            row, images = _sample_row(model, artifact, name, out_dir, num_images, seed, target, progress)
-        row |= {"calib_seed": calib_seed, "rmse_vs_fp": paired_rmse(images, reference)}
-        rows.append(row)
-        if calib_seed != row_seeds(bit, calib_seeds)[0]:
-            continue  # images and per-step errors of each setting's first calibration seed only
-        if not is_peer(method):
-            artifacts[row_name(row)] = artifact
+            return _peer_row(model, fp, method, bit, calib_seed, out_dir, num_images, seed, progress)
+        made[name] = _artifact(model, recipe_settings(method, bit, calib_seed), out_dir / "calib" / name, progress,
+                               device)
+        return _sample_row(model, made[name], name, out_dir, num_images, seed, target, progress)
+
+    def first_seed(row: dict[str, Any], images: np.ndarray, name: str) -> None:
+        if name in made:  # per-step errors: our artifacts (peers are sampled in torch only)
+            artifacts[row_name(row)] = made[name]
         save_comparison(reference[:64], images[:64], out_dir / "grids" / f"compare-{row_name(row)}-seed{seed}.png")
         comparisons[row_name(row)] = f"grids/compare-{row_name(row)}-seed{seed}.png"
+
+    rows += method_rows(jobs, calib_seeds, reference, make_row, first_seed, desc="evaluate", progress=progress)
     steps = step_errors(model.unet, artifacts, fp, model.sample_shape, target=target) if artifacts else None
     if steps is not None:
         plot_step_errors(steps, out_dir / "step-errors.png", title="digits: per-step error vs FP")

@@ -34,7 +34,6 @@ from tfmq_export.workflows.evaluate import (
     copy_images,
     evaluation_jobs,
     note_marks,
-    paired_rmse,
     publish_file,
     recipe_lines,
     recipe_settings,
@@ -52,10 +51,11 @@ from tfmq_export.workflows.evaluate_rows import (
     check_bits,
     check_methods,
     check_peers,
+    fp_rows,
     is_peer,
+    method_rows,
     parse_calib_seeds,
     peer_arrays,
-    row_seeds,
     seed_name,
     seeded_jobs,
 )
@@ -226,30 +226,25 @@ def run_evaluate_text(out_dir: Path, methods: list[str], bits: list[str],
                + (f" --calib-seeds {','.join(map(str, calib_seeds))}" if calib_seeds is not None else "")
                + (f" --skip {','.join(skip)}" if skip else "") + (f" --doc {doc_path}" if doc_path else ""))
     provenance = start_provenance(command, target, recipe_lines(methods, bits, "budget of "))
-    rows: list[dict[str, Any]] = []
     comparisons: dict[str, str] = {}
     order = digit_grid_order(per_digit, min(per_digit, 8))  # as the grids
     fp = _calibrated("fp", _settings("minmax", "fp", guidance_scale), out_dir, progress, device)
-    reference = None
-    for fp_seed in (seed, seed + 1):  # two seeds: the metrics' own noise
-        row, images = _row(fp, "fp", out_dir, per_digit, fp_seed, guidance_scale, target, progress)
-        reference = images if reference is None else reference
-        rows.append(row | {"method": "fp", "calib_seed": None,
-                           "rmse_vs_fp": paired_rmse(images, reference) if fp_seed == seed else None})
-    for method, bit, calib_seed in tqdm(jobs, desc="evaluate digits-text", disable=not progress):
-        name = seed_name(method, bit, calib_seed)
+    rows, reference = fp_rows(lambda fp_seed: _row(fp, "fp", out_dir, per_digit, fp_seed, guidance_scale, target,
+                                                   progress), seed)
+
+    def make_row(method: str, bit: str, calib_seed: int, name: str) -> tuple[dict[str, Any], np.ndarray]:
         if is_peer(method):
-            row, images = _peer_row(fp, method, bit, calib_seed, out_dir, per_digit, seed, guidance_scale, progress)
-        else:
-            artifact = _calibrated(name, _settings(method, bit, guidance_scale, calib_seed), out_dir, progress,
-                                   device)
-            row, images = _row(artifact, name, out_dir, per_digit, seed, guidance_scale, target, progress)
-        row |= {"calib_seed": calib_seed, "rmse_vs_fp": paired_rmse(images, reference)}
-        rows.append(row)
-        if calib_seed == row_seeds(bit, calib_seeds)[0]:  # images of each setting's first calibration seed
-            compare = f"compare/compare-{row_name(row)}-seed{seed}.png"  # not in grids/: _publish takes all those
-            save_comparison(reference[order], images[order], out_dir / compare, columns=10)
-            comparisons[row_name(row)] = compare
+            return _peer_row(fp, method, bit, calib_seed, out_dir, per_digit, seed, guidance_scale, progress)
+        artifact = _calibrated(name, _settings(method, bit, guidance_scale, calib_seed), out_dir, progress, device)
+        return _row(artifact, name, out_dir, per_digit, seed, guidance_scale, target, progress)
+
+    def first_seed(row: dict[str, Any], images: np.ndarray, _name: str) -> None:
+        compare = f"compare/compare-{row_name(row)}-seed{seed}.png"  # not in grids/: _publish takes all those
+        save_comparison(reference[order], images[order], out_dir / compare, columns=10)
+        comparisons[row_name(row)] = compare
+
+    rows += method_rows(jobs, calib_seeds, reference, make_row, first_seed, desc="evaluate digits-text",
+                        progress=progress)
     if jobs:
         plot_quality(rows, out_dir / QUALITY_PLOT, TEXT_METRICS, title="digits-text")
     results = {"model": "digits-text", "rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
