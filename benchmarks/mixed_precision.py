@@ -30,12 +30,16 @@ import torch
 from tfmq_export.calibration.data import collect_calibration_data
 from tfmq_export.calibration.pipeline import calibrate
 from tfmq_export.io import atomic_write_text
-from tfmq_export.metrics.error import ErrorStats
 from tfmq_export.models.loading import load_model
 from tfmq_export.quant.state import simulation_from_artifact
 from tfmq_export.sampling import sampler_timesteps
 from tfmq_export.temporal import build_table_unet
 from tfmq_export.workflows.evaluate import recipe_settings
+
+if __package__:  # imported as benchmarks.mixed_precision
+    from .calibration_cost import output_error
+else:  # run as python benchmarks/mixed_precision.py
+    from calibration_cost import output_error
 
 #: row name -> extra options added to the recipe's
 ROWS: dict[str, dict[str, Any]] = {
@@ -47,15 +51,6 @@ ROWS: dict[str, dict[str, Any]] = {
     "w8_layers 4": {"w8_layers": 4},
     "w8_layers 8": {"w8_layers": 8},
 }
-
-
-@torch.no_grad()
-def output_error(sim: torch.nn.Module, fp: torch.nn.Module, data) -> float:
-    """||sim - fp|| / ||fp|| of the noise prediction over every held-out (x_t, step)."""
-    stats = ErrorStats()
-    for x, step, _ in data.batches(256):
-        stats.add(sim(x, step).numpy(), fp(x, step).numpy())
-    return stats.rel_l2
 
 
 def weight_bytes(artifact) -> dict[str, int]:
