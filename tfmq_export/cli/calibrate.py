@@ -100,7 +100,7 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
       tfmq-export calibrate ./my-sd15 --recipe sd-v1-4-w8a8 --prompts prompts.txt --guidance-scale 7.5 \\
           --out calib/out/sd-w8a8
       tfmq-export calibrate digits --recipe digits-tfmq-w4a8 --workers 2 --out calib/out/tfmq-w4a8
-      tfmq-export calibrate digits --method minmax --linear-act-grid uint8-127 --out calib/out/w8a8-ov
+      tfmq-export calibrate digits --recipe digits-w8a8 --linear-act-grid uint8-127 --out calib/out/w8a8-ov
       torchrun --nproc-per-node 2 -m tfmq_export.cli calibrate digits --method tfmq --wbits 4 --abits 8 \\
           --out calib/out/tfmq-w4a8-2ranks
     """
