@@ -21,11 +21,13 @@ from tfmq_export.errors import TfmqError
 from tfmq_export.export.lint import lint_tensorrt
 from tfmq_export.export.onnx_export import build_onnx
 from tfmq_export.export.qdq import onnx_scope
+from tfmq_export.quant.simulate import quant_layers
 from tfmq_export.quant.state import simulation_from_artifact
 
-#: the graph evaluated literally (onnxruntime, optimisations off) against the simulation: float
-#: accumulation order only (tests/export/test_qdq.py TENSORRT_TARGET_BOUND says why 1e-2 on random UNets)
-LITERAL_BOUND = 1e-2
+#: the whole graph evaluated literally (onnxruntime, optimisations off) against the simulation: float
+#: accumulation order only, but one activation within an ulp of a rounding boundary flips one step and a
+#: random UNet amplifies it (tests/export/test_qdq.py: up to 3e-2 measured); a wrong scale gives O(0.3-1)
+LITERAL_BOUND = 0.05
 #: OpenVINO's int8 kernels against the simulation: measured 0.023 on this tiny random UNet (0.024 for the
 #: tensorrt target's graph of an int8-grid artifact), 6.8e-4 on the bundled digits model
 OPENVINO_BOUND = 0.05
@@ -90,10 +92,11 @@ def test_the_artifact_records_the_grid(u8fc, loaded_unet_cond, tmp_path):
 
 @pytest.mark.parametrize("target", ["openvino", "onnxruntime"])
 def test_graph_computes_the_simulation(u8fc, loaded_unet_cond, target):
+    """Zero points per layer kind, and layer by layer (test_qdq.py's method: both sides quantize the very
+    same float tensor, so no rounding flip enters) the graph's Q/DQ + MatMul/Conv is the simulated layer,
+    fed inputs 3x wider than calibration so that +128 steps (and clamps) occur."""
     artifact, _ = u8fc
     graph = build_onnx(loaded_unet_cond, artifact, target)
-    expected, feed = _simulated(loaded_unet_cond, artifact, target)
-    assert rel_l2(_literal(graph, feed), expected) < LITERAL_BOUND
     conv_zp = (np.uint8, 128) if target == "onnxruntime" else (np.int8, 0)
     for layer, zp in _input_zero_points(graph, artifact).items():
         linear = artifact.layers[layer].kind == "linear"
@@ -103,6 +106,35 @@ def test_graph_computes_the_simulation(u8fc, loaded_unet_cond, target):
     # Conv-output Q/DQ (QLinearConv fusion) on the onnxruntime target only
     assert (len(outputs) > 0) == (target == "onnxruntime") and len(q_nodes) - len(outputs) == len(artifact.layers)
     assert {p.key: p.value for p in graph.metadata_props}["tfmq.target"] == target
+
+    probes = {}
+    for layer in artifact.layers:
+        q = next(n for n in graph.graph.node if n.name == f"{onnx_scope(layer)}input_QuantizeLinear")
+        consumer = next(n for n in graph.graph.node if f"{onnx_scope(layer)}input_dq" in n.input)
+        probes[layer] = (q.input[0], consumer.output[0], len(consumer.input) > 2 or consumer.op_type == "Conv")
+    for tensor in {t for probe in probes.values() for t in probe[:2]}:
+        graph.graph.output.append(onnx.ValueInfoProto(name=tensor))
+    _, feed = _feed(loaded_unet_cond)
+    feed = {k: v * 3 if v.dtype == np.float32 else v for k, v in feed.items()}
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = dict(zip(names, session.run(names, feed)))
+    # the layer function; the onnxruntime target's extra Conv-output rounding comes after the probe
+    sim_layers = quant_layers(simulation_from_artifact(loaded_unet_cond.unet, artifact, "openvino"))
+    worst, top_steps = 0.0, 0
+    for layer, (inp, out, has_bias) in probes.items():
+        qlayer = sim_layers[layer]
+        with torch.no_grad():
+            expected = qlayer(torch.from_numpy(values[inp])).numpy()
+        if not has_bias and qlayer.bias is not None:  # Linear exported as MatMul, bias in a later Add
+            expected = expected - qlayer.bias.numpy()
+        worst = max(worst, rel_l2(values[out], expected))
+        if artifact.layers[layer].kind == "linear":
+            top_steps += int((values[inp] / float(qlayer.input_quantizer.scale) >= 127.5).sum())
+    assert top_steps > 0  # inputs that only the shifted grid holds (q = +128) were exercised
+    assert worst < 1e-5
 
 
 def test_tensorrt_refuses_the_shifted_grid_in_one_line(u8fc, loaded_unet_cond):
