@@ -36,6 +36,7 @@ def export_onnx_cmd(artifact_dir, out_path, target, model, table, weight_storage
       tfmq-export export-onnx calib/out/w8a8 --out engines/digits-w8a8.onnx --target tensorrt
       tfmq-export export-onnx calib/out/w8a8 --out engines/digits-all.onnx --timesteps all
       tfmq-export export-onnx calib/out/w8a8 --out engines/digits-fp32.onnx --precision fp32
+      tfmq-export export-onnx calib/out/w8a8-ov --out engines/digits-w8a8-ov.onnx --target openvino
     """
     from tfmq_export.workflows.export_onnx import export_onnx_file
 
