@@ -11,7 +11,9 @@ Stages (each one reuses its outputs when they exist, so a rerun after a failure 
 1. export the FP32 graph (temporal table, no Q/DQ);
 2. minmax W8A8 calibration on a few random-condition DDIM trajectories (cheap on purpose: the
    weights are random, so only the scales' shapes matter for speed) and export it for both
-   targets (``tensorrt``: int8 / zero point 0; ``onnxruntime``: uint8 / 128);
+   targets (``tensorrt``: int8 / zero point 0; ``onnxruntime``: uint8 / 128); a second minmax W8A8
+   artifact with ``linear_act_grid: uint8-127`` exported for ``--target openvino`` (the Linear
+   inputs as uint8 / 127, which OpenVINO runs as u8 FullyConnected kernels, as NNCF's are);
 3. engines: OpenVINO IR of every graph, onnxruntime's optimised graphs (their manifests count the
    int8 kernels and the weight DequantizeLinear left unfused), and the NNCF peer built from the
    FP32 graph with the same calibration inputs ``tfmq-export bench --nncf`` would draw;
@@ -87,11 +89,7 @@ def export_graphs(work: Path, args: argparse.Namespace) -> dict[str, Path]:
     from tfmq_export.config import CalibrationSettings
     from tfmq_export.export.onnx_export import export_onnx
 
-    graphs = {
-        "fp32": work / "sd15-fp32.onnx",
-        "w8a8-onnxruntime": work / "sd15-w8a8-ort.onnx",
-        "w8a8-tensorrt": work / "sd15-w8a8-trt.onnx",
-    }
+    graphs = graph_paths(work)
     if all(p.is_file() for p in graphs.values()):
         log("graphs exist, reusing them")
         return graphs
@@ -100,24 +98,37 @@ def export_graphs(work: Path, args: argparse.Namespace) -> dict[str, Path]:
         subprocess.run([sys.executable, __file__, "--export-fp32-only", *_forward(args)], check=True)
     model = sd15_model(args.latent, args.num_samples, args.seed, args.model)
     common = {"steps": args.steps, "seed": args.seed}
-    calib_dir = work / "calib-w8a8"
-    if (calib_dir / "artifact.json").is_file():
-        artifact = load_artifact(calib_dir)
-    else:
-        log(f"minmax W8A8 calibration: {args.num_samples} trajectories x {args.steps} steps at {args.latent}x"
-            f"{args.latent}")
-        started = time.perf_counter()
-        settings = CalibrationSettings(method="minmax", wbits=8, abits=8, num_samples=args.num_samples,
-                                       batch_size=args.num_samples, weight_init=args.weight_init, **common)
-        artifact = calibrate(model, settings, calib_dir, progress=True)
-        log(f"calibrated in {time.perf_counter() - started:.0f} s")
-        gc.collect()
-    for key, target in (("w8a8-onnxruntime", "onnxruntime"), ("w8a8-tensorrt", "tensorrt")):
-        if not graphs[key].is_file():
-            log(f"exporting W8A8 for target {target}")
-            export_onnx(model, artifact, graphs[key], target)
+    for calib, grid, keys in (("calib-w8a8", "int8", ("w8a8-onnxruntime", "w8a8-tensorrt")),
+                              ("calib-w8a8-u8fc", "uint8-127", ("w8a8-openvino",))):
+        if all(graphs[key].is_file() for key in keys):
+            continue
+        calib_dir = work / calib
+        if (calib_dir / "artifact.json").is_file():
+            artifact = load_artifact(calib_dir)
+        else:
+            log(f"minmax W8A8 calibration (Linear inputs on the {grid} grid): {args.num_samples} trajectories x "
+                f"{args.steps} steps at {args.latent}x{args.latent}")
+            started = time.perf_counter()
+            settings = CalibrationSettings(method="minmax", wbits=8, abits=8, num_samples=args.num_samples,
+                                           batch_size=args.num_samples, weight_init=args.weight_init,
+                                           extra={"linear_act_grid": grid} if grid != "int8" else None, **common)
+            artifact = calibrate(model, settings, calib_dir, progress=True)
+            log(f"calibrated in {time.perf_counter() - started:.0f} s")
             gc.collect()
+        for key in keys:
+            target = key.removeprefix("w8a8-")
+            if not graphs[key].is_file():
+                log(f"exporting W8A8 for target {target}")
+                export_onnx(model, artifact, graphs[key], target)
+                gc.collect()
     return graphs
+
+
+def graph_paths(work: Path) -> dict[str, Path]:
+    """The benchmark's ONNX graphs: FP32, and W8A8 per export target (the openvino one from the
+    ``uint8-127`` artifact)."""
+    return {"fp32": work / "sd15-fp32.onnx", "w8a8-onnxruntime": work / "sd15-w8a8-ort.onnx",
+            "w8a8-tensorrt": work / "sd15-w8a8-trt.onnx", "w8a8-openvino": work / "sd15-w8a8-ov.onnx"}
 
 
 def _forward(args: argparse.Namespace) -> list[str]:
@@ -189,6 +200,7 @@ def bench_command(graphs: dict[str, Path], engines: dict[str, Path], json_path: 
            "--variant", f"openvino={engines['openvino:fp32']}",
            "--variant", f"openvino={engines['openvino:w8a8-tensorrt']}",
            "--variant", f"openvino={engines['openvino:w8a8-onnxruntime']}",
+           "--variant", f"openvino={engines['openvino:w8a8-openvino']}",
            "--nncf", "--nncf-engine", str(engines["nncf"]), "--nncf-samples", str(args.nncf_samples),
            "--latent-size", str(args.latent), "--threads", str(args.threads),
            "--timed-calls", str(args.iters), "--warmup", "2", "--sampling-runs", str(args.sampling_runs),
@@ -312,8 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_fp32_only:
         export_fp32(args, work)
         return 0
-    graphs = {"fp32": work / "sd15-fp32.onnx", "w8a8-onnxruntime": work / "sd15-w8a8-ort.onnx",
-              "w8a8-tensorrt": work / "sd15-w8a8-trt.onnx"}
+    graphs = graph_paths(work)
     if args.report_only is not None:
         result = json.loads(args.report_only.read_text())
         facts = engine_facts(graphs)

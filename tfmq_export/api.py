@@ -56,13 +56,14 @@ def calibrate(model: PathLike, out: PathLike, *, method: str | None = None, wbit
               recipe: PathLike | None = None, conditions: PathLike | None = None,
               prompts: PathLike | Sequence[str] | None = None, negative_prompt: str | None = None,
               guidance_scale: float | None = None, scheduler: str | None = None,
-              quiet: bool = False, device: str = "cpu") -> CalibrationArtifact:
+              linear_act_grid: str | None = None, quiet: bool = False, device: str = "cpu") -> CalibrationArtifact:
     """``tfmq-export calibrate MODEL --out OUT``: calibrate and write the artifact folder; returns it.
 
     ``model``: ``digits``, ``sd15-arch`` or a local diffusers folder. ``prompts``: a text file (one
     prompt per line) or a list of prompts, for a text-to-image pipeline folder (calibrates on both
     classifier-free guidance halves; ``guidance_scale`` defaults to 7.5). ``None`` = the recipe's or
     the default value. ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (where torch computes; not a setting).
+    ``linear_act_grid``: ``int8`` or ``uint8-127`` (the Linear inputs' grid, for ``--target openvino``).
     """
     from tfmq_export.workflows.calibrate import calibrate_model
 
@@ -75,15 +76,15 @@ def calibrate(model: PathLike, out: PathLike, *, method: str | None = None, wbit
         prompts_file = Path(prompts)
     elif prompts is not None:
         return _calibrate_prompt_list(str(model), Path(out), overrides, list(prompts), recipe, conditions, quiet,
-                                      device)
+                                      device, linear_act_grid)
     return calibrate_model(str(model), Path(out), overrides, recipe=recipe,
                            conditions=None if conditions is None else Path(conditions), prompts=prompts_file,
-                           progress=not quiet, device=device)
+                           progress=not quiet, device=device, linear_act_grid=linear_act_grid)
 
 
 def _calibrate_prompt_list(model: str, out: Path, overrides: dict[str, Any], prompts: list[str],
                            recipe: PathLike | None, conditions: PathLike | None, quiet: bool,
-                           device: str) -> CalibrationArtifact:
+                           device: str, linear_act_grid: str | None = None) -> CalibrationArtifact:
     """A list of prompts goes through the same checks as a prompts file (written to a temporary one)."""
     import tempfile
 
@@ -96,7 +97,7 @@ def _calibrate_prompt_list(model: str, out: Path, overrides: dict[str, Any], pro
         path.write_text("".join(p.replace("\n", " ") + "\n" for p in prompts), encoding="utf-8")
         return calibrate_model(model, out, overrides, recipe=recipe,
                                conditions=None if conditions is None else Path(conditions), prompts=path,
-                               progress=not quiet, device=device)
+                               progress=not quiet, device=device, linear_act_grid=linear_act_grid)
 
 
 @_one_line

@@ -7,7 +7,9 @@ A folder with two files:
   ``{name}.output_absmax``; and ``temporal.{resnet}`` (float32 [T, C]) the temporal table.
   ``LAYER_TENSORS`` and ``GLOBAL_TENSORS`` are the one schema of these keys.
 - ``artifact.json``: method, bits, timesteps, scheduler config, per-layer kinds, the model's
-  weight fingerprint, calibration settings and timings, the static-scale rule, versions.
+  weight fingerprint, calibration settings and timings, the static-scale rule, versions, and
+  ``linear_act_grid`` (the Linear layers' input grid, ``config.ACT_GRIDS``) when it is not the
+  default ``int8`` (so artifacts written before the option existed are unchanged).
 Both are written with temp file + rename, the JSON last, so a folder with a readable
 ``artifact.json`` is complete. Both are checked against the schema when written and when read
 (``artifact_problem``): a damaged or hand-edited artifact is refused with one line naming the
@@ -27,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tfmq_export import __version__
+from tfmq_export.config import ACT_GRIDS
 from tfmq_export.errors import TfmqError
 from tfmq_export.io import atomic_write, atomic_write_text
 
@@ -108,6 +111,8 @@ class CalibrationArtifact:
     timings: dict[str, float | str] = field(default_factory=dict)  # seconds, and the run's device
     static_scale_rule: str = "max"
     temporal_table: str = "fp"
+    #: the grid of the Linear layers' input quantizers (``config.ACT_GRIDS``); every other input: int8
+    linear_act_grid: str = "int8"
     version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -121,6 +126,10 @@ class CalibrationArtifact:
             raise TfmqError(f"the artifact is corrupt: it lacks {name}")
         return self.tensors[name]
 
+    def act_grid(self, layer: str) -> str:
+        """The grid of ``layer``'s input quantizer: ``linear_act_grid`` for a Linear, int8 otherwise."""
+        return self.linear_act_grid if self.layers[layer].kind == "linear" else "int8"
+
     def check_model(self, fingerprint: str, model_name: str = "") -> None:
         """Refuse to apply the artifact to weights other than the ones it was calibrated on."""
         if fingerprint != self.model_fingerprint:
@@ -132,6 +141,8 @@ class CalibrationArtifact:
     def metadata(self) -> dict[str, Any]:
         meta = asdict(self)
         meta.pop("tensors")
+        if meta["linear_act_grid"] == "int8":  # the default: written as before the option existed
+            meta.pop("linear_act_grid")
         meta["format_version"] = FORMAT_VERSION
         return meta
 
@@ -142,7 +153,7 @@ class CalibrationArtifact:
 _META_TYPES: dict[str, type | tuple[type, ...]] = {
     "method": str, "wbits": int, "abits": int, "timesteps": list, "scheduler_config": dict, "model_name": str,
     "model_class": str, "model_fingerprint": str, "layers": dict, "settings": dict, "timings": dict,
-    "static_scale_rule": str, "temporal_table": str, "version": str, "created": str,
+    "static_scale_rule": str, "temporal_table": str, "linear_act_grid": str, "version": str, "created": str,
 }
 _RECORD_TYPES: dict[str, type] = {"kind": str, "weight_shape": list, "wbits": int, "abits": int}
 assert set(_META_TYPES) == {f.name for f in fields(CalibrationArtifact)} - {"tensors"}
@@ -197,6 +208,8 @@ def meta_problem(meta: Any) -> str | None:
     for key, expected in _META_TYPES.items():
         if key in meta and not _is_type(meta[key], expected):
             return f"{key} must be {_type_name(expected)}, not {type(meta[key]).__name__}"
+    if meta.get("linear_act_grid", "int8") not in ACT_GRIDS:
+        return f"linear_act_grid {meta['linear_act_grid']!r} is not one of {', '.join(ACT_GRIDS)}"
     steps = meta["timesteps"]
     if not steps or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
                             for t in steps):
@@ -292,6 +305,8 @@ def _layer_set_problem(name: str, record: LayerRecord, tensors: dict[str, torch.
 
 def artifact_problem(artifact: CalibrationArtifact) -> str | None:
     """The first way ``artifact`` breaks the schema (tensor key, shape, dtype, values), or None."""
+    if artifact.linear_act_grid not in ACT_GRIDS:
+        return f"linear_act_grid {artifact.linear_act_grid!r} is not one of {', '.join(ACT_GRIDS)}"
     steps = len(artifact.timesteps)
     for name, record in artifact.layers.items():
         problem = _layer_set_problem(name, record, artifact.tensors)

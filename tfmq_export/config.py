@@ -23,6 +23,7 @@ from typing import Any
 from tfmq_export.errors import TfmqError
 
 __all__ = [
+    "ACT_GRIDS",
     "DEFAULT_ITERS",
     "KEEP_FP_CLASSES",
     "METHODS",
@@ -47,6 +48,11 @@ METHODS = ("minmax", "qdiff", "tfmq")
 #: Bit widths the deployment targets can express (16 = float, no quantizer).
 SUPPORTED_WEIGHT_BITS = (4, 8, 16)
 SUPPORTED_ACT_BITS = (8, 16)
+#: ``extra.linear_act_grid``: the 8-bit grid of Linear (MatMul/Gemm) layer inputs. ``int8``: q in
+#: [-128, 127] (int8 zero point 0, or uint8 zero point 128), what every other input uses.
+#: ``uint8-127``: q in [-127, 128] (uint8 zero point 127), the range OpenVINO's CPU plugin runs as
+#: an unsigned (u8) FullyConnected kernel; TensorRT's signed int8 cannot hold +128 (``export.qdq``).
+ACT_GRIDS = ("int8", "uint8-127")
 #: Per-channel weight scale: plain max, or the paper's MSE search (80 candidates, |w - w^|^2.4).
 WEIGHT_INITS = ("mse", "max")
 #: Static activation scale from the per-step ranges: ``max`` (no step clips) or ``mse`` (least
@@ -131,7 +137,8 @@ class ExtraOptions:
     minmax reads none of them; recipes shared by every method may still carry them.
     Every method: ``w8_layers`` (at wbits 4, this many of the weight layers that 4 bits hurt most,
     by measured sensitivity, keep 8-bit weights; ``calibration.sensitivity``), ``keep_fp`` (classes
-    of layers left float, ``KEEP_FP_CLASSES``).
+    of layers left float, ``KEEP_FP_CLASSES``), ``linear_act_grid`` (``ACT_GRIDS``: the input grid of
+    the deployed Linear layers; calibrate ``--linear-act-grid``).
     """
 
     recon_batch_size: int = 32
@@ -152,9 +159,12 @@ class ExtraOptions:
     qdrop: float = 0.0
     w8_layers: int = 0
     keep_fp: tuple[str, ...] = ()
+    linear_act_grid: str = "int8"
 
     #: keys whose value must be > 0 (others: >= 0)
     _POSITIVE = ("recon_batch_size", "cache_mb", "adaround_lr", "act_lr")
+    #: keys whose value is one of a few names
+    _CHOICES = (("linear_act_grid", ACT_GRIDS),)
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -172,6 +182,10 @@ class ExtraOptions:
             raise TfmqError(f"unknown calibration option(s) {unknown} in extra; known: {', '.join(cls.keys())}")
         types = {f.name: str(f.type) for f in fields(cls)}
         for key, value in extra.items():
+            choices = dict(cls._CHOICES).get(key)
+            if choices is not None:
+                _need_choice(f"calibration option {key}", value, choices)
+                continue
             _check_option(key, value, types[key], key in cls._POSITIVE)
         if extra.get("qdrop", 0) > 1:
             raise TfmqError(f"calibration option qdrop is a probability (0 to 1), got {extra['qdrop']!r}")

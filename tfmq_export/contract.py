@@ -178,7 +178,7 @@ FP16 (``export-onnx --precision fp16``); absent in FP32 graphs, which are writte
 option existed (the I/O stays float32 either way: the contract's types, Casts at the edges)."""
 
 # --- labels --------------------------------------------------------------------------------------
-EXPORT_TARGETS = ("tensorrt", "onnxruntime")
+EXPORT_TARGETS = ("tensorrt", "onnxruntime", "openvino")
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 OV_DEFAULT = "ov-default"
 """The FP32 graph compiled with OpenVINO's default inference precision (bf16 on CPUs with AMX)."""
@@ -188,8 +188,9 @@ PRECISIONS = ("fp32", "fp16", "w8a8", "w4a8", "w4a16", "nncf-int8", OV_DEFAULT)
 FLOAT_PRECISIONS = ("fp16", "fp32")
 #: the ``--precision`` each export target gets by default: TensorRT builds the graph strongly typed, so
 #: its float parts run in the type the graph declares (FP16 is what peers compare INT8 engines with);
-#: onnxruntime's CPU kernels are FP32 (and fuse Q/DQ into int8 kernels only around FP32 tensors).
-DEFAULT_FLOAT_PRECISION = {"tensorrt": "fp16", "onnxruntime": "fp32"}
+#: onnxruntime's CPU kernels are FP32 (and fuse Q/DQ into int8 kernels only around FP32 tensors);
+#: OpenVINO does not read FP16 Q/DQ graphs (``backends.openvino.ir.fp16_hint``).
+DEFAULT_FLOAT_PRECISION = {"tensorrt": "fp16", "onnxruntime": "fp32", "openvino": "fp32"}
 #: ``export-onnx --timesteps``: a row per sampler call, or a row per training timestep.
 TABLE_KINDS = ("sampler", "all")
 

@@ -65,7 +65,7 @@ def static_scale(quantizer: ActQuantizer) -> torch.Tensor:
     absmax = quantizer.step_absmax()
     absmax = absmax[torch.isfinite(absmax)]
     value = absmax.max() if absmax.numel() else torch.tensor(1.0)
-    return grids.absmax_scale(value, quantizer.qrange[1])
+    return grids.absmax_scale(value, grids.symmetric_qmax(quantizer.qrange))
 
 
 def set_static_scales(
@@ -190,14 +190,15 @@ def mse_static_scale(
     (the paper's weight search, applied to activations).
     """
     qmin, qmax = qrange
+    qmax_scale = grids.symmetric_qmax(qrange)  # the max rule's divisor: 127 on both 8-bit grids
     bins = hist.shape[1]
     edges = torch.linspace(-absmax, absmax, bins + 1, dtype=torch.float64, device=hist.device)
     centres = 0.5 * (edges[1:] + edges[:-1])
     totals = hist.sum(dim=1, keepdim=True)
     weights = (hist / totals.clamp(min=1)).sum(dim=0)
-    best_err, best = float("inf"), absmax / qmax
+    best_err, best = float("inf"), absmax / qmax_scale
     for i in range(num_candidates):
-        scale = max(absmax * (1.0 - 0.01 * i), 1e-8) / qmax
+        scale = max(absmax * (1.0 - 0.01 * i), 1e-8) / qmax_scale
         err = float((weights * (centres - torch.clamp(torch.round(centres / scale), qmin, qmax) * scale).pow(2)).sum())
         if err < best_err:
             best_err, best = err, scale

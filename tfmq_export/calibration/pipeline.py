@@ -145,7 +145,7 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
         sim = shared_copy(fp_sim)
         result = MethodResult()
         if settings.quantized:
-            layers = quantize_model(sim, settings.wbits, settings.abits, plan.bits)
+            layers = quantize_model(sim, settings.wbits, settings.abits, plan.bits, options.linear_act_grid)
             offload.attach(sim)
             work_dir = None if out_dir is None else Path(out_dir) / ".work"
             spill_dir = None if work_dir is None else work_dir / f"cache-rank{rank()}"  # --cache-budget
@@ -175,6 +175,7 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
                  **device_record(device), "ranks": float(world_size()), **memory},
         static_scale_rule=settings.static_scale_rule,
         temporal_table=result.temporal_table or settings.temporal_table,
+        linear_act_grid=options.linear_act_grid,
     )
     if out_dir is not None:  # several ranks: rank 0 writes, the others wait for it
         run_on_writer(lambda: save_artifact(artifact, Path(out_dir)))

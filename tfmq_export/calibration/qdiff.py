@@ -158,8 +158,8 @@ def enable_split_skip(sim: TemporalTableUNet, layers: dict[str, QuantLayer], dat
             layer = layers.get(name)
             if layer is None or not layer.input_quantizer.enabled or split <= 0:
                 continue
-            layer.input_quantizer = SplitActQuantizer(layer.input_quantizer.bits, sim.num_steps, split).to(
-                layer.weight.device)
+            old = layer.input_quantizer
+            layer.input_quantizer = SplitActQuantizer(old.bits, sim.num_steps, split, old.grid).to(layer.weight.device)
             split_layers.append(name)
     return split_layers
 

@@ -9,7 +9,7 @@ import click
 from tfmq_export.cli.device_option import device_option
 from tfmq_export.cli.errors import friendly
 from tfmq_export.cli.options import ABITS, WBITS, is_verbose, output_options
-from tfmq_export.config import DEFAULT_ITERS, CalibrationSettings
+from tfmq_export.config import ACT_GRIDS, DEFAULT_ITERS, CalibrationSettings
 
 _BUILT_IN = CalibrationSettings()
 
@@ -69,6 +69,11 @@ def _default(field: str) -> str:
 @click.option("--offload", is_flag=True, default=False,
               help="With --device cuda: keep the UNets in CPU memory and move each top-level block to the GPU only "
                    "while it runs; the block being learned stays on the GPU (sets extra offload; docs/SCALING.md).")
+@click.option("--linear-act-grid", type=click.Choice(list(ACT_GRIDS)), default=None,
+              show_default="int8 without --recipe",
+              help="Input grid of the Linear (MatMul/Gemm) layers: int8 ([-128, 127], every target) or uint8-127 "
+                   "([-127, 128], uint8 zero point 127: OpenVINO runs those layers as u8 FullyConnected kernels; "
+                   "export with --target openvino or onnxruntime, not tensorrt). Sets extra linear_act_grid.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine, started with torch's elastic launcher (torchrun); "
                    "gloo on cpu, NCCL with --device cuda (one GPU per process). See docs/SCALING.md.")
@@ -77,7 +82,7 @@ def _default(field: str) -> str:
 @friendly
 def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, seed, batch_size, static_scale_rule,
               temporal_table, recipe, conditions, prompts, negative_prompt, guidance_scale, scheduler, cache_budget,
-              offload, workers, quiet, device) -> None:
+              offload, linear_act_grid, workers, quiet, device) -> None:
     """Calibrate MODEL (`digits` or a local diffusers folder) and write an artifact to --out.
 
     Settings come from three places, in this order of precedence: the options given here, then the
@@ -95,6 +100,7 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
       tfmq-export calibrate ./my-sd15 --recipe sd-v1-4-w8a8 --prompts prompts.txt --guidance-scale 7.5 \\
           --out calib/out/sd-w8a8
       tfmq-export calibrate digits --recipe digits-tfmq-w4a8 --workers 2 --out calib/out/tfmq-w4a8
+      tfmq-export calibrate digits --recipe digits-w8a8 --linear-act-grid uint8-127 --out calib/out/w8a8-ov
       torchrun --nproc-per-node 2 -m tfmq_export.cli calibrate digits --method tfmq --wbits 4 --abits 8 \\
           --out calib/out/tfmq-w4a8-2ranks
     """
@@ -117,7 +123,7 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
         click.echo(f"settings: {resolved.record()}", err=True)
     artifact = calibrate_model(model, out_dir, overrides, recipe=recipe, conditions=conditions, prompts=prompts,
                                progress=not quiet, device=device, cache_budget_gb=cache_budget,
-                               offload=offload)
+                               offload=offload, linear_act_grid=linear_act_grid)
     if not is_writer():
         return
     click.echo(

@@ -7,14 +7,15 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
-from tfmq_export.cli.options import TARGET_HELP, output_options, precision_option
+from tfmq_export.cli.options import OPENVINO_TARGET_HELP, TARGET_HELP, output_options, precision_option
+from tfmq_export.contract import EXPORT_TARGETS
 
 
 @click.command("export-onnx")
 @click.argument("artifact_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
-@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True,
-              help=TARGET_HELP)
+@click.option("--target", type=click.Choice(list(EXPORT_TARGETS)), default="tensorrt", show_default=True,
+              help=TARGET_HELP + OPENVINO_TARGET_HELP)
 @click.option("--model", default=None, show_default="recorded in the artifact",
               help="The model (folder or bundled name) the artifact was calibrated on.")
 @click.option("--timesteps", "table", type=click.Choice(["sampler", "all"]), default="sampler", show_default=True,
@@ -35,6 +36,7 @@ def export_onnx_cmd(artifact_dir, out_path, target, model, table, weight_storage
       tfmq-export export-onnx calib/out/w8a8 --out engines/digits-w8a8.onnx --target tensorrt
       tfmq-export export-onnx calib/out/w8a8 --out engines/digits-all.onnx --timesteps all
       tfmq-export export-onnx calib/out/w8a8 --out engines/digits-fp32.onnx --precision fp32
+      tfmq-export export-onnx calib/out/w8a8-ov --out engines/digits-w8a8-ov.onnx --target openvino
     """
     from tfmq_export.workflows.export_onnx import export_onnx_file
 

@@ -7,14 +7,15 @@ from pathlib import Path
 import click
 
 from tfmq_export.cli.errors import friendly
-from tfmq_export.cli.options import TARGET_HELP, output_options, precision_option
+from tfmq_export.cli.options import OPENVINO_TARGET_HELP, TARGET_HELP, output_options, precision_option
+from tfmq_export.contract import EXPORT_TARGETS
 
 
 @click.command("export-pipeline")
 @click.argument("artifact_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Pipeline folder to write.")
-@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="onnxruntime", show_default=True,
-              help=TARGET_HELP + " Text encoder and VAE decoder stay float.")
+@click.option("--target", type=click.Choice(list(EXPORT_TARGETS)), default="onnxruntime", show_default=True,
+              help=TARGET_HELP + OPENVINO_TARGET_HELP + " Text encoder and VAE decoder stay float.")
 @click.option("--timesteps", type=click.Choice(["sampler", "all"]), default="sampler", show_default=True,
               help="UNet table rows: the calibrated schedule, or every training timestep (sample --steps N).")
 @click.option("--model", default=None, show_default="recorded in the artifact",

@@ -19,8 +19,8 @@ import click
 from tfmq_export.config import SUPPORTED_ACT_BITS, SUPPORTED_WEIGHT_BITS
 from tfmq_export.contract import FLOAT_PRECISIONS
 
-__all__ = ["ABITS", "TARGET_HELP", "WBITS", "deprecated_alias", "is_verbose", "output_options", "precision_option",
-           "replace_deprecated"]
+__all__ = ["ABITS", "OPENVINO_TARGET_HELP", "TARGET_HELP", "WBITS", "deprecated_alias", "is_verbose", "output_options",
+           "precision_option", "replace_deprecated"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,12 +30,15 @@ ABITS = click.Choice(list(SUPPORTED_ACT_BITS))
 #: ``--target`` means the same Q/DQ flavour wherever it appears.
 TARGET_HELP = ("Q/DQ flavour of the exported UNet: tensorrt (int8, zero point 0, TensorRT's explicit "
                "quantization) or onnxruntime (uint8 + Conv-output Q/DQ so onnxruntime fuses QLinearConv).")
+#: what the export commands add: the ``openvino`` target
+OPENVINO_TARGET_HELP = (" openvino: int8 as tensorrt, but uint8 zero point 127 on the Linear inputs of an artifact "
+                        "calibrated with --linear-act-grid uint8-127 (OpenVINO then runs u8 FullyConnected kernels).")
 
 
 def precision_option(what: str) -> Callable[[F], F]:
     """``--precision fp16|fp32`` of an export: its default follows ``--target``; ``what`` names the float parts."""
     return click.option("--precision", type=click.Choice(list(FLOAT_PRECISIONS)), default=None,
-                        show_default="fp16 for --target tensorrt, fp32 for onnxruntime",
+                        show_default="fp16 for --target tensorrt, fp32 for onnxruntime and openvino",
                         help=f"Type of {what}; the inputs/outputs stay float32.")
 
 

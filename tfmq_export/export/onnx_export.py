@@ -37,7 +37,7 @@ from tfmq_export.contract import (
 )
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.fp16 import FP16_OPSET, to_fp16
-from tfmq_export.export.qdq import TARGETS, default_weight_storage, insert_qdq, needs_opset_21
+from tfmq_export.export.qdq import TARGETS, check_target, default_weight_storage, insert_qdq, needs_opset_21
 from tfmq_export.export.split_qdq import apply_split_qdq, split_layers
 from tfmq_export.io import check_writable
 from tfmq_export.models.adapter import UNetAdapter
@@ -273,8 +273,9 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
                table_fp32: bool = False, weight_storage: str = "int8") -> onnx.ModelProto:
     """The exported graph (not yet written) for ``model`` quantized as ``artifact`` says.
 
-    Refused before tracing: an unknown target or precision, another model's artifact, and an artifact
-    that breaks the schema (zero, NaN or Inf scales, non-finite tables, wrong shapes), whatever the target.
+    Refused before tracing: an unknown target or precision, another model's artifact, an artifact
+    that breaks the schema (zero, NaN or Inf scales, non-finite tables, wrong shapes), whatever the target,
+    and ``tensorrt`` for an artifact calibrated with ``--linear-act-grid uint8-127`` (``qdq.check_target``).
     ``precision``: the float parts' type (``export.fp16``); this function's default stays ``fp32``,
     the graph every caller got before the option; the commands default by target
     (``contract.DEFAULT_FLOAT_PRECISION``). ``table_fp32`` (fp16 only): keep the tables FP32.
@@ -287,6 +288,7 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
     problem = artifact_problem(artifact)
     if problem is not None:
         raise TfmqError(f"--target {target}: the artifact is corrupt: {problem}")
+    check_target(target, artifact)  # tensorrt refuses the uint8-127 grid before anything is traced
     artifact.check_model(model.fingerprint(), model.name)
     tables, rows = table_rows(model, artifact, timesteps)
     if precision == "fp16" and len(rows) > _FP16_MAX_ROWS:  # the traced step_index path casts through float

@@ -18,7 +18,15 @@ Targets. ``tensorrt``: int8 activations, zero point 0 (TensorRT's rules). ``onnx
 uint8 activations with zero point 128 — the same dequantized values as int8/0, but onnxruntime
 on x86 fuses only unsigned activations into int8 kernels — plus Q/DQ on Conv outputs (scale from
 the calibrated output range) so that Conv fuses to QLinearConv; that extra rounding is the one
-place where this target computes something the simulation does not.
+place where this target computes something the simulation does not. ``openvino``: int8 / zero
+point 0 as ``tensorrt`` (no Conv-output Q/DQ; OpenVINO's CPU plugin picks u8 convolutions itself),
+except the inputs of Linear (MatMul/Gemm) layers calibrated on the ``uint8-127`` grid
+(``calibrate --linear-act-grid uint8-127``), which get uint8 with zero point 127: OpenVINO runs a
+FullyConnected as an unsigned (u8) kernel only when its input range is [-127 s, 128 s], as NNCF's
+are; with [-128 s, 127 s] it runs the signed one (measured slower on AVX512-VNNI CPUs,
+docs/BENCHMARKS.md "How to profile"). The artifact's grid is the graph's, whatever the target:
+``onnxruntime`` writes those inputs as uint8 / 127 too (onnxruntime fuses any uint8 zero point),
+and ``tensorrt`` refuses such an artifact (signed int8 cannot hold +128).
 """
 
 from __future__ import annotations
@@ -32,9 +40,10 @@ from tfmq_export.errors import TfmqError
 from tfmq_export.export.graph import GraphIndex
 from tfmq_export.quant.state import conv_output_scale
 
-__all__ = ["TARGETS", "WEIGHT_STORAGES", "default_weight_storage", "insert_qdq", "needs_opset_21", "onnx_scope"]
+__all__ = ["TARGETS", "WEIGHT_STORAGES", "check_target", "default_weight_storage", "insert_qdq", "needs_opset_21",
+           "onnx_scope"]
 
-TARGETS = ("tensorrt", "onnxruntime")
+TARGETS = ("tensorrt", "onnxruntime", "openvino")
 #: ``--weight-storage`` (the first is the default, ``default_weight_storage`` says why)
 WEIGHT_STORAGES = ("int8", "int4")
 _WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
@@ -89,6 +98,26 @@ def default_weight_storage(target: str, storage: str = "int8") -> str:
     return storage
 
 
+def check_target(target: str, artifact: CalibrationArtifact) -> None:
+    """Refuse an unknown target, and ``tensorrt`` for an artifact whose Linear inputs were calibrated
+    on the ``uint8-127`` grid (q up to +128, which TensorRT's signed int8 cannot hold)."""
+    if target not in TARGETS:
+        raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
+    shifted = [n for n, r in artifact.layers.items() if r.abits < 16 and artifact.act_grid(n) != "int8"]
+    if target == "tensorrt" and shifted:
+        raise TfmqError(f"--target tensorrt: this artifact quantizes {len(shifted)} Linear input(s) on the "
+                        f"{artifact.linear_act_grid} grid ([-127, 128]), which TensorRT's int8 cannot hold; export it "
+                        "with --target openvino or onnxruntime, or calibrate again with --linear-act-grid int8")
+
+
+def _zero_point(target: str, grid: str) -> tuple[int, np.dtype]:
+    """The zero point of an activation Q/DQ on ``grid``: uint8 127 (``uint8-127``), uint8 128 (int8 grid,
+    onnxruntime: the same values as int8 / 0), int8 0 (int8 grid, tensorrt and openvino)."""
+    if grid == "uint8-127":
+        return 127, np.dtype(np.uint8)
+    return (128, np.dtype(np.uint8)) if target == "onnxruntime" else (0, np.dtype(np.int8))
+
+
 def _insert_weight_dq(g: GraphIndex, node: onnx.NodeProto, layer: str,
                       artifact: CalibrationArtifact, storage: str = "int8") -> list[onnx.NodeProto]:
     record = artifact.layers[layer]
@@ -128,13 +157,13 @@ def _insert_weight_dq(g: GraphIndex, node: onnx.NodeProto, layer: str,
     return [dq]
 
 
-def _qdq_pair(g: GraphIndex, tensor: str, prefix: str, scale: float, target: str) -> list[onnx.NodeProto]:
-    """QuantizeLinear -> DequantizeLinear on ``tensor``; returns the nodes (output ``{prefix}_dq``)."""
+def _qdq_pair(g: GraphIndex, tensor: str, prefix: str, scale: float, target: str,
+              grid: str = "int8") -> list[onnx.NodeProto]:
+    """QuantizeLinear -> DequantizeLinear on ``tensor`` (zero point: ``_zero_point``); returns the
+    nodes (output ``{prefix}_dq``)."""
     s_name = g.add_init(f"{prefix}_scale", np.array(scale, dtype=np.float32))
-    if target == "onnxruntime":
-        zp = g.add_init(f"{prefix}_zero_point", np.array(128, dtype=np.uint8))
-    else:
-        zp = g.add_init(f"{prefix}_zero_point", np.array(0, dtype=np.int8))
+    value, dtype = _zero_point(target, grid)
+    zp = g.add_init(f"{prefix}_zero_point", np.array(value, dtype=dtype))
     q = helper.make_node("QuantizeLinear", [tensor, s_name, zp], [f"{prefix}_q"], name=f"{prefix}_QuantizeLinear")
     dq = helper.make_node("DequantizeLinear", [f"{prefix}_q", s_name, zp], [f"{prefix}_dq"],
                           name=f"{prefix}_DequantizeLinear")
@@ -195,8 +224,7 @@ def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: st
                weight_storage: str = "int8") -> onnx.ModelProto:
     """Insert the artifact's Q/DQ into ``model`` (in place) and return it, topologically sorted.
     ``weight_storage``: ``WEIGHT_STORAGES`` (``int4`` needs the graph at opset 21)."""
-    if target not in TARGETS:
-        raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
+    check_target(target, artifact)
     weight_storage = default_weight_storage(target, weight_storage)
     g = GraphIndex(model)
     factored = [layer for layer in artifact.layers if f"{layer}.input_step_factor" in artifact.tensors]
@@ -212,7 +240,7 @@ def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: st
             before += factor_nodes[0]
         if record.abits < 16:
             scale = float(artifact.layer_tensor(layer, "input_scale"))
-            pair = _qdq_pair(g, node.input[0], f"{onnx_scope(layer)}input", scale, target)
+            pair = _qdq_pair(g, node.input[0], f"{onnx_scope(layer)}input", scale, target, artifact.act_grid(layer))
             g.set_input(node, 0, pair[1].output[0])
             before += pair
         if record.wbits < 16:

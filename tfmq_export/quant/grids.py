@@ -4,17 +4,21 @@ Notation: s = scale, q = integer, x^ = s * q.
 - weights: per output channel; 8 bit -> q in [-127, 127] (narrow range, as TensorRT expects
   for weights), 4 bit -> q in [-8, 7] (TensorRT INT4).
 - activations: per tensor; 8 bit -> q in [-128, 127], exactly what ONNX QuantizeLinear with an
-  int8 zero point of 0 saturates to, so the simulation and the graph round and clamp alike.
+  int8 zero point of 0 saturates to, so the simulation and the graph round and clamp alike. The
+  ``uint8-127`` grid (``config.ACT_GRIDS``, Linear inputs only when chosen) is q in [-127, 128]:
+  uint8 with zero point 127 saturates to exactly that. Either way the scale maps |x| <= absmax
+  onto the symmetric part [-127, 127] (``symmetric_qmax``); the shifted grid only adds +128.
 """
 
 from __future__ import annotations
 
 import torch
 
-from tfmq_export.config import SUPPORTED_ACT_BITS, SUPPORTED_WEIGHT_BITS
+from tfmq_export.config import ACT_GRIDS, SUPPORTED_ACT_BITS, SUPPORTED_WEIGHT_BITS
 from tfmq_export.errors import TfmqError
 
 __all__ = [
+    "ACT_GRIDS",
     "SUPPORTED_ACT_BITS",
     "SUPPORTED_WEIGHT_BITS",
     "QuantizerError",
@@ -25,6 +29,7 @@ __all__ = [
     "mse_weight_scale",
     "quantize",
     "round_ste",
+    "symmetric_qmax",
     "weight_range",
 ]
 
@@ -43,11 +48,20 @@ def weight_range(bits: int) -> tuple[int, int]:
     raise QuantizerError(f"weight bits {bits} have no integer grid (supported: 4, 8; 16 means float)")
 
 
-def act_range(bits: int) -> tuple[int, int]:
-    """(qmin, qmax) of the activation grid."""
+def act_range(bits: int, grid: str = "int8") -> tuple[int, int]:
+    """(qmin, qmax) of the activation grid ``grid`` (``ACT_GRIDS``)."""
+    if grid not in ACT_GRIDS:
+        raise QuantizerError(f"activation grid {grid!r} is not supported (choose from {', '.join(ACT_GRIDS)})")
     if bits == 8:
-        return -128, 127
+        return (-128, 127) if grid == "int8" else (-127, 128)
     raise QuantizerError(f"activation bits {bits} have no integer grid (supported: 8; 16 means float)")
+
+
+def symmetric_qmax(qrange: tuple[int, int]) -> int:
+    """The largest |q| on both sides of a grid (127 for both 8-bit activation grids): a scale
+    absmax / this maps the symmetric range [-absmax, absmax] without clipping either side."""
+    qmin, qmax = qrange
+    return min(-qmin, qmax)
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:

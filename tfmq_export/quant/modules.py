@@ -31,12 +31,13 @@ class ActQuantizer(nn.Module):
 
     Buffers: ``scale`` (0 until calibrated), ``step_min`` / ``step_max`` [num_steps] (running
     min / max of the input per table row), ``output_absmax`` of the owning layer's output
-    (used by the onnxruntime target to quantize Conv outputs).
+    (used by the onnxruntime target to quantize Conv outputs). ``grid``: ``config.ACT_GRIDS``.
     """
 
-    def __init__(self, bits: int, num_steps: int) -> None:
+    def __init__(self, bits: int, num_steps: int, grid: str = "int8") -> None:
         super().__init__()
-        self.bits = bits
+        grids.act_range(8, grid)  # an unknown grid stops here
+        self.bits, self.grid = bits, grid
         self.mode = ActMode.DISABLED
         #: QDrop (Wei et al., ICLR 2022) while a block is reconstructed: each element keeps its float
         #: value with this probability (only under autograd, i.e. in the reconstruction loss)
@@ -53,7 +54,7 @@ class ActQuantizer(nn.Module):
 
     @property
     def qrange(self) -> tuple[int, int]:
-        return grids.act_range(self.bits)
+        return grids.act_range(self.bits, self.grid)
 
     def set_scale(self, scale: torch.Tensor | float, where: str = "activation quantizer") -> None:
         """Set the static scale; ``where`` names the layer in the error."""
@@ -97,7 +98,8 @@ class ActQuantizer(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, mode={self.mode.value}, scale={float(self.scale):.4g}"
+        grid = "" if self.grid == "int8" else f", grid={self.grid}"
+        return f"bits={self.bits}{grid}, mode={self.mode.value}, scale={float(self.scale):.4g}"
 
 
 #: A rounding function: (weight, per-channel scale view) -> integer-valued float tensor.
@@ -176,10 +178,10 @@ class QuantLayer(nn.Module):
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def __init__(self, wbits: int, abits: int, out_channels: int, num_steps: int) -> None:
+    def __init__(self, wbits: int, abits: int, out_channels: int, num_steps: int, act_grid: str = "int8") -> None:
         super().__init__()
         self.weight_quantizer = WeightQuantizer(wbits, out_channels)
-        self.input_quantizer = ActQuantizer(abits, num_steps)
+        self.input_quantizer = ActQuantizer(abits, num_steps, act_grid)
         self.register_buffer("output_absmax", torch.zeros(()))
 
     def _track_output(self, y: torch.Tensor) -> None:
@@ -209,10 +211,10 @@ class QuantConv2d(QuantLayer):
 
 
 class QuantLinear(QuantLayer):
-    """Linear whose input and weight pass through quantizers."""
+    """Linear whose input and weight pass through quantizers; ``act_grid``: its input's grid."""
 
-    def __init__(self, linear: nn.Linear, wbits: int, abits: int, num_steps: int) -> None:
-        super().__init__(wbits, abits, linear.out_features, num_steps)
+    def __init__(self, linear: nn.Linear, wbits: int, abits: int, num_steps: int, act_grid: str = "int8") -> None:
+        super().__init__(wbits, abits, linear.out_features, num_steps, act_grid)
         self.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
@@ -222,12 +224,14 @@ class QuantLinear(QuantLayer):
         return y
 
 
-def make_quant_layer(module: nn.Module, wbits: int, abits: int, num_steps: int) -> QuantLayer:
-    """The quantized stand-in for ``module``, on its device (quantizer buffers included)."""
+def make_quant_layer(module: nn.Module, wbits: int, abits: int, num_steps: int,
+                     linear_act_grid: str = "int8") -> QuantLayer:
+    """The quantized stand-in for ``module``, on its device (quantizer buffers included); a Linear's
+    input takes ``linear_act_grid``, a Conv2d's the int8 grid."""
     if isinstance(module, nn.Conv2d):
         return QuantConv2d(module, wbits, abits, num_steps).to(module.weight.device)
     if isinstance(module, nn.Linear):
-        return QuantLinear(module, wbits, abits, num_steps).to(module.weight.device)
+        return QuantLinear(module, wbits, abits, num_steps, linear_act_grid).to(module.weight.device)
     raise QuantizerError(f"cannot quantize {type(module).__name__} (only Conv2d and Linear)")
 
 
@@ -245,7 +249,7 @@ class PerStepActQuantizer(ActQuantizer):
 
     def step_scales(self) -> torch.Tensor:
         """[T] scales; rows never observed get NaN (using them is an error)."""
-        return torch.clamp(self.step_absmax(), min=1e-8) / self.qrange[1]
+        return torch.clamp(self.step_absmax(), min=1e-8) / grids.symmetric_qmax(self.qrange)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled or self.mode is not ActMode.QUANTIZING:
@@ -271,12 +275,12 @@ class SplitActQuantizer(ActQuantizer):
     second). In ONNX this is Split -> two Q/DQ -> Concat (``tfmq_export.export.split_qdq``).
     """
 
-    def __init__(self, bits: int, num_steps: int, split: int) -> None:
-        super().__init__(bits, num_steps)
+    def __init__(self, bits: int, num_steps: int, split: int, grid: str = "int8") -> None:
+        super().__init__(bits, num_steps, grid)
         if split <= 0:
             raise QuantizerError(f"split channel must be positive, got {split}")
         self.split = split
-        self.second = ActQuantizer(bits, num_steps)
+        self.second = ActQuantizer(bits, num_steps, grid)
 
     @property
     def scale_split(self) -> torch.Tensor:
@@ -315,7 +319,7 @@ def install_split_quantizers(layers: dict[str, QuantLayer], tensors: dict[str, t
         if key not in tensors:
             continue
         old = layer.input_quantizer
-        new = SplitActQuantizer(old.bits, old.step_min.numel(), int(tensors[key]))
+        new = SplitActQuantizer(old.bits, old.step_min.numel(), int(tensors[key]), old.grid)
         new.second.set_scale(tensors[f"{name}.input_scale_split"], f"layer {name} (split input)")
         new.second.step_min.copy_(tensors[f"{name}.input_split_step_min"])
         new.second.step_max.copy_(tensors[f"{name}.input_split_step_max"])
@@ -326,8 +330,10 @@ def install_split_quantizers(layers: dict[str, QuantLayer], tensors: dict[str, t
 
 def swap_input_quantizer(layer: QuantLayer, new: ActQuantizer) -> None:
     """Give ``layer`` the input quantizer ``new``, carrying over the old one's state (scale, per-step
-    ranges; buffers only ``new`` has are kept) and mode."""
+    ranges; buffers only ``new`` has are kept) and mode; its grid must be the old one's."""
     old = layer.input_quantizer
+    if new.grid != old.grid:
+        raise QuantizerError(f"input quantizer on grid {new.grid} cannot replace one on grid {old.grid}")
     new.to(old.scale.device).load_state_dict(old.state_dict(), strict=False)
     new.mode = old.mode
     layer.input_quantizer = new
@@ -344,8 +350,8 @@ class StepFactorActQuantizer(ActQuantizer):
     followed by the layer. Needs the rows declared (``observing_steps``).
     """
 
-    def __init__(self, bits: int, num_steps: int) -> None:
-        super().__init__(bits, num_steps)
+    def __init__(self, bits: int, num_steps: int, grid: str = "int8") -> None:
+        super().__init__(bits, num_steps, grid)
         self.register_buffer("step_factor", torch.ones(num_steps))
         self.register_buffer("step_factor_inv", torch.ones(num_steps))
 
@@ -371,7 +377,7 @@ class StepFactorActQuantizer(ActQuantizer):
 def step_factors(quantizer: ActQuantizer) -> torch.Tensor:
     """``r_t`` of a calibrated quantizer: each step's min-max scale over the static scale (1 for a
     step that was never observed)."""
-    per_step = torch.clamp(quantizer.step_absmax(), min=1e-8) / quantizer.qrange[1]
+    per_step = torch.clamp(quantizer.step_absmax(), min=1e-8) / grids.symmetric_qmax(quantizer.qrange)
     factors = per_step / quantizer.scale.detach().float()
     return torch.where(torch.isfinite(factors), factors, torch.ones_like(factors)).float()
 
@@ -385,7 +391,7 @@ def install_step_factor_quantizers(layers: dict[str, QuantLayer], tensors: dict[
         if key not in tensors:
             continue
         old = layer.input_quantizer
-        new = StepFactorActQuantizer(old.bits, old.step_min.numel())
+        new = StepFactorActQuantizer(old.bits, old.step_min.numel(), old.grid)
         new.set_step_factors(tensors[key])
         swap_input_quantizer(layer, new)
         installed.append(name)

@@ -15,7 +15,8 @@ from tfmq_export.temporal import TemporalTableUNet
 
 
 def quantize_model(table_unet: TemporalTableUNet, wbits: int, abits: int,
-                   layer_bits: Mapping[str, tuple[int, int]] | None = None) -> dict[str, QuantLayer]:
+                   layer_bits: Mapping[str, tuple[int, int]] | None = None,
+                   linear_act_grid: str = "int8") -> dict[str, QuantLayer]:
     """Swap every quantizable layer of ``table_unet.unet`` for a quantized one, in place.
 
     Returns {layer name (relative to the UNet): quantized layer}. Quantizers start
@@ -23,6 +24,7 @@ def quantize_model(table_unet: TemporalTableUNet, wbits: int, abits: int,
     for the layers that differ from the model's bits (mixed precision: 8-bit weights where 4 bits
     hurt most; (16, 16) keeps a layer float). Such a layer still gets a quantized stand-in, with
     disabled quantizers, so every method and the artifact list the same layers.
+    ``linear_act_grid``: the input grid of the Linear layers (``config.ACT_GRIDS``; convs: int8).
     """
     check_bits(wbits, abits)
     layer_bits = dict(layer_bits or {})
@@ -32,7 +34,7 @@ def quantize_model(table_unet: TemporalTableUNet, wbits: int, abits: int,
     layers: dict[str, QuantLayer] = {}
     for name, module in adapter.quantizable_layers().items():
         w, a = layer_bits.get(name, (wbits, abits))
-        qlayer = make_quant_layer(module, w, a, table_unet.num_steps)
+        qlayer = make_quant_layer(module, w, a, table_unet.num_steps, linear_act_grid)
         replace_submodule(table_unet.unet, name, qlayer)
         layers[name] = qlayer
     return layers

@@ -107,7 +107,7 @@ def simulation_from_artifact(
     if artifact.wbits >= 16 and artifact.abits >= 16:
         return sim.eval()
     bits = {name: (r.wbits, r.abits) for name, r in artifact.layers.items()}  # mixed precision, float layers
-    layers = quantize_model(sim, artifact.wbits, artifact.abits, bits)
+    layers = quantize_model(sim, artifact.wbits, artifact.abits, bits, artifact.linear_act_grid)
     extra = set(artifact.layers) - set(layers)
     missing = set(layers) - set(artifact.layers)
     if extra or missing:

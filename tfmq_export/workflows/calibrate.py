@@ -32,6 +32,7 @@ def calibrate_model(
     device: str | None = None,
     cache_budget_gb: float | None = None,
     offload: bool = False,
+    linear_act_grid: str | None = None,
 ) -> CalibrationArtifact:
     """Validate everything first (settings, output folder), then load MODEL and calibrate it into ``out_dir``.
 
@@ -41,6 +42,7 @@ def calibrate_model(
     (``--cache-budget``): memory for cached block inputs + targets; above it they are memory-mapped
     on disk (``extra``: ``cache_mb``, ``disk_cache``). ``offload`` (``--offload``, with ``--device
     cuda``): the UNets stay in CPU memory and blocks visit the GPU while they run (``extra.offload``).
+    ``linear_act_grid`` (``--linear-act-grid``, None = the recipe's or int8): ``extra.linear_act_grid``.
     """
     from tfmq_export.calibration.pipeline import calibrate as run_calibration
     from tfmq_export.calibration.pipeline import check_offload
@@ -67,6 +69,8 @@ def calibrate_model(
         settings = _with_extra(settings, extra)
     if offload:
         settings = _with_extra(settings, {**(settings.extra or {}), "offload": True})
+    if linear_act_grid is not None:
+        settings = _with_extra(settings, {**(settings.extra or {}), "linear_act_grid": linear_act_grid})
     check_offload(settings, target)  # refused on the CPU before the model loads
     check_writable(out_dir, "--out", folder=True)  # before minutes of calibration, creating nothing
     loaded = load_model(model)
