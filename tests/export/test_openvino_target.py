@@ -20,6 +20,7 @@ from tfmq_export.config import CalibrationSettings
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.lint import lint_tensorrt
 from tfmq_export.export.onnx_export import build_onnx
+from tfmq_export.export.openvino_folds import fold_for_openvino
 from tfmq_export.export.qdq import onnx_scope
 from tfmq_export.quant.simulate import quant_layers
 from tfmq_export.quant.state import simulation_from_artifact
@@ -96,7 +97,7 @@ def test_graph_computes_the_simulation(u8fc, loaded_unet_cond, target):
     same float tensor, so no rounding flip enters) the graph's Q/DQ + MatMul/Conv is the simulated layer,
     fed inputs 3x wider than calibration so that +128 steps (and clamps) occur."""
     artifact, _ = u8fc
-    graph = build_onnx(loaded_unet_cond, artifact, target)
+    graph = build_onnx(loaded_unet_cond, artifact, target, fold=False)  # folds: test_openvino_folds.py
     conv_zp = (np.uint8, 128) if target == "onnxruntime" else (np.int8, 0)
     for layer, zp in _input_zero_points(graph, artifact).items():
         linear = artifact.layers[layer].kind == "linear"
@@ -163,8 +164,11 @@ def test_openvino_runs_the_linear_layers_unsigned(u8fc, loaded_unet_cond, tmp_pa
     artifact, _ = u8fc
     linears = sum(r.kind == "linear" for r in artifact.layers.values())
     int8_grid = calibrate(loaded_unet_cond, _settings(grid="int8"), progress=False)
-    # on the default grid the openvino graph is the tensorrt one in FP32, but for the tfmq.target metadata
+    # on the default grid the openvino graph is the tensorrt one in FP32 with the openvino folds, but for
+    # the tfmq.target metadata
     graphs = [build_onnx(loaded_unet_cond, int8_grid, t, precision="fp32") for t in ("tensorrt", "openvino")]
+    splits = fold_for_openvino(graphs[0])["split_gated_projections"]
+    assert splits > 0
     for graph in graphs:
         del graph.metadata_props[:]
     assert graphs[0].SerializeToString() == graphs[1].SerializeToString()
@@ -173,7 +177,7 @@ def test_openvino_runs_the_linear_layers_unsigned(u8fc, loaded_unet_cond, tmp_pa
         onnx.save(build_onnx(loaded_unet_cond, art, "openvino"), onnx_path)
         manifest = build_openvino_engine(onnx_path, tmp_path / f"{kernel}.xml")
         fc = {k: n for k, n in manifest["compiled_cpu_layer_precisions"].items() if k.startswith("FullyConnected:")}
-        assert fc == {f"FullyConnected:{kernel}": linears}, fc
+        assert fc == {f"FullyConnected:{kernel}": linears + splits}, fc  # a split GEGLU projection is two
     expected, feed = _simulated(loaded_unet_cond, artifact, "openvino")
     with OpenVINORunner(tmp_path / "u8.xml", "w8a8", threads=1) as runner:
         assert rel_l2(runner.infer(**feed), expected) < OPENVINO_BOUND

@@ -37,6 +37,7 @@ from tfmq_export.contract import (
 )
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.fp16 import FP16_OPSET, to_fp16
+from tfmq_export.export.openvino_folds import fold_for_openvino
 from tfmq_export.export.qdq import TARGETS, check_target, default_weight_storage, insert_qdq, needs_opset_21
 from tfmq_export.export.split_qdq import apply_split_qdq, split_layers
 from tfmq_export.io import check_writable
@@ -270,7 +271,7 @@ def _target_opset(artifact: CalibrationArtifact, precision: str, weight_storage:
 
 def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = "tensorrt", *,
                copy_unet: bool = True, timesteps: str = "sampler", precision: str = "fp32",
-               table_fp32: bool = False, weight_storage: str = "int8") -> onnx.ModelProto:
+               table_fp32: bool = False, weight_storage: str = "int8", fold: bool = True) -> onnx.ModelProto:
     """The exported graph (not yet written) for ``model`` quantized as ``artifact`` says.
 
     Refused before tracing: an unknown target or precision, another model's artifact, an artifact
@@ -280,6 +281,8 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
     the graph every caller got before the option; the commands default by target
     (``contract.DEFAULT_FLOAT_PRECISION``). ``table_fp32`` (fp16 only): keep the tables FP32.
     ``weight_storage``: INT8 or INT4 initializers for 4-bit weights (``qdq.default_weight_storage``).
+    ``fold`` (``openvino`` only): apply ``openvino_folds`` (exact rewrites; False gives the graph before
+    them, which tests compare against).
     """
     if target not in TARGETS:
         raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
@@ -302,6 +305,8 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
         insert_qdq(graph, artifact, target, weight_storage)
         if split_layers(artifact):
             apply_split_qdq(graph, artifact)
+        if target == "openvino" and fold:
+            fold_for_openvino(graph)
     if precision == "fp16":
         del graph.graph.value_info[:]  # the opset converter's shape inference: optional, and float32-typed
         to_fp16(graph, table_fp32=table_fp32)
