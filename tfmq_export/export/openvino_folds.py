@@ -165,7 +165,8 @@ def split_gated_projections(model: onnx.ModelProto) -> int:
                                     name=f"{wdq.name or wdq.output[0]}_{part}", axis=axis)
             mm = helper.make_node("MatMul", [matmul.input[0], w_dq.output[0]], [f"{matmul.output[0]}_{part}"],
                                   name=f"{matmul.name or matmul.output[0]}_{part}")
-            out_add = helper.make_node("Add", [mm.output[0], b_name], [target.output[0]], name=f"{add.name or add.output[0]}_{part}")
+            out_add = helper.make_node("Add", [mm.output[0], b_name], [target.output[0]],
+                                       name=f"{add.name or add.output[0]}_{part}")
             new += [w_dq, mm, out_add]
         drop += [wdq, matmul, add, *halves]
         add_after[id(add)] = new
