@@ -99,7 +99,7 @@ def export_graphs(work: Path, args: argparse.Namespace) -> dict[str, Path]:
     model = sd15_model(args.latent, args.num_samples, args.seed, args.model)
     common = {"steps": args.steps, "seed": args.seed}
     for calib, grid, keys in (("calib-w8a8", "int8", ("w8a8-onnxruntime", "w8a8-tensorrt")),
-                              ("calib-w8a8-u8fc", "uint8-127", ("w8a8-openvino",))):
+                              ("calib-w8a8-u8fc", "uint8-127", ("w8a8-openvino", "w8a8-openvino-nofold"))):
         if all(graphs[key].is_file() for key in keys):
             continue
         calib_dir = work / calib
@@ -116,19 +116,20 @@ def export_graphs(work: Path, args: argparse.Namespace) -> dict[str, Path]:
             log(f"calibrated in {time.perf_counter() - started:.0f} s")
             gc.collect()
         for key in keys:
-            target = key.removeprefix("w8a8-")
+            target = key.removeprefix("w8a8-").removesuffix("-nofold")
             if not graphs[key].is_file():
-                log(f"exporting W8A8 for target {target}")
-                export_onnx(model, artifact, graphs[key], target)
+                log(f"exporting W8A8 for target {target}" + (" before its folds (ablation)" if "nofold" in key else ""))
+                export_onnx(model, artifact, graphs[key], target, fold="nofold" not in key)
                 gc.collect()
     return graphs
 
 
 def graph_paths(work: Path) -> dict[str, Path]:
     """The benchmark's ONNX graphs: FP32, and W8A8 per export target (the openvino one from the
-    ``uint8-127`` artifact)."""
+    ``uint8-127`` artifact, and the same before ``export.openvino_folds`` for the ablation)."""
     return {"fp32": work / "sd15-fp32.onnx", "w8a8-onnxruntime": work / "sd15-w8a8-ort.onnx",
-            "w8a8-tensorrt": work / "sd15-w8a8-trt.onnx", "w8a8-openvino": work / "sd15-w8a8-ov.onnx"}
+            "w8a8-tensorrt": work / "sd15-w8a8-trt.onnx", "w8a8-openvino": work / "sd15-w8a8-ov.onnx",
+            "w8a8-openvino-nofold": work / "sd15-w8a8-ov-nofold.onnx"}
 
 
 def _forward(args: argparse.Namespace) -> list[str]:

@@ -13,6 +13,7 @@ import torch
 from onnx import numpy_helper
 
 from tests.conftest import rel_l2
+from tests.export.layer_probe import probe_layers, worst_layer_error
 from tfmq_export.artifact import load_artifact
 from tfmq_export.calibration import pipeline
 from tfmq_export.calibration.pipeline import calibrate
@@ -108,32 +109,14 @@ def test_graph_computes_the_simulation(u8fc, loaded_unet_cond, target):
     assert (len(outputs) > 0) == (target == "onnxruntime") and len(q_nodes) - len(outputs) == len(artifact.layers)
     assert {p.key: p.value for p in graph.metadata_props}["tfmq.target"] == target
 
-    probes = {}
-    for layer in artifact.layers:
-        q = next(n for n in graph.graph.node if n.name == f"{onnx_scope(layer)}input_QuantizeLinear")
-        consumer = next(n for n in graph.graph.node if f"{onnx_scope(layer)}input_dq" in n.input)
-        probes[layer] = (q.input[0], consumer.output[0], len(consumer.input) > 2 or consumer.op_type == "Conv")
-    for tensor in {t for probe in probes.values() for t in probe[:2]}:
-        graph.graph.output.append(onnx.ValueInfoProto(name=tensor))
     _, feed = _feed(loaded_unet_cond)
     feed = {k: v * 3 if v.dtype == np.float32 else v for k, v in feed.items()}
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    values = dict(zip(names, session.run(names, feed)))
+    probes, values = probe_layers(graph, artifact, feed, literal=True)
     # the layer function; the onnxruntime target's extra Conv-output rounding comes after the probe
     sim_layers = quant_layers(simulation_from_artifact(loaded_unet_cond.unet, artifact, "openvino"))
-    worst, top_steps = 0.0, 0
-    for layer, (inp, out, has_bias) in probes.items():
-        qlayer = sim_layers[layer]
-        with torch.no_grad():
-            expected = qlayer(torch.from_numpy(values[inp])).numpy()
-        if not has_bias and qlayer.bias is not None:  # Linear exported as MatMul, bias in a later Add
-            expected = expected - qlayer.bias.numpy()
-        worst = max(worst, rel_l2(values[out], expected))
-        if artifact.layers[layer].kind == "linear":
-            top_steps += int((values[inp] / float(qlayer.input_quantizer.scale) >= 127.5).sum())
+    worst = worst_layer_error(probes, values, sim_layers)
+    top_steps = sum(int((values[probes[layer][0]] / float(sim_layers[layer].input_quantizer.scale) >= 127.5).sum())
+                    for layer in probes if artifact.layers[layer].kind == "linear")
     assert top_steps > 0  # inputs that only the shifted grid holds (q = +128) were exercised
     assert worst < 1e-5
 

@@ -136,33 +136,13 @@ def test_every_quantized_layer_computes_the_simulation_layer(loaded_unet_cond, w
     This isolates the quantization function from accumulated float differences: no rounding
     flips can enter, because both sides quantize the very same float tensor.
     """
-    import onnx
-
-    from tfmq_export.export.qdq import onnx_scope
+    from tests.export.layer_probe import probe_layers, worst_layer_error
     from tfmq_export.quant.simulate import quant_layers
 
     graph = build_onnx(loaded_unet_cond, w8a8, "tensorrt")
-    nodes = {n.name: n for n in graph.graph.node}
-    probes: dict[str, tuple[str, str, bool]] = {}
-    for layer in w8a8.layers:
-        q = nodes[f"{onnx_scope(layer)}input_QuantizeLinear"]
-        consumer = next(n for n in graph.graph.node if f"{onnx_scope(layer)}input_dq" in n.input)
-        probes[layer] = (q.input[0], consumer.output[0], len(consumer.input) > 2 or consumer.op_type == "Conv")
-    for tensor in {t for probe in probes.values() for t in probe[:2]}:
-        graph.graph.output.append(onnx.ValueInfoProto(name=tensor))
-    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     sample, rows, ehs = _inputs(loaded_unet_cond)
-    names = [o.name for o in session.get_outputs()]
     feed = {"sample": sample.numpy(), "step_index": rows.numpy(), "encoder_hidden_states": ehs.numpy()}
-    values = dict(zip(names, session.run(names, feed)))
-    sim_layers = quant_layers(simulation_from_artifact(loaded_unet_cond.unet, w8a8))
-    worst = 0.0
-    for layer, (inp, out, has_bias) in probes.items():
-        qlayer = sim_layers[layer]
-        with torch.no_grad():
-            expected = qlayer(torch.from_numpy(values[inp])).numpy()
-        if not has_bias and qlayer.bias is not None:  # Linear exported as MatMul, bias in a later Add
-            expected = expected - qlayer.bias.numpy()
-        worst = max(worst, rel_l2(values[out], expected))
+    probes, values = probe_layers(graph, w8a8, feed)
+    worst = worst_layer_error(probes, values, quant_layers(simulation_from_artifact(loaded_unet_cond.unet, w8a8)))
     assert len(probes) == len(w8a8.layers) > 10
     assert worst < 1e-5

@@ -346,19 +346,19 @@ def check_onnx_output(out_path: Path) -> None:
 
 def export_onnx(model: LoadedModel, artifact: CalibrationArtifact, out_path: Path, target: str = "tensorrt", *,
                 copy_unet: bool = True, timesteps: str = "sampler", precision: str = "fp32",
-                weight_storage: str = "int8") -> Path:
+                weight_storage: str = "int8", fold: bool = True) -> Path:
     """Build and atomically write the exported graph; returns the path.
 
     ``copy_unet=False`` traces ``model``'s own UNet (its temporal branch is replaced in place, so the
     model is spent afterwards): one UNet less at peak memory, for a > 2 GB export in a process that
     ends after it (``benchmarks/sd15_cpu.py``). The graph is the same. ``timesteps``: the table's
-    rows (``table_rows``). ``precision``, ``weight_storage``: ``build_onnx``'s.
+    rows (``table_rows``). ``precision``, ``weight_storage``, ``fold``: ``build_onnx``'s.
     """
     if target not in TARGETS:
         raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
     default_weight_storage(target, weight_storage)  # a refused combination costs nothing
     check_onnx_output(Path(out_path))
     graph = build_onnx(model, artifact, target, copy_unet=copy_unet, timesteps=timesteps, precision=precision,
-                       weight_storage=weight_storage)
+                       weight_storage=weight_storage, fold=fold)
     save_onnx_atomic(graph, Path(out_path))
     return Path(out_path)
