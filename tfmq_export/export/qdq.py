@@ -26,7 +26,8 @@ FullyConnected as an unsigned (u8) kernel only when its input range is [-127 s, 
 are; with [-128 s, 127 s] it runs the signed one (measured slower on AVX512-VNNI CPUs,
 docs/BENCHMARKS.md "How to profile"). The artifact's grid is the graph's, whatever the target:
 ``onnxruntime`` writes those inputs as uint8 / 127 too (onnxruntime fuses any uint8 zero point),
-and ``tensorrt`` refuses such an artifact (signed int8 cannot hold +128).
+and ``tensorrt`` refuses such an artifact (signed int8 cannot hold +128). ``onnx_export.build_onnx``
+then applies ``openvino_folds`` to the openvino graph (exact layout rewrites).
 """
 
 from __future__ import annotations
