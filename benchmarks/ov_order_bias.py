@@ -56,24 +56,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rotations", type=int, default=0,
                         help="instead: this many child processes, each compiling and timing the IRs round-robin "
                              "in a rotated order (every IR at every compile position); the calls are pooled")
+    parser.add_argument("--isolated", type=int, default=0, metavar="ROUNDS",
+                        help="instead: ROUNDS rounds of one child process per IR, each compiling only its own "
+                             "model (a deployment's one model per process), IRs in turn")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args(argv)
 
 
+def _child(args: argparse.Namespace, order: list[Path]) -> dict[str, list[float]]:
+    """Time ``order`` in a child process (compiled in that order, round-robin); its calls per IR."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, *map(str, order), "--child", "--no-duplicate", "--iters", str(args.iters),
+           "--warmup", str(args.warmup), "--threads", str(args.threads), "--latent", str(args.latent),
+           "--cond", *map(str, args.cond)]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+
+def isolated(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Process round robin: per round one child per IR, each compiling only its own model (as a
+    deployment runs one model per process)."""
+    times: dict[str, list[float]] = {str(p): [] for p in args.irs}
+    for _ in range(args.isolated):
+        for path in args.irs:
+            times[str(path)] += _child(args, [path])[str(path)]
+    return times
+
+
 def rotated(args: argparse.Namespace) -> dict[str, list[float]]:
     """One child process per rotation of the IR list (the child compiles them in that order and times them
     round-robin), so every IR is compiled at every position equally often; the calls are pooled."""
-    import subprocess
-
     times: dict[str, list[float]] = {str(p): [] for p in args.irs}
     for r in range(args.rotations):
         order = args.irs[r % len(args.irs):] + args.irs[:r % len(args.irs)]
-        cmd = [sys.executable, __file__, *map(str, order), "--child", "--no-duplicate", "--iters", str(args.iters),
-               "--warmup", str(args.warmup), "--threads", str(args.threads), "--latent", str(args.latent),
-               "--cond", *map(str, args.cond)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        for name, ms in json.loads(out.strip().splitlines()[-1]).items():
+        for name, ms in _child(args, order).items():
             times[name] += ms
     return times
 
@@ -82,16 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.isa_cap:
         os.environ[ISA_ENV] = args.isa_cap
-    if args.rotations:
-        times = rotated(args)
+    if args.rotations or args.isolated:
+        times = rotated(args) if args.rotations else isolated(args)
         rows = [{"ir": name, "calls": len(ms), "median_ms": statistics.median(ms), "min_ms": min(ms)}
                 for name, ms in times.items()]
         for row in rows:
             print(f"{row['median_ms']:8.1f} ms median  {row['min_ms']:8.1f} min  ({row['calls']} calls)  {row['ir']}")
         if args.json:
             result = {"command": " ".join(["python benchmarks/ov_order_bias.py", *(argv or sys.argv[1:])]),
-                      "mode": "rotations", "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
-                      ISA_ENV: os.environ.get(ISA_ENV), "rows": rows}
+                      "mode": "rotations" if args.rotations else "isolated",
+                      "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), ISA_ENV: os.environ.get(ISA_ENV),
+                      "rows": rows}
             args.json.write_text(json.dumps(result, indent=2) + "\n")
         return 0
     import openvino as ov
