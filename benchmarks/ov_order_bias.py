@@ -11,6 +11,8 @@ tunable shrank it (1.08x) but did not remove it. The cause was not found.
 Two modes:
 - default: the IRs are compiled in the order given, after a copy of the first (``--no-duplicate``:
   without it), and timed round-robin in one process; prints the copy / original ratio (the bias).
+- ``--isolated R``: R rounds of one child process per IR, each compiling only its own model (one
+  model per process, as a deployment runs it).
 - ``--rotations N``: N child processes, child r compiles the IRs rotated by r and times them
   round-robin; every IR sits at every compile position equally often (N a multiple of the IR count)
   and the calls are pooled. This is the order-fair comparison docs/BENCHMARKS.md reports for the
