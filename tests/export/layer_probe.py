@@ -1,7 +1,9 @@
-"""Layer-by-layer comparison of a Q/DQ graph with the simulation (shared by the export tests).
+"""Running exported graphs in the export tests, and comparing a Q/DQ graph with the simulation layer by layer.
 
-Each quantized layer's input (before its QuantizeLinear) and output (its Conv/MatMul) are made graph
-outputs; the simulated layer is run on that very input, so no rounding flip upstream can enter.
+``run_graph``: one onnxruntime session, literal (no optimisation: the graph's own meaning, no int8
+fusion) or optimised. ``probe_layers``: each quantized layer's input (before its QuantizeLinear) and
+output (its Conv/MatMul) are made graph outputs; the simulated layer is run on that very input, so no
+rounding flip upstream can enter.
 """
 
 from __future__ import annotations
@@ -16,6 +18,17 @@ from tfmq_export.artifact import CalibrationArtifact
 from tfmq_export.export.qdq import onnx_scope
 
 
+def run_graph(graph: onnx.ModelProto, feed: dict[str, np.ndarray], names: list[str] | None = None,
+              literal: bool = True) -> dict[str, np.ndarray]:
+    """``{output: value}`` of ``graph`` on ``feed`` (``names``: these outputs; default all)."""
+    options = ort.SessionOptions()
+    if literal:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = names or [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed)))
+
+
 def probe_layers(graph: onnx.ModelProto, artifact: CalibrationArtifact, feed: dict[str, np.ndarray],
                  literal: bool = False) -> tuple[dict[str, tuple[str, str, bool]], dict[str, np.ndarray]]:
     """``({layer: (input, output, has_bias)}, {tensor: value})`` from one onnxruntime run of ``graph``
@@ -28,12 +41,7 @@ def probe_layers(graph: onnx.ModelProto, artifact: CalibrationArtifact, feed: di
         probes[layer] = (q.input[0], consumer.output[0], len(consumer.input) > 2 or consumer.op_type == "Conv")
     for tensor in {t for probe in probes.values() for t in probe[:2]}:
         graph.graph.output.append(onnx.ValueInfoProto(name=tensor))
-    options = ort.SessionOptions()
-    if literal:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return probes, dict(zip(names, session.run(names, feed)))
+    return probes, run_graph(graph, feed, literal=literal)
 
 
 def worst_layer_error(probes: dict[str, tuple[str, str, bool]], values: dict[str, np.ndarray],

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.export.layer_probe import run_graph
 from tfmq_export.calibration.pipeline import calibrate
 from tfmq_export.config import CalibrationSettings
 from tfmq_export.export.onnx_export import build_onnx
@@ -26,10 +26,8 @@ def u8fc_artifact(loaded_unet_cond):
 
 
 def _literal(graph: onnx.ModelProto, feed: dict) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feed)[0]
+    """The graph's first output, evaluated literally."""
+    return next(iter(run_graph(graph, feed).values()))
 
 
 def _ops(graph: onnx.ModelProto, op: str, scope: str = "") -> int:

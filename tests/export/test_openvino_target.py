@@ -7,13 +7,12 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
 
 from tests.conftest import rel_l2
-from tests.export.layer_probe import probe_layers, worst_layer_error
+from tests.export.layer_probe import probe_layers, run_graph, worst_layer_error
 from tfmq_export.artifact import load_artifact
 from tfmq_export.calibration import pipeline
 from tfmq_export.calibration.pipeline import calibrate
@@ -67,10 +66,7 @@ def _simulated(model, artifact, target):
 
 
 def _literal(graph, feed):
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(["noise_pred"], feed)[0]
+    return run_graph(graph, feed, ["noise_pred"])["noise_pred"]
 
 
 def _input_zero_points(graph, artifact):
