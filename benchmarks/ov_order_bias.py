@@ -8,7 +8,7 @@ between variants of one bench process therefore depends on the order they were l
 loads the NNCF peer after our variants, OpenVINO FP32 before them). glibc's ``malloc.hugetlb=1``
 tunable shrank it (1.08x) but did not remove it. The cause was not found.
 
-Two modes:
+Three modes:
 - default: the IRs are compiled in the order given, after a copy of the first (``--no-duplicate``:
   without it), and timed round-robin in one process; prints the copy / original ratio (the bias).
 - ``--isolated R``: R rounds of one child process per IR, each compiling only its own model (one
@@ -18,13 +18,13 @@ Two modes:
   and the calls are pooled. This is the order-fair comparison docs/BENCHMARKS.md reports for the
   OpenVINO variants without AMX::
 
-    python benchmarks/ov_order_bias.py --isa-cap AVX512_CORE_BF16 --iters 8 --rotations 4 \\
-        runs/sd15_cpu/sd15-fp32.xml runs/sd15_cpu/sd15-w8a8-ov.xml \\
-        runs/sd15_cpu/nofold/sd15-w8a8-ov-nofold.xml runs/sd15_cpu/sd15-nncf-int8.xml \\
+    python benchmarks/ov_order_bias.py --isa-cap AVX512_CORE_BF16 --iters 6 --rotations 5 \\
+        runs/sd15_cpu/sd15-fp32.xml runs/sd15_cpu/sd15-w8a8-ov.xml runs/sd15_cpu/sd15-w8a8-ov-nofold.xml \\
+        runs/sd15_cpu/sd15-w8a8-trt.xml runs/sd15_cpu/sd15-nncf-int8.xml \\
         --json benchmarks/results/ov_rotations_vnni.json
 
 (the IRs come from ``benchmarks/sd15_cpu.py --prepare-only``; the unfolded openvino graph is
-``export-onnx --target openvino`` before ``export.openvino_folds``, kept for the ablation).
+``sd15-w8a8-ov-nofold``: the openvino graph before ``export.openvino_folds``, for the ablation).
 """
 
 from __future__ import annotations
@@ -97,6 +97,15 @@ def rotated(args: argparse.Namespace) -> dict[str, list[float]]:
     return times
 
 
+def _write_json(args: argparse.Namespace, argv: list[str] | None, mode: str, rows: list[dict]) -> None:
+    """The rows with the command, the mode and the environment that changes the timing."""
+    if args.json:
+        result = {"command": " ".join(["python benchmarks/ov_order_bias.py", *(argv or sys.argv[1:])]),
+                  "mode": mode, "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+                  ISA_ENV: os.environ.get(ISA_ENV), "rows": rows}
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.isa_cap:
@@ -107,12 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, ms in times.items()]
         for row in rows:
             print(f"{row['median_ms']:8.1f} ms median  {row['min_ms']:8.1f} min  ({row['calls']} calls)  {row['ir']}")
-        if args.json:
-            result = {"command": " ".join(["python benchmarks/ov_order_bias.py", *(argv or sys.argv[1:])]),
-                      "mode": "rotations" if args.rotations else "isolated",
-                      "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), ISA_ENV: os.environ.get(ISA_ENV),
-                      "rows": rows}
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        _write_json(args, argv, "rotations" if args.rotations else "isolated", rows)
         return 0
     import openvino as ov
 
@@ -147,11 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['compile_order']}  {row['median_ms']:8.1f} ms median  {row['min_ms']:8.1f} min  {row['ir']}")
     if not args.no_duplicate:
         print(f"copy compiled first / original: {rows[0]['median_ms'] / rows[1]['median_ms']:.2f}x")
-    if args.json:
-        result = {"command": " ".join(["python benchmarks/ov_order_bias.py", *(argv or sys.argv[1:])]),
-                  "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), ISA_ENV: os.environ.get(ISA_ENV),
-                  "rows": rows}
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    _write_json(args, argv, "one process", rows)
     return 0
 
 

@@ -6,8 +6,8 @@ OpenVINO's CPU plugin measured two costs in our W8A8 graph that NNCF's IR does n
 - ``share_input_qdq``: attention's ``to_q`` / ``to_k`` / ``to_v`` (and cross-attention's ``to_k`` /
   ``to_v``) read one tensor, and each layer has its own Q/DQ pair on it. When their scales and zero
   points are equal (min-max calibration gives equal ranges for one tensor), the pairs are the same
-  function, so one pair serves every reader: OpenVINO then fuses the single FakeQuantize into the
-  LayerNorm (MVN) before it instead of running three standalone ones.
+  function, so one pair serves every reader. (OpenVINO turned out to merge such identical
+  FakeQuantize nodes itself: the fold changes the ONNX graph, not what OpenVINO runs.)
 - ``split_gated_projections``: a GEGLU's projection ``x @ W + b`` is cut into its hidden and gate
   halves by two Slices (``chunk(2, dim=-1)``), which OpenVINO runs as a reference (unvectorised)
   VariadicSplit copying the whole activation. Two MatMuls over the weight's column halves compute
@@ -15,7 +15,8 @@ OpenVINO's CPU plugin measured two costs in our W8A8 graph that NNCF's IR does n
   scale), so the Slices go.
 
 Both are exact: the folded graph computes, element for element, what the unfolded graph computes
-(tests/export/test_openvino_folds.py), so the graph = simulation rule holds unchanged.
+(tests/export/test_openvino_folds.py), so the graph = simulation rule holds unchanged. End to end on
+SD-1.5 they were not measurably faster (docs/BENCHMARKS.md, "Order-fair OpenVINO timing").
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ def split_gated_projections(model: onnx.ModelProto) -> int:
         wdq = g.producer.get(matmul.input[1])
         users = g.consumer_nodes(matmul.output[0])
         if wdq is None or wdq.op_type != "DequantizeLinear" or len(users) != 1 or users[0].op_type != "Add":
+            continue
+        if len(g.consumer_nodes(wdq.output[0])) != 1:  # the weight DQ is removed with the MatMul
             continue
         add = users[0]
         bias_name = next((name for name in add.input if name != matmul.output[0]), None)
