@@ -2,8 +2,7 @@
 
 Why: on this 2-core VM, timing several OpenVINO IRs in one process (as ``tfmq-export bench`` does)
 made a model compiled early slower than a byte-identical copy compiled after it (1.33x for the model
-compiled first, 2026-11-30), in every order tried: the penalty follows the compile order, not the
-position in the round, and a model alone in its process is as slow as one compiled first. A ratio
+compiled first, 2026-11-30; docs/BENCHMARKS.md "Order-fair OpenVINO timing"). A ratio
 between variants of one bench process therefore depends on the order they were loaded in (the bench
 loads the NNCF peer after our variants, OpenVINO FP32 before them). glibc's ``malloc.hugetlb=1``
 tunable shrank it (1.08x) but did not remove it. The cause was not found.
