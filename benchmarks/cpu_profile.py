@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, key in (("OpenVINO W8A8 (tensorrt graph)", "openvino:w8a8-tensorrt"),
                            ("OpenVINO W8A8 (onnxruntime graph)", "openvino:w8a8-onnxruntime"),
                            ("OpenVINO W8A8 (openvino graph)", "openvino:w8a8-openvino"),
+                           ("OpenVINO W8A8 (openvino graph, float attention)", "openvino:w8a8-openvino-floatattn"),
                            ("OpenVINO + NNCF INT8", "nncf"), ("OpenVINO FP32 (f32)", "openvino:fp32")):
             print(f"[cpu_profile] {label}", flush=True)
             profiles[label] = profile_openvino(engines[key], args, shapes, "f32")

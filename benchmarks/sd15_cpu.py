@@ -99,7 +99,8 @@ def export_graphs(work: Path, args: argparse.Namespace) -> dict[str, Path]:
     model = sd15_model(args.latent, args.num_samples, args.seed, args.model)
     common = {"steps": args.steps, "seed": args.seed}
     for calib, grid, keys in (("calib-w8a8", "int8", ("w8a8-onnxruntime", "w8a8-tensorrt")),
-                              ("calib-w8a8-u8fc", "uint8-127", ("w8a8-openvino", "w8a8-openvino-nofold"))):
+                              ("calib-w8a8-u8fc", "uint8-127",
+                               ("w8a8-openvino", "w8a8-openvino-floatattn", "w8a8-openvino-nofold"))):
         if all(graphs[key].is_file() for key in keys):
             continue
         calib_dir = work / calib
@@ -116,19 +117,26 @@ def export_graphs(work: Path, args: argparse.Namespace) -> dict[str, Path]:
             log(f"calibrated in {time.perf_counter() - started:.0f} s")
             gc.collect()
         for key in keys:
-            target = key.removeprefix("w8a8-").removesuffix("-nofold")
+            target, _, ablation = key.removeprefix("w8a8-").partition("-")
             if not graphs[key].is_file():
-                log(f"exporting W8A8 for target {target}" + (" before its folds (ablation)" if "nofold" in key else ""))
-                export_onnx(model, artifact, graphs[key], target, fold="nofold" not in key)
+                log(f"exporting W8A8 for target {target}" + (f" ({ABLATIONS[ablation]}, ablation)" if ablation else ""))
+                export_onnx(model, artifact, graphs[key], target, fold=ablation != "nofold",
+                            attention="float" if ablation else None)
                 gc.collect()
     return graphs
 
 
+#: the openvino graph's ablations: what each leaves out of the default openvino export
+ABLATIONS = {"floatattn": "float attention, with the folds", "nofold": "float attention, before the folds"}
+
+
 def graph_paths(work: Path) -> dict[str, Path]:
     """The benchmark's ONNX graphs: FP32, and W8A8 per export target (the openvino one from the
-    ``uint8-127`` artifact, and the same before ``export.openvino_folds`` for the ablation)."""
+    ``uint8-127`` artifact), and for the ablation the openvino graph with float attention (``--attention
+    float``) and that one before ``export.openvino_folds``."""
     return {"fp32": work / "sd15-fp32.onnx", "w8a8-onnxruntime": work / "sd15-w8a8-ort.onnx",
             "w8a8-tensorrt": work / "sd15-w8a8-trt.onnx", "w8a8-openvino": work / "sd15-w8a8-ov.onnx",
+            "w8a8-openvino-floatattn": work / "sd15-w8a8-ov-floatattn.onnx",
             "w8a8-openvino-nofold": work / "sd15-w8a8-ov-nofold.onnx"}
 
 

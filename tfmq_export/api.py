@@ -102,16 +102,18 @@ def _calibrate_prompt_list(model: str, out: Path, overrides: dict[str, Any], pro
 
 @_one_line
 def export_onnx(artifact_dir: PathLike, out: PathLike, *, target: str = "tensorrt", timesteps: str = "sampler",
-                model: str | None = None, precision: str | None = None, weight_storage: str = "int8") -> Path:
+                model: str | None = None, precision: str | None = None, weight_storage: str = "int8",
+                attention: str | None = None) -> Path:
     """``tfmq-export export-onnx ARTIFACT --out OUT.onnx``: the Q/DQ UNet with its temporal table.
 
     ``timesteps``: ``sampler`` (one row per calibrated step) or ``all`` (one per training timestep).
     ``precision``: ``fp16`` / ``fp32`` float parts (None: fp16 for tensorrt, fp32 for onnxruntime).
     ``weight_storage``: ``int8`` or ``int4`` (ONNX INT4 for 4-bit weights; onnxruntime target only).
+    ``attention``: ``int8`` / ``float`` attention score MatMul inputs (None: int8 for openvino only).
     """
     from tfmq_export.workflows.export_onnx import export_onnx_file
 
-    export_onnx_file(Path(artifact_dir), Path(out), target, model, timesteps, precision, weight_storage)
+    export_onnx_file(Path(artifact_dir), Path(out), target, model, timesteps, precision, weight_storage, attention)
     return Path(out)
 
 

@@ -15,7 +15,9 @@ from typing import Any
 from tfmq_export.errors import TfmqError
 
 __all__ = [
+    "ATTENTION_MODES",
     "BACKENDS",
+    "DEFAULT_ATTENTION",
     "DEFAULT_FLOAT_PRECISION",
     "EXPORT_TARGETS",
     "FLOAT_PRECISIONS",
@@ -26,6 +28,7 @@ __all__ = [
     "INPUT_TEXT_EMBEDS",
     "INPUT_TIME_IDS",
     "META_ABITS",
+    "META_ATTENTION",
     "META_FINGERPRINT",
     "META_FLOAT_PRECISION",
     "META_METHOD",
@@ -81,6 +84,7 @@ __all__ = [
     "VAE_INPUT_LATENTS",
     "VAE_OUTPUT_IMAGES",
     "GraphMetadata",
+    "default_attention",
     "default_float_precision",
     "parse_metadata",
     "precision_label",
@@ -173,6 +177,8 @@ META_SCHEDULER = "tfmq.scheduler"
 META_STEPS = "tfmq.steps"
 """The calibrated step count; sampling's default."""
 META_FLOAT_PRECISION = "tfmq.float_precision"
+#: ``int8`` when the attention score MatMul has int8 inputs (``--attention``); absent = float
+META_ATTENTION = "tfmq.attention"
 """``fp16`` when the float parts (weights of float layers, activations, Q/DQ scales, tables) are
 FP16 (``export-onnx --precision fp16``); absent in FP32 graphs, which are written as before the
 option existed (the I/O stays float32 either way: the contract's types, Casts at the edges)."""
@@ -193,6 +199,30 @@ FLOAT_PRECISIONS = ("fp16", "fp32")
 DEFAULT_FLOAT_PRECISION = {"tensorrt": "fp16", "onnxruntime": "fp32", "openvino": "fp32"}
 #: ``export-onnx --timesteps``: a row per sampler call, or a row per training timestep.
 TABLE_KINDS = ("sampler", "all")
+#: ``export-onnx --attention``: whether the attention score MatMul (query x key) gets int8 Q/DQ on
+#: its inputs (calibrated from the artifact's query / key ranges and simulated by
+#: ``quant.attention``), or stays float.
+ATTENTION_MODES = ("int8", "float")
+#: the ``--attention`` each target gets by default: OpenVINO runs int8 query / key as an i8 MHA
+#: kernel (faster, docs/BENCHMARKS.md); onnxruntime ran quantized attention matmuls slower, and
+#: TensorRT's is not measured here.
+DEFAULT_ATTENTION = {"tensorrt": "float", "onnxruntime": "float", "openvino": "int8"}
+
+
+def _per_target(option: str, value: str | None, target: str, defaults: dict[str, str], choices: tuple[str, ...]) -> str:
+    """``value`` of ``--option`` checked against ``choices``, or ``target``'s entry of ``defaults`` when None."""
+    if value is None:
+        if target not in defaults:
+            raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(EXPORT_TARGETS)})")
+        return defaults[target]
+    if value not in choices:
+        raise TfmqError(f"unknown --{option} {value!r} (choose {' or '.join(choices)})")
+    return value
+
+
+def default_attention(target: str, attention: str | None = None) -> str:
+    """``attention`` checked, or the target's default (``DEFAULT_ATTENTION``) when None."""
+    return _per_target("attention", attention, target, DEFAULT_ATTENTION, ATTENTION_MODES)
 
 
 def precision_label(wbits: int, abits: int, float_precision: str = "fp32") -> str:
@@ -205,13 +235,7 @@ def precision_label(wbits: int, abits: int, float_precision: str = "fp32") -> st
 
 def default_float_precision(target: str, precision: str | None = None) -> str:
     """``precision`` checked, or the target's default (``DEFAULT_FLOAT_PRECISION``) when None."""
-    if precision is None:
-        if target not in DEFAULT_FLOAT_PRECISION:
-            raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(EXPORT_TARGETS)})")
-        return DEFAULT_FLOAT_PRECISION[target]
-    if precision not in FLOAT_PRECISIONS:
-        raise TfmqError(f"unknown --precision {precision!r} (choose {' or '.join(FLOAT_PRECISIONS)})")
-    return precision
+    return _per_target("precision", precision, target, DEFAULT_FLOAT_PRECISION, FLOAT_PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -231,6 +255,7 @@ class GraphMetadata:
     scheduler: str = ""
     steps: int = 0
     float_precision: str = "fp32"
+    attention: str = "float"
 
     @property
     def precision(self) -> str:
@@ -253,6 +278,7 @@ class GraphMetadata:
             META_STEPS: str(self.steps),
             # absent = fp32: an FP32 export stays byte-identical to those written before --precision
             **({META_FLOAT_PRECISION: self.float_precision} if self.float_precision != "fp32" else {}),
+            **({META_ATTENTION: self.attention} if self.attention != "float" else {}),
         }
 
 
@@ -283,6 +309,9 @@ def parse_metadata(meta: dict[str, str], source: str) -> GraphMetadata:
         raise TfmqError(f"{source} has damaged tfmq.* metadata ({META_FLOAT_PRECISION} is {float_precision!r})")
     if not isinstance(scheduler_config, dict):
         raise TfmqError(f"{source} has damaged tfmq.* metadata ({META_SCHEDULER_CONFIG} is not an object)")
+    attention = meta.get(META_ATTENTION, "float")
+    if attention not in ATTENTION_MODES:
+        raise TfmqError(f"{source} has damaged tfmq.* metadata ({META_ATTENTION} is {attention!r})")
     return GraphMetadata(
         timesteps=timesteps,
         scheduler_config=scheduler_config,
@@ -297,4 +326,5 @@ def parse_metadata(meta: dict[str, str], source: str) -> GraphMetadata:
         scheduler=scheduler,
         steps=steps,
         float_precision=float_precision,
+        attention=attention,
     )

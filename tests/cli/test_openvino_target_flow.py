@@ -1,5 +1,6 @@
 """The command line of the openvino target: calibrate --linear-act-grid uint8-127 -> export-onnx
---target openvino -> build-engine --backend openvino; --target tensorrt refuses in one line."""
+--target openvino (int8 attention by default, --attention float without) -> build-engine --backend
+openvino; --target tensorrt refuses in one line."""
 
 from __future__ import annotations
 
@@ -43,6 +44,16 @@ def test_calibrate_export_build_openvino(tmp_path, unet_cond_dir):
     linears = sum(r["kind"] == "linear" for r in meta["layers"].values())
     gated = sum(name.endswith(".ff.net.0.proj") for name in meta["layers"])  # each split in two (openvino_folds)
     assert gated > 0 and manifest["compiled_cpu_layer_precisions"]["FullyConnected:u8"] == linears + gated
+    attentions = sum(name.endswith(".to_q") for name in meta["layers"])
+    assert manifest["compiled_cpu_layer_precisions"]["Subgraph:i8"] == attentions > 0  # --attention int8
+
+    float_path = tmp_path / "ov-float.onnx"
+    result = _run("export-onnx", art, "--out", float_path, "--target", "openvino", "--attention", "float")
+    assert result.exit_code == 0, result.output
+    result = _run("build-engine", float_path, "--out", tmp_path / "ov-float.xml", "--backend", "openvino")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "ov-float.manifest.json").read_text())
+    assert "Subgraph:i8" not in manifest["compiled_cpu_layer_precisions"]
 
 
 def test_bad_grid_is_a_usage_error(tmp_path):

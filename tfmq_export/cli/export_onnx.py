@@ -8,7 +8,7 @@ import click
 
 from tfmq_export.cli.errors import friendly
 from tfmq_export.cli.options import OPENVINO_TARGET_HELP, TARGET_HELP, output_options, precision_option
-from tfmq_export.contract import EXPORT_TARGETS
+from tfmq_export.contract import ATTENTION_MODES, EXPORT_TARGETS
 
 
 @click.command("export-onnx")
@@ -25,10 +25,15 @@ from tfmq_export.contract import EXPORT_TARGETS
               help="How 4-bit weights are stored: int8 values on the 4-bit grid, or ONNX INT4 (two a byte, opset "
                    "21; onnxruntime target only: TensorRT has no INT4 conv). INT4 buys file bytes, not speed "
                    "(docs/INT4.md).")
+@click.option("--attention", type=click.Choice(list(ATTENTION_MODES)), default=None,
+              show_default="int8 for openvino, float otherwise",
+              help="int8: Q/DQ on the query and key of every attention score MatMul (scales from the artifact's "
+                   "to_q/to_k output ranges), which OpenVINO runs as an int8 attention kernel (as NNCF's INT8 IR "
+                   "does); float: leave attention in float (onnxruntime ran quantized attention matmuls slower).")
 @precision_option("the graph's float parts (unquantized layers, activations between Q/DQ, scales, table)")
 @output_options
 @friendly
-def export_onnx_cmd(artifact_dir, out_path, target, model, table, weight_storage, precision) -> None:
+def export_onnx_cmd(artifact_dir, out_path, target, model, table, weight_storage, attention, precision) -> None:
     """Export the calibrated UNet of ARTIFACT_DIR as a Q/DQ ONNX graph with the temporal table.
 
     \b
@@ -40,6 +45,7 @@ def export_onnx_cmd(artifact_dir, out_path, target, model, table, weight_storage
     """
     from tfmq_export.workflows.export_onnx import export_onnx_file
 
-    artifact, precision = export_onnx_file(artifact_dir, out_path, target, model, table, precision, weight_storage)
+    artifact, precision = export_onnx_file(artifact_dir, out_path, target, model, table, precision, weight_storage,
+                                           attention)
     click.echo(f"wrote {out_path} ({target}, {artifact.method} W{artifact.wbits}A{artifact.abits}, {precision}, "
                f"{table} rows)")

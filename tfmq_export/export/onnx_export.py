@@ -32,10 +32,12 @@ from tfmq_export.contract import (
     TABLE_KINDS,
     UNET_INPUTS,
     GraphMetadata,
+    default_attention,
     default_float_precision,
     parse_metadata,
 )
 from tfmq_export.errors import TfmqError
+from tfmq_export.export.attention_qdq import insert_attention_qdq
 from tfmq_export.export.fp16 import FP16_OPSET, to_fp16
 from tfmq_export.export.openvino_folds import fold_for_openvino
 from tfmq_export.export.qdq import TARGETS, check_target, default_weight_storage, insert_qdq, needs_opset_21
@@ -43,6 +45,7 @@ from tfmq_export.export.split_qdq import apply_split_qdq, split_layers
 from tfmq_export.io import check_writable
 from tfmq_export.models.adapter import UNetAdapter
 from tfmq_export.models.loading import LoadedModel
+from tfmq_export.quant.attention import attention_sites
 from tfmq_export.temporal import TemporalTableUNet, compute_temporal_features
 
 __all__ = [
@@ -105,10 +108,12 @@ def trace_to_onnx(table_unet: TemporalTableUNet, inputs: tuple[torch.Tensor, ...
 
 
 def set_metadata(model: onnx.ModelProto, artifact: CalibrationArtifact, target: str,
-                 sample_shape: tuple[int, ...], timesteps: list | None = None, float_precision: str = "fp32") -> None:
+                 sample_shape: tuple[int, ...], timesteps: list | None = None, float_precision: str = "fp32",
+                 attention: str = "float") -> None:
     """Write the contract's ``tfmq.*`` metadata (replacing any) and the producer fields.
 
-    ``timesteps``: the table's rows (default: the artifact's, a sampler table)."""
+    ``timesteps``: the table's rows (default: the artifact's, a sampler table); ``attention``: ``int8``
+    when the graph has attention Q/DQ."""
     settings = artifact.settings or {}
     values = GraphMetadata(
         timesteps=list(artifact.timesteps if timesteps is None else timesteps),
@@ -116,7 +121,7 @@ def set_metadata(model: onnx.ModelProto, artifact: CalibrationArtifact, target: 
         wbits=artifact.wbits, abits=artifact.abits, method=artifact.method, target=target,
         fingerprint=artifact.model_fingerprint, temporal_table=artifact.temporal_table, version=__version__,
         scheduler=str(settings.get("scheduler") or ""), steps=int(settings.get("steps") or 0),
-        float_precision=float_precision,
+        float_precision=float_precision, attention=attention,
     ).to_props()
     del model.metadata_props[:]
     for key, value in values.items():
@@ -271,7 +276,8 @@ def _target_opset(artifact: CalibrationArtifact, precision: str, weight_storage:
 
 def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = "tensorrt", *,
                copy_unet: bool = True, timesteps: str = "sampler", precision: str = "fp32",
-               table_fp32: bool = False, weight_storage: str = "int8", fold: bool = True) -> onnx.ModelProto:
+               table_fp32: bool = False, weight_storage: str = "int8", fold: bool = True,
+               attention: str | None = None) -> onnx.ModelProto:
     """The exported graph (not yet written) for ``model`` quantized as ``artifact`` says.
 
     Refused before tracing: an unknown target or precision, another model's artifact, an artifact
@@ -282,12 +288,15 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
     (``contract.DEFAULT_FLOAT_PRECISION``). ``table_fp32`` (fp16 only): keep the tables FP32.
     ``weight_storage``: INT8 or INT4 initializers for 4-bit weights (``qdq.default_weight_storage``).
     ``fold`` (``openvino`` only): apply ``openvino_folds`` (exact rewrites; False gives the graph before
-    them, which tests compare against).
+    them, which tests compare against). ``attention``: ``int8`` puts Q/DQ on the attention score
+    MatMul's query and key (``export.attention_qdq``; ``simulation_from_artifact`` with the same
+    value computes the graph), ``float`` leaves it; default per target (``contract.DEFAULT_ATTENTION``).
     """
     if target not in TARGETS:
         raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
     precision = default_float_precision(target, precision)
     weight_storage = default_weight_storage(target, weight_storage)
+    attention = default_attention(target, attention)
     problem = artifact_problem(artifact)
     if problem is not None:
         raise TfmqError(f"--target {target}: the artifact is corrupt: {problem}")
@@ -305,12 +314,17 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
         insert_qdq(graph, artifact, target, weight_storage)
         if split_layers(artifact):
             apply_split_qdq(graph, artifact)
+        sites = attention_sites(model.unet, artifact) if attention == "int8" else []
+        if not insert_attention_qdq(graph, sites, target):
+            attention = "float"  # no attention qualified (quant.attention): the graph says what it has
         if target == "openvino" and fold:
             fold_for_openvino(graph)
     if precision == "fp16":
         del graph.graph.value_info[:]  # the opset converter's shape inference: optional, and float32-typed
         to_fp16(graph, table_fp32=table_fp32)
-    set_metadata(graph, artifact, target, model.sample_shape, rows, precision)
+    if not artifact.layers:
+        attention = "float"
+    set_metadata(graph, artifact, target, model.sample_shape, rows, precision, attention)
     check_finite_graph(graph)
     if not is_large(graph):  # a > 2 GB graph is checked from its file by onnx.checker in save_onnx_atomic
         onnx.checker.check_model(graph)
@@ -346,19 +360,20 @@ def check_onnx_output(out_path: Path) -> None:
 
 def export_onnx(model: LoadedModel, artifact: CalibrationArtifact, out_path: Path, target: str = "tensorrt", *,
                 copy_unet: bool = True, timesteps: str = "sampler", precision: str = "fp32",
-                weight_storage: str = "int8", fold: bool = True) -> Path:
+                weight_storage: str = "int8", fold: bool = True, attention: str | None = None) -> Path:
     """Build and atomically write the exported graph; returns the path.
 
     ``copy_unet=False`` traces ``model``'s own UNet (its temporal branch is replaced in place, so the
     model is spent afterwards): one UNet less at peak memory, for a > 2 GB export in a process that
     ends after it (``benchmarks/sd15_cpu.py``). The graph is the same. ``timesteps``: the table's
-    rows (``table_rows``). ``precision``, ``weight_storage``, ``fold``: ``build_onnx``'s.
+    rows (``table_rows``). ``precision``, ``weight_storage``, ``fold``, ``attention``: ``build_onnx``'s.
     """
     if target not in TARGETS:
         raise TfmqError(f"unknown --target {target!r} (choose {' or '.join(TARGETS)})")
     default_weight_storage(target, weight_storage)  # a refused combination costs nothing
+    default_attention(target, attention)
     check_onnx_output(Path(out_path))
     graph = build_onnx(model, artifact, target, copy_unet=copy_unet, timesteps=timesteps, precision=precision,
-                       weight_storage=weight_storage, fold=fold)
+                       weight_storage=weight_storage, fold=fold, attention=attention)
     save_onnx_atomic(graph, Path(out_path))
     return Path(out_path)

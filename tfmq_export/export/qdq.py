@@ -42,7 +42,7 @@ from tfmq_export.export.graph import GraphIndex
 from tfmq_export.quant.state import conv_output_scale
 
 __all__ = ["TARGETS", "WEIGHT_STORAGES", "check_target", "default_weight_storage", "insert_qdq", "needs_opset_21",
-           "onnx_scope"]
+           "onnx_scope", "qdq_pair"]
 
 TARGETS = ("tensorrt", "onnxruntime", "openvino")
 #: ``--weight-storage`` (the first is the default, ``default_weight_storage`` says why)
@@ -158,7 +158,7 @@ def _insert_weight_dq(g: GraphIndex, node: onnx.NodeProto, layer: str,
     return [dq]
 
 
-def _qdq_pair(g: GraphIndex, tensor: str, prefix: str, scale: float, target: str,
+def qdq_pair(g: GraphIndex, tensor: str, prefix: str, scale: float, target: str,
               grid: str = "int8") -> list[onnx.NodeProto]:
     """QuantizeLinear -> DequantizeLinear on ``tensor`` (zero point: ``_zero_point``); returns the
     nodes (output ``{prefix}_dq``)."""
@@ -241,7 +241,7 @@ def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: st
             before += factor_nodes[0]
         if record.abits < 16:
             scale = float(artifact.layer_tensor(layer, "input_scale"))
-            pair = _qdq_pair(g, node.input[0], f"{onnx_scope(layer)}input", scale, target, artifact.act_grid(layer))
+            pair = qdq_pair(g, node.input[0], f"{onnx_scope(layer)}input", scale, target, artifact.act_grid(layer))
             g.set_input(node, 0, pair[1].output[0])
             before += pair
         if record.wbits < 16:
@@ -256,7 +256,7 @@ def insert_qdq(model: onnx.ModelProto, artifact: CalibrationArtifact, target: st
             if any(o.name == out for o in model.graph.output):
                 raise TfmqError(f"layer {layer}: output Q/DQ on a graph output is not supported")
             users = g.consumers(out)
-            pair = _qdq_pair(g, out, f"{onnx_scope(layer)}output", out_scale, target)
+            pair = qdq_pair(g, out, f"{onnx_scope(layer)}output", out_scale, target)
             for user, index in users:
                 g.set_input(user, index, pair[1].output[0])
             after_nodes[node.name] = pair

@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 
 from tfmq_export.artifact import CalibrationArtifact, LayerRecord
+from tfmq_export.contract import default_attention
 from tfmq_export.errors import TfmqError
 from tfmq_export.quant import grids
+from tfmq_export.quant.attention import attention_sites, install_attention_quantizers
 from tfmq_export.quant.modules import (
     ActMode,
     QuantConv2d,
@@ -96,13 +98,16 @@ def _quantize_output_hook(scale: float):
 
 
 def simulation_from_artifact(
-    unet: torch.nn.Module, artifact: CalibrationArtifact, target: str = "tensorrt"
+    unet: torch.nn.Module, artifact: CalibrationArtifact, target: str = "tensorrt", attention: str | None = None
 ) -> TemporalTableUNet:
     """The torch simulation that the artifact describes, for the UNet it was calibrated on.
 
-    ``target="onnxruntime"`` also simulates the Q/DQ that target adds on Conv outputs, so the
-    simulation computes what that graph computes.
+    ``target="onnxruntime"`` also simulates the Q/DQ that target adds on Conv outputs, and
+    ``attention`` (default: the target's, ``contract.DEFAULT_ATTENTION``; ``int8`` for openvino) the
+    int8 query / key of the attention score MatMul (``quant.attention``), so the simulation computes
+    what that target's graph computes.
     """
+    attention = default_attention(target, attention)
     sim = TemporalTableUNet(unet, artifact.temporal_tables(), artifact.timesteps)
     if artifact.wbits >= 16 and artifact.abits >= 16:
         return sim.eval()
@@ -123,6 +128,8 @@ def simulation_from_artifact(
     install_split_quantizers(layers, artifact.tensors)  # qdiff's split skip inputs (none otherwise)
     if install_step_factor_quantizers(layers, artifact.tensors):  # tfmq's per-step factors
         sim.declares_steps = True
+    if attention == "int8":
+        install_attention_quantizers(sim.unet, attention_sites(sim.unet, artifact))
     return sim.eval()
 
 

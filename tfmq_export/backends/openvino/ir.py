@@ -79,7 +79,9 @@ def compile_report(model: Any, source: Path) -> dict[str, Any]:
 
     Counting the runtime precisions of Convolution/FullyConnected layers is the check that the
     quantized layers really run in int8 (docs/BENCHMARKS.md: NNCF's model ran all of them in int8).
-    Whether a layer runs as ``i8`` or ``u8`` is the CPU plugin's choice for the CPU at hand.
+    Whether a layer runs as ``i8`` or ``u8`` is the CPU plugin's choice for the CPU at hand. Fused
+    subgraphs are counted when they run in int8: ``Subgraph:i8`` is an attention whose score MatMul
+    runs on int8 query and key (``export-onnx --attention int8``); float ones are elementwise fusions.
     """
     import openvino as ov
 
@@ -92,9 +94,9 @@ def compile_report(model: Any, source: Path) -> dict[str, Any]:
         info = op.get_rt_info()
         if "layerType" not in info or "runtimePrecision" not in info:
             continue
-        layer = info["layerType"].astype(str)
-        if layer in WEIGHT_LAYER_TYPES:
-            precisions[f"{layer}:{info['runtimePrecision'].astype(str)}"] += 1
+        layer, precision = info["layerType"].astype(str), info["runtimePrecision"].astype(str)
+        if layer in WEIGHT_LAYER_TYPES or (layer == "Subgraph" and precision in ("i8", "u8")):
+            precisions[f"{layer}:{precision}"] += 1
     return {"compiled_cpu_layer_precisions": dict(sorted(precisions.items()))}
 
 
