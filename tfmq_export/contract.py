@@ -177,11 +177,12 @@ META_SCHEDULER = "tfmq.scheduler"
 META_STEPS = "tfmq.steps"
 """The calibrated step count; sampling's default."""
 META_FLOAT_PRECISION = "tfmq.float_precision"
-#: ``int8`` when the attention score MatMul has int8 inputs (``--attention``); absent = float
-META_ATTENTION = "tfmq.attention"
 """``fp16`` when the float parts (weights of float layers, activations, Q/DQ scales, tables) are
 FP16 (``export-onnx --precision fp16``); absent in FP32 graphs, which are written as before the
 option existed (the I/O stays float32 either way: the contract's types, Casts at the edges)."""
+META_ATTENTION = "tfmq.attention"
+"""``int8`` when the attention score MatMul has int8 query and key (``export-onnx --attention``);
+absent when it is float."""
 
 # --- labels --------------------------------------------------------------------------------------
 EXPORT_TARGETS = ("tensorrt", "onnxruntime", "openvino")

@@ -63,8 +63,8 @@ def _score_matmul(g: GraphIndex, site: AttentionSite) -> tuple[onnx.NodeProto, o
     return score, query_mul, key[0]
 
 
-def insert_attention_qdq(model: onnx.ModelProto, sites: list[AttentionSite], target: str) -> int:
-    """Insert the query / key Q/DQ of every site into ``model`` (in place); returns the pairs added."""
+def insert_attention_qdq(model: onnx.ModelProto, sites: list[AttentionSite], target: str) -> None:
+    """Insert the query / key Q/DQ of every site into ``model`` (in place)."""
     g = GraphIndex(model)
     after: dict[int, list[onnx.NodeProto]] = {}
     for site in sites:
@@ -83,4 +83,3 @@ def insert_attention_qdq(model: onnx.ModelProto, sites: list[AttentionSite], tar
         ordered += after.get(id(node), [])
     del model.graph.node[:]
     model.graph.node.extend(ordered)
-    return 2 * len(sites)

@@ -305,6 +305,8 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
     tables, rows = table_rows(model, artifact, timesteps)
     if precision == "fp16" and len(rows) > _FP16_MAX_ROWS:  # the traced step_index path casts through float
         raise TfmqError(f"--precision fp16: {len(rows)} table rows; FP16 holds row indices up to {_FP16_MAX_ROWS}")
+    sites = attention_sites(model.unet, artifact) if attention == "int8" else []
+    attention = "int8" if sites else "float"  # none qualified (quant.attention): the metadata says float
     table_unet = TemporalTableUNet(model.unet, tables, rows, copy_unet=copy_unet)
     graph = trace_to_onnx(table_unet, example_inputs(model))
     opset = _target_opset(artifact, precision, weight_storage)
@@ -314,16 +316,12 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
         insert_qdq(graph, artifact, target, weight_storage)
         if split_layers(artifact):
             apply_split_qdq(graph, artifact)
-        sites = attention_sites(model.unet, artifact) if attention == "int8" else []
-        if not insert_attention_qdq(graph, sites, target):
-            attention = "float"  # no attention qualified (quant.attention): the graph says what it has
+        insert_attention_qdq(graph, sites, target)
         if target == "openvino" and fold:
             fold_for_openvino(graph)
     if precision == "fp16":
         del graph.graph.value_info[:]  # the opset converter's shape inference: optional, and float32-typed
         to_fp16(graph, table_fp32=table_fp32)
-    if not artifact.layers:
-        attention = "float"
     set_metadata(graph, artifact, target, model.sample_shape, rows, precision, attention)
     check_finite_graph(graph)
     if not is_large(graph):  # a > 2 GB graph is checked from its file by onnx.checker in save_onnx_atomic

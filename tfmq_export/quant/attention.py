@@ -23,11 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from tfmq_export.artifact import CalibrationArtifact
-from tfmq_export.quant import grids
+from tfmq_export.quant.output_quant import output_quantize_hook, output_scale
 
 __all__ = ["AttentionSite", "attention_sites", "install_attention_quantizers"]
 
@@ -52,11 +51,6 @@ class AttentionSite:
         return float(self.head_dim) ** -0.25
 
 
-def _output_scale(artifact: CalibrationArtifact, layer: str) -> float | None:
-    absmax = float(artifact.layer_tensor(layer, "output_absmax"))
-    return absmax / grids.symmetric_qmax(grids.act_range(8)) if absmax > 0 else None
-
-
 def attention_sites(unet: nn.Module, artifact: CalibrationArtifact) -> list[AttentionSite]:
     """The attentions of ``unet`` whose query and key the artifact can quantize, in module order."""
     sites: list[AttentionSite] = []
@@ -70,7 +64,7 @@ def attention_sites(unet: nn.Module, artifact: CalibrationArtifact) -> list[Atte
             continue
         if artifact.layers[query].abits >= 16 or artifact.layers[key].abits >= 16:
             continue  # a weight-only (A16) layer keeps float activations around it
-        scales = _output_scale(artifact, query), _output_scale(artifact, key)
+        scales = output_scale(artifact, query), output_scale(artifact, key)
         if scales[0] is None or scales[1] is None:
             continue
         head_dim = int(module.to_k.weight.shape[0]) // int(module.heads)
@@ -78,19 +72,9 @@ def attention_sites(unet: nn.Module, artifact: CalibrationArtifact) -> list[Atte
     return sites
 
 
-def _fake_quantize_output(scale: float):
-    qmin, qmax = grids.act_range(8)
-    scale_t = torch.tensor(scale, dtype=torch.float32)
-
-    def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return grids.fake_quantize(output, scale_t.to(output.device, output.dtype), qmin, qmax)
-
-    return hook
-
-
 def install_attention_quantizers(unet: nn.Module, sites: list[AttentionSite]) -> None:
     """Quantize the query and key outputs of ``sites`` in ``unet`` (the simulation of int8 attention)."""
     modules = dict(unet.named_modules())
     for site in sites:
-        modules[site.query_layer].register_forward_hook(_fake_quantize_output(site.query_scale))
-        modules[site.key_layer].register_forward_hook(_fake_quantize_output(site.key_scale))
+        modules[site.query_layer].register_forward_hook(output_quantize_hook(site.query_scale))
+        modules[site.key_layer].register_forward_hook(output_quantize_hook(site.key_scale))

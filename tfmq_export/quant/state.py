@@ -12,7 +12,6 @@ import torch
 from tfmq_export.artifact import CalibrationArtifact, LayerRecord
 from tfmq_export.contract import default_attention
 from tfmq_export.errors import TfmqError
-from tfmq_export.quant import grids
 from tfmq_export.quant.attention import attention_sites, install_attention_quantizers
 from tfmq_export.quant.modules import (
     ActMode,
@@ -21,6 +20,7 @@ from tfmq_export.quant.modules import (
     install_split_quantizers,
     install_step_factor_quantizers,
 )
+from tfmq_export.quant.output_quant import output_quantize_hook, output_scale
 from tfmq_export.quant.simulate import quant_layers, quantize_model
 from tfmq_export.temporal import TemporalTableLookup, TemporalTableUNet
 
@@ -83,18 +83,7 @@ def conv_output_scale(layer: str, artifact: CalibrationArtifact) -> float | None
     record = artifact.layers[layer]
     if record.kind != "conv" or record.wbits >= 16 or record.abits >= 16:
         return None
-    absmax = float(artifact.layer_tensor(layer, "output_absmax"))
-    return absmax / 127.0 if absmax > 0 else None
-
-
-def _quantize_output_hook(scale: float):
-    qmin, qmax = grids.act_range(8)
-    scale_t = torch.tensor(scale, dtype=torch.float32)
-
-    def hook(_module: torch.nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return grids.fake_quantize(output, scale_t, qmin, qmax)
-
-    return hook
+    return output_scale(artifact, layer)
 
 
 def simulation_from_artifact(
@@ -124,7 +113,7 @@ def simulation_from_artifact(
         factored = f"{name}.input_step_factor" in artifact.tensors  # no output Q/DQ there (export.qdq)
         scale = conv_output_scale(name, artifact) if target == "onnxruntime" and not factored else None
         if scale is not None:
-            layer.register_forward_hook(_quantize_output_hook(scale))
+            layer.register_forward_hook(output_quantize_hook(scale))
     install_split_quantizers(layers, artifact.tensors)  # qdiff's split skip inputs (none otherwise)
     if install_step_factor_quantizers(layers, artifact.tensors):  # tfmq's per-step factors
         sim.declares_steps = True
