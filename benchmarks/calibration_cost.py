@@ -51,6 +51,7 @@ VARIANTS = {
     "tfmq-max": ("tfmq", {"static_scale_rule": "max"}, {}),
     "tfmq-steps": ("tfmq", {}, {"step_factors": True}),
     "tfmq-joint": ("tfmq", {}, {"joint_act": True}),
+    "tfmq-joint-1000": ("tfmq", {"iters": 1000}, {"joint_act": True}),
     "tfmq-nosplit": ("tfmq", {}, {"split_skip": False}),
     "tfmq-paper": ("tfmq", {}, {"split_skip": False}),
     "tfmq-qdrop": ("tfmq", {}, {"joint_act": True, "qdrop": 0.5}),
@@ -196,9 +197,9 @@ def main() -> None:
     cpu_ratios = {f"{a}/{b}": round(by_name[a]["cpu_seconds"] / by_name[b]["cpu_seconds"], 3)
                   for a, b in (("tfmq", "qdiff"), ("tfmq", "qdiff-equal")) if a in by_name and b in by_name}
     print("time ratios (wall):", ratios, " (CPU time):", cpu_ratios)
-    result = {"command": "python benchmarks/calibration_cost.py --bits " + args.bits
+    result = {"command": "python benchmarks/calibration_cost.py --bits " + args.bits + f" --variants {args.variants}"
                          + f" --threads {args.threads} --eval-samples {args.eval_samples} --seeds {args.seeds}"
-                         + f" --seed-variants {args.seed_variants}",
+                         + f" --seed-variants {args.seed_variants} --sample-images {args.sample_images}",
               "mean_over_seeds": means,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": args.threads,
               "cpu_count": os.cpu_count(), "rows": rows, "time_ratios": ratios,

@@ -449,7 +449,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a setting or extra option for every tfmq variant (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="sampling noise seed")
     p.add_argument("--calib-seed", type=int, default=0)
-    p.add_argument("--iters", type=int, default=0, help="reconstruction iterations per block (0 = default 300)")
+    p.add_argument("--iters", type=int, default=0,
+                   help="reconstruction iterations per block (0 = the calibrate default)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="runs/untuned-defaults")
     p.add_argument("--json", default=None)

@@ -62,8 +62,11 @@ STEP_SCALE_RULES = ("max", "mse")
 TEMPORAL_TABLES = ("fp", "quantized")
 #: ``--scheduler`` names (their diffusers classes: ``sampling.SCHEDULERS``); None = the model's own.
 SCHEDULER_NAMES = ("ddim", "pndm", "euler", "dpm++")
-#: Reconstruction iterations per block when ``iters`` is 0: the digits recipes' budget.
-DEFAULT_ITERS = 300
+#: Reconstruction iterations per block when ``iters`` is 0 (no recipe). The digits recipes use 300;
+#: with no recipe, 1,000 at AdaRound rate 1e-2 with learned activation scales brought tfmq W4A8 to
+#: 0.27-0.32x of min-max's paired MSE on digits-text over three seeds (0.49-0.74x at 300;
+#: docs/ANALYSIS.md, "Untuned defaults").
+DEFAULT_ITERS = 1000
 #: ``extra.keep_fp``: classes of layers kept float (the TFMQ-DM authors keep the 1x1 shortcut convs
 #: and the downsample convs float); ``calibration.sensitivity`` maps them to layer names.
 KEEP_FP_CLASSES = ("shortcuts", "downsamplers", "upsamplers")
@@ -123,15 +126,16 @@ class ExtraOptions:
     ``recon_act_quant`` (activation
     quantization on while weights are learned), ``keep_checkpoints`` (keep ``.work`` after a
     successful run), ``adaround_lr`` (Adam rate of the rounding variables; default
-    ``3 / iters``, at least 1e-3).
+    ``3 / iters``, at least 1e-2).
     qdiff: ``act_iters`` (activation-scale iterations per block; default iters // 4, the ratio of
     Q-Diffusion's 5,000 to 20,000), ``act_lr`` (4e-5, BRECQ's LSQ rate), ``split_skip`` (two
     scales for concatenated skip inputs).
     tfmq: ``tiar_iters`` (default iters), ``step_factors`` (every activation quantizer keeps its
     per-step min-max range, deployed as per-step factors around one static scale), ``joint_act``
     (activation scales initialised from the FSC statistics and learned with the rounding in the
-    same block loop, activation quantization on; off by default: it lowers the single-step
-    error but not the sampled images' error, docs/ANALYSIS.md), ``qdrop`` (with ``joint_act``:
+    same block loop, activation quantization on; on by default: with no recipe it lowered the
+    sampled images' error on both models over three seeds; the digits tfmq recipes and the
+    paper/large-model recipes pin it off, docs/ANALYSIS.md), ``qdrop`` (with ``joint_act``:
     probability that an activation keeps its float value in the reconstruction loss, QDrop's
     0.5), ``split_skip`` (as qdiff).
     minmax reads none of them; recipes shared by every method may still carry them.
@@ -155,7 +159,7 @@ class ExtraOptions:
     split_skip: bool = True
     tiar_iters: int | None = None
     step_factors: bool = False
-    joint_act: bool = False
+    joint_act: bool = True
     qdrop: float = 0.0
     w8_layers: int = 0
     keep_fp: tuple[str, ...] = ()

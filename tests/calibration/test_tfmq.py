@@ -307,8 +307,10 @@ def test_step_factors_export_and_match_the_simulation(micro):
     from tfmq_export.quant.modules import StepFactorActQuantizer
     from tfmq_export.quant.simulate import quant_layers
 
-    # split skip inputs keep their two static scales (no factors); off here so every quantizer is factored
-    artifact = calibrate(micro, _settings("tfmq", extra={"step_factors": True, "split_skip": False}), progress=False)
+    # split skip inputs keep their two static scales (no factors); off here so every quantizer is factored;
+    # static scales (joint_act off) so the factors are the steps' ranges around the rule's scale
+    extra = {"step_factors": True, "split_skip": False, "joint_act": False}
+    artifact = calibrate(micro, _settings("tfmq", extra=extra), progress=False)
     factors = {k: v for k, v in artifact.tensors.items() if k.endswith(".input_step_factor")}
     assert factors and all(v.numel() == len(artifact.timesteps) for v in factors.values())
     assert any(float(v.max() / v.min()) > 1.5 for v in factors.values())  # the steps' ranges differ
