@@ -46,11 +46,14 @@ VARIANTS = {
     "minmax": ("minmax", {}, {}),
     "qdiff": ("qdiff", {}, {}),
     "qdiff-equal": ("qdiff", {}, {"act_iters": None}),  # None: set to the weight budget below
+    "qdiff-1000": ("qdiff", {"iters": 1000}, {"act_iters": 250}),  # the recipe's 4:1 ratio at 1,000
     "tfmq": ("tfmq", {}, {}),
     "tfmq-qtable": ("tfmq", {"temporal_table": "quantized"}, {}),
     "tfmq-max": ("tfmq", {"static_scale_rule": "max"}, {}),
     "tfmq-steps": ("tfmq", {}, {"step_factors": True}),
     "tfmq-joint": ("tfmq", {}, {"joint_act": True}),
+    "tfmq-1000": ("tfmq", {"iters": 1000}, {}),
+    "tfmq-keep-shortcuts": ("tfmq", {}, {"keep_fp": ["shortcuts"]}),
     "tfmq-joint-1000": ("tfmq", {"iters": 1000}, {"joint_act": True}),
     "tfmq-nosplit": ("tfmq", {}, {"split_skip": False}),
     "tfmq-paper": ("tfmq", {}, {"split_skip": False}),
