@@ -13,7 +13,10 @@ Variants (all from the shipped digits recipes, tfmq_export/recipes, same data an
   shortcut splitting), tfmq-paper (no splitting either: the paper recipes), tfmq-qdrop
   (joint_act with QDrop 0.5), tfmq-all-inputs (reconstruction on all 1,600 calibration inputs
   instead of the recipe's 800), tfmq-recon-act (activation quantization on while the weights
-  are learned, static scales).
+  are learned, static scales), tfmq-keep-shortcuts (the 1x1 shortcut convs left float).
+  Budget ablations (iterations per block set whatever the recipe says): qdiff-300 / qdiff-1000
+  (activation stage at a quarter of it), tfmq-300 / tfmq-1000 (static activation scales),
+  tfmq-joint-300 / tfmq-joint-1000 (learned), tfmq-joint-1000-b8 (reconstruction minibatch 8).
 
 For each: wall time of ``calibrate`` and its stages, the relative L2 error of the UNet output
 against full precision on held-out trajectories (every step of 32 fresh DDIM trajectories, seed
@@ -52,11 +55,15 @@ VARIANTS = {
     "tfmq-max": ("tfmq", {"static_scale_rule": "max"}, {}),
     "tfmq-steps": ("tfmq", {}, {"step_factors": True}),
     "tfmq-joint": ("tfmq", {}, {"joint_act": True}),
-    "tfmq-1000": ("tfmq", {"iters": 1000}, {}),
+    "tfmq-1000": ("tfmq", {"iters": 1000}, {"joint_act": False}),
+    "tfmq-300": ("tfmq", {"iters": 300}, {"joint_act": False}),  # the W4A8 recipe before it moved to 1,000
+    "tfmq-joint-300": ("tfmq", {"iters": 300}, {"joint_act": True}),
+    "qdiff-300": ("qdiff", {"iters": 300}, {"act_iters": 75}),
     "tfmq-keep-shortcuts": ("tfmq", {}, {"keep_fp": ["shortcuts"]}),
     "tfmq-joint-1000": ("tfmq", {"iters": 1000}, {"joint_act": True}),
+    "tfmq-joint-1000-b8": ("tfmq", {"iters": 1000}, {"joint_act": True, "recon_batch_size": 8}),
     "tfmq-nosplit": ("tfmq", {}, {"split_skip": False}),
-    "tfmq-paper": ("tfmq", {}, {"split_skip": False}),
+    "tfmq-paper": ("tfmq", {}, {"split_skip": False, "joint_act": False}),
     "tfmq-qdrop": ("tfmq", {}, {"joint_act": True, "qdrop": 0.5}),
     "tfmq-all-inputs": ("tfmq", {}, {"recon_samples": 0}),
     "tfmq-recon-act": ("tfmq", {}, {"recon_act_quant": True}),
