@@ -62,10 +62,10 @@ STEP_SCALE_RULES = ("max", "mse")
 TEMPORAL_TABLES = ("fp", "quantized")
 #: ``--scheduler`` names (their diffusers classes: ``sampling.SCHEDULERS``); None = the model's own.
 SCHEDULER_NAMES = ("ddim", "pndm", "euler", "dpm++")
-#: Reconstruction iterations per block when ``iters`` is 0 (no recipe). The digits recipes use 300;
-#: with no recipe, 1,000 at AdaRound rate 1e-2 with learned activation scales brought tfmq W4A8 to
-#: 0.27-0.32x of min-max's paired MSE on digits-text over three seeds (0.49-0.74x at 300;
-#: docs/ANALYSIS.md, "Untuned defaults").
+#: Reconstruction iterations per block when ``iters`` is 0 (no recipe; the digits recipes set 300, 1,000
+#: for digits-tfmq-w4a8). With no recipe, 1,000 at AdaRound rate 1e-2 with learned activation scales
+#: brought tfmq W4A8 to 0.27-0.32x of min-max's paired MSE on digits-text over three seeds (0.49-0.74x
+#: at 300; docs/ANALYSIS.md, "Untuned defaults (shipped)").
 DEFAULT_ITERS = 1000
 #: ``extra.keep_fp``: classes of layers kept float (the TFMQ-DM authors keep the 1x1 shortcut convs
 #: and the downsample convs float); ``calibration.sensitivity`` maps them to layer names.
