@@ -7,7 +7,8 @@ Rows (each method, the shipped digits W4A8 recipe, same data and seed): baseline
 shortcuts / downsamplers / both (the TFMQ-DM authors keep the 1x1 shortcut convs and the downsample
 convs float), ``w8_layers`` 2 / 4 / 8 (the most sensitive weight layers by measured sensitivity
 keep 8-bit weights; ``calibration.sensitivity``). ``--tfmq-iters`` shortens tfmq's per-block budget
-(the W4A8 recipe's 1,000; its figures in docs/INT4.md were taken at 100) so the table runs in minutes on a shared 2-core machine; every tfmq row uses it.
+(the W4A8 recipe's 1,000; docs/INT4.md's figures were taken at 100) so the table runs in minutes
+on a shared 2-core machine; every tfmq row uses it.
 
 Quality: the relative L2 error of the noise prediction against full precision over every step of
 32 held-out DDIM trajectories (seed 1000) through the torch simulation of the artifact, as
