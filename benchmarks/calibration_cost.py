@@ -67,6 +67,19 @@ VARIANTS = {
     "tfmq-qdrop": ("tfmq", {}, {"joint_act": True, "qdrop": 0.5}),
     "tfmq-all-inputs": ("tfmq", {}, {"recon_samples": 0}),
     "tfmq-recon-act": ("tfmq", {}, {"recon_act_quant": True}),
+    # mixed precision at the recipe's W4A8 budget: the N layers 4 bits hurt most keep 8-bit weights
+    "tfmq-w8-2": ("tfmq", {"iters": 1000}, {"joint_act": False, "w8_layers": 2}),
+    "tfmq-w8-4": ("tfmq", {"iters": 1000}, {"joint_act": False, "w8_layers": 4}),
+    "tfmq-1000-keep-shortcuts": ("tfmq", {"iters": 1000}, {"joint_act": False, "keep_fp": ["shortcuts"]}),
+    "tfmq-1000-keep-shortcuts-w8-2": ("tfmq", {"iters": 1000},
+                                      {"joint_act": False, "keep_fp": ["shortcuts"], "w8_layers": 2}),
+    "tfmq-300-keep-shortcuts": ("tfmq", {"iters": 300}, {"joint_act": False, "keep_fp": ["shortcuts"]}),
+    "tfmq-1000-w8-shortcuts": ("tfmq", {"iters": 1000}, {"joint_act": False, "w8_classes": ["shortcuts"]}),
+    "tfmq-300-w8-shortcuts": ("tfmq", {"iters": 300}, {"joint_act": False, "w8_classes": ["shortcuts"]}),
+    "tfmq-200-w8-shortcuts": ("tfmq", {"iters": 200}, {"joint_act": False, "w8_classes": ["shortcuts"]}),
+    "qdiff-w8-shortcuts": ("qdiff", {"iters": 300}, {"act_iters": 75, "w8_classes": ["shortcuts"]}),
+    "qdiff-w8-2": ("qdiff", {"iters": 300}, {"act_iters": 75, "w8_layers": 2}),
+    "qdiff-keep-shortcuts": ("qdiff", {"iters": 300}, {"act_iters": 75, "keep_fp": ["shortcuts"]}),
 }
 
 
@@ -189,6 +202,9 @@ def main() -> None:
             images = sampled(sim, model, settings.steps, args.sample_images)
             row["sample_rmse_vs_fp"] = float(np.sqrt(np.mean((images - fp_images) ** 2)))
         rows.append(row)
+        if args.json is not None:  # every finished row is kept, should a long run be stopped
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.json, json.dumps({"partial": True, "rows": rows}, indent=2))
         print(f"{name:12s} seed {seed} {seconds:7.1f} s ({cpu_seconds:7.1f} CPU s)  "
               f"output err {row['output_rel_error']:.5f}  "
               f"with FP table {row['fp_table_output_rel_error']:.5f}  "

@@ -141,7 +141,8 @@ class ExtraOptions:
     minmax reads none of them; recipes shared by every method may still carry them.
     Every method: ``w8_layers`` (at wbits 4, this many of the weight layers that 4 bits hurt most,
     by measured sensitivity, keep 8-bit weights; ``calibration.sensitivity``), ``keep_fp`` (classes
-    of layers left float, ``KEEP_FP_CLASSES``), ``linear_act_grid`` (``ACT_GRIDS``: the input grid of
+    of layers left float, ``KEEP_FP_CLASSES``), ``w8_classes`` (at wbits 4, classes of layers that keep
+    8-bit weights, same names), ``linear_act_grid`` (``ACT_GRIDS``: the input grid of
     the deployed Linear layers; calibrate ``--linear-act-grid``).
     """
 
@@ -163,6 +164,7 @@ class ExtraOptions:
     qdrop: float = 0.0
     w8_layers: int = 0
     keep_fp: tuple[str, ...] = ()
+    w8_classes: tuple[str, ...] = ()
     linear_act_grid: str = "int8"
 
     #: keys whose value must be > 0 (others: >= 0)
@@ -200,7 +202,7 @@ class ExtraOptions:
 def _check_option(key: str, value: Any, expected: str, positive: bool) -> None:
     if value is None and "None" in expected:
         return
-    if "tuple" in expected:  # keep_fp: a list of layer-class names
+    if "tuple" in expected:  # keep_fp, w8_classes: a list of layer-class names
         if not isinstance(value, list) or any(v not in KEEP_FP_CLASSES for v in value):
             raise TfmqError(f"calibration option {key} must be a list of {', '.join(KEEP_FP_CLASSES)}, got {value!r}")
         return

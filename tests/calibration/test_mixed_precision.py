@@ -98,6 +98,7 @@ def test_sensitivity_finds_the_layer_4_bits_hurt(loaded_unet2d):
     ({"w8_layers": 1.5}, "w8_layers"),
     ({"keep_fp": ["shortcuts", "attention"]}, "keep_fp"),
     ({"keep_fp": "shortcuts"}, "keep_fp"),
+    ({"w8_classes": ["convs"]}, "w8_classes"),
 ])
 def test_bad_values_are_one_line(extra, needle):
     with pytest.raises(TfmqError) as info:
@@ -122,3 +123,25 @@ def test_tfmq_honours_the_layer_plan(loaded_unet2d):
     assert bits[artifact.settings["w8_layer_names"][0]] == 8
     assert all(bits[n] == 16 for n in artifact.settings["keep_fp_layer_names"])
     assert sorted(set(bits.values())) == [4, 8, 16]
+
+
+def test_w8_classes_keep_8_bit_weights_and_float_wins(loaded_unet2d):
+    """``w8_classes``: every layer of the class has 8-bit weights (integers beyond the 4-bit grid) and quantized
+    inputs; a class also in ``keep_fp`` stays float; the graph stores the 8-bit layers as INT8 under INT4 storage."""
+    settings = CalibrationSettings(method="minmax", wbits=4, abits=8, steps=2, num_samples=2, batch_size=2,
+                                   extra={"w8_classes": ["shortcuts", "downsamplers"], "keep_fp": ["downsamplers"]})
+    artifact = calibrate(loaded_unet2d, settings, progress=False)
+    names = list(artifact.layers)
+    shortcuts = keep_fp_layers(names, ("shortcuts",))
+    assert shortcuts and artifact.settings["w8_layer_names"] == sorted(shortcuts)
+    assert artifact.settings["keep_fp_layer_names"] == keep_fp_layers(names, ("downsamplers",))
+    for name, record in artifact.layers.items():
+        expected = 8 if name in shortcuts else 16 if "downsamplers" in name else 4
+        assert record.wbits == expected, name
+    for name in shortcuts:
+        assert artifact.layers[name].abits == 8 and f"{name}.input_scale" in artifact.tensors
+        assert artifact.layer_tensor(name, "weight_int").abs().max() > 7
+    graph = build_onnx(loaded_unet2d, artifact, "onnxruntime", weight_storage="int4")
+    inits = {t.name: t.data_type for t in graph.graph.initializer}
+    assert all(inits[f"{name}.weight_int"] == TensorProto.INT8 for name in shortcuts)
+    assert TensorProto.INT4 in inits.values()

@@ -6,6 +6,8 @@ list, and the artifact records each layer's bits, which the exporter and the sim
 
 - ``keep_fp`` (``extra.keep_fp``): classes of layers left float, as the TFMQ-DM authors' code does
   for the 1x1 shortcut convs and the downsample convs (``KEEP_FP_CLASSES``).
+- ``w8_classes`` (``extra.w8_classes``, wbits 4 only): classes of layers that keep 8-bit weights (same
+  names as ``keep_fp``): the middle road between float and 4-bit for a class 4 bits hurt as a whole.
 - ``w8_layers`` (``extra.w8_layers``, wbits 4 only): the N weight layers that 4 bits hurt most keep
   8-bit weights. Sensitivity of a layer = relative L2 error of the UNet's noise prediction when that
   layer alone has 4-bit round-to-nearest weights (the run's ``weight_init`` scale) and everything
@@ -58,7 +60,9 @@ class LayerPlan:
         out: dict[str, Any] = {}
         if self.sensitivity:
             out["layer_sensitivity"] = self.sensitivity
-            out["w8_layer_names"] = sorted(n for n, (w, _) in self.bits.items() if w == 8)
+        w8 = sorted(n for n, (w, _) in self.bits.items() if w == 8)  # by sensitivity or by class
+        if w8 or self.sensitivity:
+            out["w8_layer_names"] = w8
         fp = sorted(n for n, (w, a) in self.bits.items() if w >= 16 and a >= 16)
         if fp:
             out["keep_fp_layer_names"] = fp
@@ -103,14 +107,18 @@ def layer_sensitivity(fp_sim: TemporalTableUNet, names: list[str], data: Calibra
 
 def plan_layers(fp_sim: TemporalTableUNet, data: CalibrationData | None,
                 settings: CalibrationSettings) -> LayerPlan:
-    """The per-layer bits ``settings.extra`` asks for (``keep_fp``, ``w8_layers``); empty by default."""
+    """The per-layer bits ``settings.extra`` asks for (``keep_fp``, ``w8_classes``, ``w8_layers``); empty by
+    default."""
     options = settings.options
     plan = LayerPlan()
-    if not settings.quantized or (not options.keep_fp and not options.w8_layers):
+    if not settings.quantized or not (options.keep_fp or options.w8_layers or options.w8_classes):
         return plan
     names = list(UNetAdapter(fp_sim.unet).quantizable_layers())
     for name in keep_fp_layers(names, options.keep_fp):
         plan.bits[name] = (16, 16)
+    if settings.wbits == 4:
+        for name in keep_fp_layers(names, options.w8_classes):
+            plan.bits.setdefault(name, (8, settings.abits))  # a class also kept float stays float
     if options.w8_layers and settings.wbits == 4 and data is not None:
         candidates = [n for n in names if n not in plan.bits]
         if options.w8_layers > len(candidates):
