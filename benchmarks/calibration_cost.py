@@ -17,6 +17,11 @@ Variants (all from the shipped digits recipes, tfmq_export/recipes, same data an
   Budget ablations (iterations per block set whatever the recipe says): qdiff-300 / qdiff-1000
   (activation stage at a quarter of it), tfmq-300 / tfmq-1000 (static activation scales),
   tfmq-joint-300 / tfmq-joint-1000 (learned), tfmq-joint-1000-b8 (reconstruction minibatch 8).
+  Layer lists (docs/ANALYSIS.md "Shortcut convs"): tfmq-1000-keep-shortcuts / tfmq-300-keep-shortcuts /
+  qdiff-keep-shortcuts (the 1x1 shortcut convs float), tfmq-1000-w8-shortcuts / tfmq-300-w8-shortcuts /
+  tfmq-200-w8-shortcuts / qdiff-w8-shortcuts (8-bit shortcut weights, w8_classes), tfmq-w8-2 / tfmq-w8-4 /
+  qdiff-w8-2 (the N layers a one-layer sensitivity ranks first at 8-bit, w8_layers),
+  tfmq-1000-keep-shortcuts-w8-2.
 
 For each: wall time of ``calibrate`` and its stages, the relative L2 error of the UNet output
 against full precision on held-out trajectories (every step of 32 fresh DDIM trajectories, seed
