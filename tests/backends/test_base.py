@@ -16,6 +16,7 @@ def test_every_contract_backend_has_one_runner():
     assert tuple(RUNNERS) == BACKENDS
 
 
+@pytest.mark.int8_exact
 def test_open_runner_runs_the_graph(models):
     feed = make_inputs(1)[0]
     runner = open_runner("onnxruntime", models["trt"], "w8a8", threads=1)

@@ -12,6 +12,7 @@ from tfmq_export.backends.openvino.runner import OpenVINORunner
 from tfmq_export.errors import TfmqError
 
 
+@pytest.mark.int8_exact
 def test_compare_runners_per_table_row(models, tmp_path):
     engine = tmp_path / "cmp.onnx"
     build_onnxruntime_engine(models["ort"], engine)

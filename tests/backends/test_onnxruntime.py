@@ -29,6 +29,7 @@ def test_tiny_graph_lint(models):
     assert rules == {"uint8"}  # the onnxruntime target is a different graph, by design
 
 
+@pytest.mark.int8_exact
 def test_onnxruntime_engine_fuses_weights_and_matches(models, tmp_path):
     out = tmp_path / "unet.ort.onnx"
     manifest = build_onnxruntime_engine(models["ort"], out, threads=2)
@@ -80,6 +81,7 @@ def test_onnxruntime_engine_reports_unfused_int8_weights(models, tmp_path):
     assert manifest["QLinearConv"] == 0
 
 
+@pytest.mark.int8_exact
 def test_onnxruntime_runner_feeds_only_declared_inputs(models):
     feed = make_inputs(1)[0]
     with OnnxRuntimeRunner(models["uncond"], "w8a8") as runner:

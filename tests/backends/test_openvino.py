@@ -36,6 +36,7 @@ def test_int8_layers_counts_both_kernel_kinds():
     assert int8_layers({"Convolution:f32": 2, "FullyConnected:i8": 2}) == {"FullyConnected": 2}
 
 
+@pytest.mark.int8_exact
 def test_openvino_engine_runs_int8_and_matches(models, tmp_path):
     out = tmp_path / "unet.xml"
     manifest = build_openvino_engine(models["trt"], out)

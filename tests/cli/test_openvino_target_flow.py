@@ -17,6 +17,7 @@ def _run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
+@pytest.mark.int8_exact
 def test_calibrate_export_build_openvino(tmp_path, unet_cond_dir):
     conds = tmp_path / "conds.npy"
     np.save(conds, np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32))

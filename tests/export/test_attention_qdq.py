@@ -71,6 +71,7 @@ def test_weight_only_artifact_keeps_float_attention(loaded_unet_cond):
     assert not _attention_pairs(graph) and META_ATTENTION not in {p.key for p in graph.metadata_props}
 
 
+@pytest.mark.int8_exact
 def test_openvino_runs_the_attentions_in_int8(w8a8, loaded_unet_cond, tmp_path):
     """The point of the option: OpenVINO's CPU plugin fuses each quantized attention into an int8
     subgraph (none without it)."""

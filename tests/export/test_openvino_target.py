@@ -136,6 +136,7 @@ def test_tensorrt_lint_flags_only_the_unsigned_linear_inputs(u8fc, loaded_unet_c
     assert all(v.node.split(" ")[0].startswith(linear_scopes) for v in violations)
 
 
+@pytest.mark.int8_exact
 def test_openvino_runs_the_linear_layers_unsigned(u8fc, loaded_unet_cond, tmp_path):
     """The contract of the target: every quantized Linear runs as a u8 FullyConnected, whatever the CPU
     (AMX or AVX512-VNNI only); an int8-grid artifact's graph runs them as i8."""

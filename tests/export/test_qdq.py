@@ -144,6 +144,7 @@ def test_w4a16_exports_blocked_int4_linear_weights(loaded_unet_cond):
     assert rel_l2(out, expected) < 1e-5
 
 
+@pytest.mark.int8_exact
 def test_every_quantized_layer_computes_the_simulation_layer(loaded_unet_cond, w8a8):
     """Layer by layer, fed the same input, the graph's Q/DQ + Conv/MatMul equals the simulated layer.
 

@@ -71,6 +71,7 @@ def test_every_backend_has_every_contract_field(bench_json):
     assert bench_json["machine"]["threads"] == 1
 
 
+@pytest.mark.int8_exact
 def test_relative_error_is_zero_for_the_reference_and_small_for_w8a8(bench_json):
     by_label = {r["label"]: r for r in bench_json["runs"]}
     assert bench_json["reference"] == "torch:fp32"
