@@ -186,6 +186,8 @@ def main() -> None:
     seeded = {v.strip() for v in args.seed_variants.split(",")}
     jobs = [(name, seed) for seed in seeds for name in names if seed == seeds[0] or name in seeded]
     rows = []
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
     for name, seed in jobs:
         settings = replace(variant_settings(name, args.bits), seed=seed)
         load_before = os.getloadavg()[0]
@@ -208,7 +210,6 @@ def main() -> None:
             row["sample_rmse_vs_fp"] = float(np.sqrt(np.mean((images - fp_images) ** 2)))
         rows.append(row)
         if args.json is not None:  # every finished row is kept, should a long run be stopped
-            args.json.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.json, json.dumps({"partial": True, "rows": rows}, indent=2))
         print(f"{name:12s} seed {seed} {seconds:7.1f} s ({cpu_seconds:7.1f} CPU s)  "
               f"output err {row['output_rel_error']:.5f}  "
@@ -236,7 +237,6 @@ def main() -> None:
               "cpu_count": os.cpu_count(), "rows": rows, "time_ratios": ratios,
               "cpu_time_ratios": cpu_ratios}
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.json, json.dumps(result, indent=2))
     if args.doc is not None:
         args.doc.parent.mkdir(parents=True, exist_ok=True)

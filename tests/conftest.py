@@ -10,24 +10,18 @@ import torch
 
 from tfmq_export.metrics.error import rel_l2
 
-#: x86 CPUs with these run int8 dot products exactly (VNNI, AMX)
-_EXACT_INT8_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
-
 
 def int8_kernels_are_exact() -> bool:
-    """False on x86 CPUs without VNNI (AVX2 only): there onnxruntime's and OpenVINO's u8 x s8 kernels use the
-    AVX2 multiply-add that saturates each pair of products at int16 (onnxruntime's quantization docs name this
-    for AVX2/AVX512 without VNNI), so their outputs leave the Q/DQ arithmetic by far more than rounding (rel L2
-    0.05 on the tiny UNet on an AMD EPYC with AVX2 only). The exporter does not yet work around it."""
-    import platform
+    """False on x86 CPUs without VNNI or AMX (AVX2 only): there onnxruntime's and OpenVINO's u8 x s8 kernels use
+    the AVX2 multiply-add that saturates each pair of products at int16 (onnxruntime's quantization docs name
+    this for AVX2/AVX512 without VNNI), so their outputs leave the Q/DQ arithmetic by far more than rounding (rel
+    L2 0.05 on the tiny UNet on an AMD EPYC with AVX2 only). The exporter does not yet work around it."""
+    from tfmq_export.io import machine_info  # the flags the manifests record, read once for both
 
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    info = machine_info()
+    if info["machine"].lower() not in ("x86_64", "amd64"):
         return True
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return True
-    return bool(_EXACT_INT8_FLAGS & set(flags.split(":", 1)[1].split()))
+    return bool(info["avx512_vnni"] or info["avx_vnni"] or info["amx"])
 
 
 def pytest_collection_modifyitems(config, items) -> None:
