@@ -88,30 +88,43 @@ class AdaRound(nn.Module):
 
     Called as ``rounding(weight, scale_view)`` it returns the soft integers q~ while ``soft`` is
     True and the hard ones q otherwise. ``alpha`` is the V of the paper.
+
+    The weight and its scale stay fixed while the rounding is learned, so floor(w / s) is computed
+    once; h(V) of the latest soft forward is handed to the regulariser of the same iteration instead
+    of being computed twice (the reconstruction loop runs thousands of small iterations per block,
+    where such per-iteration work is a measurable share of the time).
     """
 
     def __init__(self, weight: torch.Tensor, scale_view: torch.Tensor, qmin: int, qmax: int) -> None:
         super().__init__()
         self.qmin, self.qmax = qmin, qmax
         scaled = weight.detach() / scale_view
-        rest = scaled - torch.floor(scaled)
-        self.alpha = nn.Parameter(inverse_rectified_sigmoid(rest))
+        self.register_buffer("base", torch.floor(scaled), persistent=False)
+        self.alpha = nn.Parameter(inverse_rectified_sigmoid(scaled - self.base))
         self.soft = True
+        self._last_h: torch.Tensor | None = None
 
-    def forward(self, weight: torch.Tensor, scale_view: torch.Tensor) -> torch.Tensor:
-        base = torch.floor(weight.detach() / scale_view)
-        up = rectified_sigmoid(self.alpha) if self.soft else (self.alpha >= 0).to(weight.dtype)
-        return torch.clamp(base + up, self.qmin, self.qmax)
+    def forward(self, weight: torch.Tensor, scale_view: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 (RoundingFn)
+        if self.soft:
+            up = self._last_h = rectified_sigmoid(self.alpha)
+        else:
+            up = (self.alpha >= 0).to(weight.dtype)
+        return torch.clamp(self.base + up, self.qmin, self.qmax)
 
     def regularizer(self, beta: float) -> torch.Tensor:
-        """f_reg of AdaRound eq. 24, summed over the tensor."""
-        return (1.0 - (2.0 * rectified_sigmoid(self.alpha) - 1.0).abs().pow(beta)).sum()
+        """f_reg of AdaRound eq. 24, summed over the tensor (on the h(V) of the latest soft forward,
+        which is then released; computed afresh when there was none)."""
+        h = self._last_h
+        if h is None or (torch.is_grad_enabled() and not h.requires_grad):  # none, or from a no-grad pass
+            h = rectified_sigmoid(self.alpha)
+        self._last_h = None
+        return (1.0 - (2.0 * h - 1.0).abs().pow(beta)).sum()
 
     @torch.no_grad()
-    def hard_integers(self, weight: torch.Tensor, scale_view: torch.Tensor) -> torch.Tensor:
+    def hard_integers(self, weight: torch.Tensor, scale_view: torch.Tensor) -> torch.Tensor:  # noqa: ARG002
         """q = clamp(floor(w / s) + [V >= 0]) as int8."""
-        base = torch.floor(weight.detach() / scale_view)
-        return torch.clamp(base + (self.alpha >= 0).to(base.dtype), self.qmin, self.qmax).to(torch.int8)
+        self._last_h = None
+        return torch.clamp(self.base + (self.alpha >= 0).to(self.base.dtype), self.qmin, self.qmax).to(torch.int8)
 
 
 def attach_adaround(layer: QuantLayer) -> AdaRound:

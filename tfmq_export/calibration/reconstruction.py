@@ -200,11 +200,11 @@ def _optimizer(stage: Stage, params: list[torch.Tensor], qlayers: dict[str, Quan
                options: ReconstructionOptions) -> torch.optim.Optimizer:
     """Adam over what ``stage`` learns; the joint stage adds the activation scales at their own rate."""
     if stage is Stage.ACT:
-        return torch.optim.Adam(params, lr=options.act_lr)
+        return torch.optim.Adam(params, lr=options.act_lr, fused=True)
     groups: list[dict[str, Any]] = [{"params": params, "lr": options.adaround.lr}]
     if stage is Stage.JOINT and (scales := _act_scales(qlayers)):
         groups.append({"params": scales, "lr": options.act_lr})
-    return torch.optim.Adam(groups)
+    return torch.optim.Adam(groups, fused=True)  # one kernel per step: the loop runs thousands of small steps
 
 
 def _set_drop(qlayers: dict[str, QuantLayer], prob: float, generator: torch.Generator | None) -> None:

@@ -133,7 +133,7 @@ def tiar(
                                  if layer.weight_quantizer.enabled}
     if adas:
         settings = options.adaround_for(iters)
-        optimizer = torch.optim.Adam([a.alpha for a in adas.values()], lr=settings.lr)
+        optimizer = torch.optim.Adam([a.alpha for a in adas.values()], lr=settings.lr, fused=True)
 
         def batch_loss() -> torch.Tensor:
             feats = branch(rows)
