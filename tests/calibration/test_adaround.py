@@ -165,3 +165,24 @@ def test_exported_integers_are_the_frozen_hard_rounding(monkeypatch, method):
         flipped += int((torch.clamp(torch.round(weight / scale), -8, 7) != q.float()).sum())
     assert flipped > 0
     onnx.checker.check_model(graph)
+
+
+def test_regulariser_shares_the_forward_h_and_matches_a_fresh_one():
+    """The regulariser reuses h(V) of the iteration's soft forward: same value and gradient as
+    computing it afresh, and an h from a no-grad pass is never used for a loss with gradients."""
+    torch.manual_seed(0)
+    weight, scale = torch.randn(8, 4), torch.full((8, 1), 0.1)
+    shared, fresh = AdaRound(weight, scale, -8, 7), AdaRound(weight, scale, -8, 7)
+    loss_shared = shared(weight, scale).sum() + shared.regularizer(5.0)
+    soft = fresh(weight, scale)
+    fresh._last_h = None  # force a fresh h(V) in the regulariser
+    loss_fresh = soft.sum() + fresh.regularizer(5.0)
+    loss_shared.backward()
+    loss_fresh.backward()
+    assert torch.allclose(loss_shared, loss_fresh)
+    assert torch.allclose(shared.alpha.grad, fresh.alpha.grad, atol=1e-6)
+    with torch.no_grad():
+        shared(weight, scale)
+    shared.alpha.grad = None
+    shared.regularizer(5.0).backward()
+    assert shared.alpha.grad is not None and float(shared.alpha.grad.abs().sum()) > 0
