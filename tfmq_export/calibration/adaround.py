@@ -168,6 +168,14 @@ def rounding_summary(ada: AdaRound, weight: torch.Tensor, scale_view: torch.Tens
         }
 
 
+def rounding_optimizer(alphas: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """Adam over rounding variables alone, fused into one kernel per step: the loops (blocks, TIAR) run
+    thousands of small steps. Optimizers that also hold learned activation scales keep the plain Adam:
+    with those the fused kernel broke the agreement of a resumed run with another number of ranks
+    (tests/calibration/test_distributed.py)."""
+    return torch.optim.Adam(alphas, lr=lr, fused=True)
+
+
 def lp_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Reconstruction loss as BRECQ defines it: squared error summed over the features of a sample,
     averaged over the batch (the regulariser weight 0.01 is relative to this scale)."""
@@ -192,5 +200,6 @@ __all__ = [
     "inverse_rectified_sigmoid",
     "lp_loss",
     "rectified_sigmoid",
+    "rounding_optimizer",
     "rounding_summary",
 ]

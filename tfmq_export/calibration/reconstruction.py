@@ -45,6 +45,7 @@ from tfmq_export.calibration.adaround import (
     check_finite,
     freeze_adaround,
     lp_loss,
+    rounding_optimizer,
 )
 from tfmq_export.calibration.block_io import (
     Block,
@@ -201,14 +202,10 @@ def _optimizer(stage: Stage, params: list[torch.Tensor], qlayers: dict[str, Quan
     """Adam over what ``stage`` learns; the joint stage adds the activation scales at their own rate."""
     if stage is Stage.ACT:
         return torch.optim.Adam(params, lr=options.act_lr)
-    groups: list[dict[str, Any]] = [{"params": params, "lr": options.adaround.lr}]
     if stage is Stage.JOINT and (scales := _act_scales(qlayers)):
-        groups.append({"params": scales, "lr": options.act_lr})
-        return torch.optim.Adam(groups)
-    # rounding variables only: one fused kernel per step (the loop runs thousands of small steps).
-    # Not with learned activation scales: there the fused kernel broke the agreement of a resumed
-    # run with another number of ranks (tests/calibration/test_distributed.py), the plain one keeps it.
-    return torch.optim.Adam(groups, fused=True)
+        return torch.optim.Adam([{"params": params, "lr": options.adaround.lr},
+                                 {"params": scales, "lr": options.act_lr}])
+    return rounding_optimizer(params, options.adaround.lr)
 
 
 def _set_drop(qlayers: dict[str, QuantLayer], prob: float, generator: torch.Generator | None) -> None:

@@ -39,7 +39,13 @@ from tqdm.auto import tqdm
 
 from tfmq_export.calibration import offload
 from tfmq_export.calibration.activations import calibrate_activations
-from tfmq_export.calibration.adaround import AdaRound, RegularizerSchedule, attach_adaround, lp_loss
+from tfmq_export.calibration.adaround import (
+    AdaRound,
+    RegularizerSchedule,
+    attach_adaround,
+    lp_loss,
+    rounding_optimizer,
+)
 from tfmq_export.calibration.block_io import adapter_blocks, execution_order, uniform_subset
 from tfmq_export.calibration.data import CalibrationData
 from tfmq_export.calibration.qdiff import enable_split_skip
@@ -133,7 +139,7 @@ def tiar(
                                  if layer.weight_quantizer.enabled}
     if adas:
         settings = options.adaround_for(iters)
-        optimizer = torch.optim.Adam([a.alpha for a in adas.values()], lr=settings.lr, fused=True)
+        optimizer = rounding_optimizer([a.alpha for a in adas.values()], settings.lr)
 
         def batch_loss() -> torch.Tensor:
             feats = branch(rows)
