@@ -50,6 +50,15 @@ from tfmq_export.quant.state import simulation_from_artifact
 from tfmq_export.temporal import build_table_unet, compute_temporal_features
 from tfmq_export.workflows.evaluate import recipe_settings
 
+
+def _w8_shortcuts(iters: int, **extra: object) -> tuple[str, dict, dict]:
+    """A tfmq variant with 8-bit shortcut convs and static activation scales at ``iters`` per block."""
+    return "tfmq", {"iters": iters}, {"joint_act": False, "w8_classes": ["shortcuts"], **extra}
+
+
+#: the recipe's cheaper activation ranges and TIAR, on minibatches of 16
+_LEAN = {"recon_batch_size": 16, "act_samples_per_step": 32, "tiar_iters": 100}
+
 VARIANTS = {
     "minmax": ("minmax", {}, {}),
     "qdiff": ("qdiff", {}, {}),
@@ -79,34 +88,21 @@ VARIANTS = {
     "tfmq-1000-keep-shortcuts-w8-2": ("tfmq", {"iters": 1000},
                                       {"joint_act": False, "keep_fp": ["shortcuts"], "w8_layers": 2}),
     "tfmq-300-keep-shortcuts": ("tfmq", {"iters": 300}, {"joint_act": False, "keep_fp": ["shortcuts"]}),
-    "tfmq-1000-w8-shortcuts": ("tfmq", {"iters": 1000}, {"joint_act": False, "w8_classes": ["shortcuts"]}),
-    "tfmq-300-w8-shortcuts": ("tfmq", {"iters": 300}, {"joint_act": False, "w8_classes": ["shortcuts"]}),
-    "tfmq-200-w8-shortcuts": ("tfmq", {"iters": 200}, {"joint_act": False, "w8_classes": ["shortcuts"]}),
+    "tfmq-1000-w8-shortcuts": _w8_shortcuts(1000),
+    "tfmq-300-w8-shortcuts": _w8_shortcuts(300),
+    "tfmq-200-w8-shortcuts": _w8_shortcuts(200),
     "qdiff-w8-shortcuts": ("qdiff", {"iters": 300}, {"act_iters": 75, "w8_classes": ["shortcuts"]}),
     # quality per CPU second at small budgets (docs/ANALYSIS.md "Calibration time")
-    "tfmq-200-w8-shortcuts-lr2": ("tfmq", {"iters": 200},
-                                  {"joint_act": False, "w8_classes": ["shortcuts"], "adaround_lr": 0.02}),
-    "tfmq-400-w8-shortcuts-b16": ("tfmq", {"iters": 400},
-                                  {"joint_act": False, "w8_classes": ["shortcuts"], "recon_batch_size": 16}),
-    "tfmq-200-w8-shortcuts-all": ("tfmq", {"iters": 200},
-                                  {"joint_act": False, "w8_classes": ["shortcuts"], "recon_samples": 0}),
-    "tfmq-300-w8-shortcuts-b16": ("tfmq", {"iters": 300}, {"joint_act": False, "w8_classes": ["shortcuts"],
-                                                           "recon_batch_size": 16}),
-    "tfmq-400-w8-shortcuts-b16-lean": ("tfmq", {"iters": 400}, {"joint_act": False, "w8_classes": ["shortcuts"],
-                                                                "recon_batch_size": 16, "act_samples_per_step": 32,
-                                                                "tiar_iters": 100}),
-    "tfmq-375-w8-shortcuts-b16-lean": ("tfmq", {"iters": 375}, {"joint_act": False, "w8_classes": ["shortcuts"],
-                                                                "recon_batch_size": 16, "act_samples_per_step": 32,
-                                                                "tiar_iters": 100}),
-    "tfmq-350-w8-shortcuts-b16-lean": ("tfmq", {"iters": 350}, {"joint_act": False, "w8_classes": ["shortcuts"],
-                                                                "recon_batch_size": 16, "act_samples_per_step": 32,
-                                                                "tiar_iters": 100}),
-    "tfmq-300-w8-shortcuts-b16-lr2": ("tfmq", {"iters": 300}, {"joint_act": False, "w8_classes": ["shortcuts"],
-                                                               "recon_batch_size": 16, "adaround_lr": 0.02}),
-    "tfmq-400-w8-shortcuts-b16-lr2": ("tfmq", {"iters": 400}, {"joint_act": False, "w8_classes": ["shortcuts"],
-                                                               "recon_batch_size": 16, "adaround_lr": 0.02}),
-    "tfmq-600-w8-shortcuts-b8-lr2": ("tfmq", {"iters": 600}, {"joint_act": False, "w8_classes": ["shortcuts"],
-                                                              "recon_batch_size": 8, "adaround_lr": 0.02}),
+    "tfmq-200-w8-shortcuts-lr2": _w8_shortcuts(200, adaround_lr=0.02),
+    "tfmq-400-w8-shortcuts-b16": _w8_shortcuts(400, recon_batch_size=16),
+    "tfmq-200-w8-shortcuts-all": _w8_shortcuts(200, recon_samples=0),
+    "tfmq-300-w8-shortcuts-b16": _w8_shortcuts(300, recon_batch_size=16),
+    "tfmq-400-w8-shortcuts-b16-lean": _w8_shortcuts(400, **_LEAN),
+    "tfmq-375-w8-shortcuts-b16-lean": _w8_shortcuts(375, **_LEAN),  # digits-tfmq-w4a8
+    "tfmq-350-w8-shortcuts-b16-lean": _w8_shortcuts(350, **_LEAN),
+    "tfmq-300-w8-shortcuts-b16-lr2": _w8_shortcuts(300, recon_batch_size=16, adaround_lr=0.02),
+    "tfmq-400-w8-shortcuts-b16-lr2": _w8_shortcuts(400, recon_batch_size=16, adaround_lr=0.02),
+    "tfmq-600-w8-shortcuts-b8-lr2": _w8_shortcuts(600, recon_batch_size=8, adaround_lr=0.02),
     "qdiff-w8-2": ("qdiff", {"iters": 300}, {"act_iters": 75, "w8_layers": 2}),
     "qdiff-keep-shortcuts": ("qdiff", {"iters": 300}, {"act_iters": 75, "keep_fp": ["shortcuts"]}),
 }
