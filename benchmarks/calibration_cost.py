@@ -103,6 +103,17 @@ VARIANTS = {
     "tfmq-300-w8-shortcuts-b16-lr2": _w8_shortcuts(300, recon_batch_size=16, adaround_lr=0.02),
     "tfmq-400-w8-shortcuts-b16-lr2": _w8_shortcuts(400, recon_batch_size=16, adaround_lr=0.02),
     "tfmq-600-w8-shortcuts-b8-lr2": _w8_shortcuts(600, recon_batch_size=8, adaround_lr=0.02),
+    # the rounding regulariser's weight (papers: 0.01) and warm-up (0.2) at the recipe's budget
+    "tfmq-375-reg03": _w8_shortcuts(375, **_LEAN, adaround_reg=0.03),
+    "tfmq-375-reg1": _w8_shortcuts(375, **_LEAN, adaround_reg=0.1),
+    "tfmq-375-reg3": _w8_shortcuts(375, **_LEAN, adaround_reg=0.3),
+    "tfmq-375-reg1-warm1": _w8_shortcuts(375, **_LEAN, adaround_reg=0.1, adaround_warmup=0.1),
+    # the reconstruction loss weighted per step by the sampler's gain (step_weighting p), alone and with reg 0.3
+    "tfmq-375-sw1": _w8_shortcuts(375, **_LEAN, step_weighting=1.0),
+    "tfmq-375-sw2": _w8_shortcuts(375, **_LEAN, step_weighting=2.0),
+    "tfmq-375-reg3-sw1": _w8_shortcuts(375, **_LEAN, adaround_reg=0.3, step_weighting=1.0),
+    "tfmq-375-reg3-sw2": _w8_shortcuts(375, **_LEAN, adaround_reg=0.3, step_weighting=2.0),
+    "tfmq-375-reg10": _w8_shortcuts(375, **_LEAN, adaround_reg=1.0),
     "qdiff-w8-2": ("qdiff", {"iters": 300}, {"act_iters": 75, "w8_layers": 2}),
     "qdiff-keep-shortcuts": ("qdiff", {"iters": 300}, {"act_iters": 75, "keep_fp": ["shortcuts"]}),
 }

@@ -126,7 +126,11 @@ class ExtraOptions:
     ``recon_act_quant`` (activation
     quantization on while weights are learned), ``keep_checkpoints`` (keep ``.work`` after a
     successful run), ``adaround_lr`` (Adam rate of the rounding variables; default
-    ``3 / iters``, at least 1e-2).
+    ``3 / iters``, at least 1e-2), ``adaround_reg`` (weight of the rounding regulariser; the papers'
+    0.01), ``adaround_warmup`` (fraction of the iterations before the regulariser starts; 0.2),
+    ``step_weighting`` (p: each calibration input of step i weighs gain_i ** p in the reconstruction
+    loss, gain_i = how far the sampler's step carries an output error into the next latent;
+    0 = every input alike; ``calibration.step_weights``).
     qdiff: ``act_iters`` (activation-scale iterations per block; default iters // 4, the ratio of
     Q-Diffusion's 5,000 to 20,000), ``act_lr`` (4e-5, BRECQ's LSQ rate), ``split_skip`` (two
     scales for concatenated skip inputs).
@@ -155,6 +159,9 @@ class ExtraOptions:
     recon_act_quant: bool = False
     keep_checkpoints: bool = False
     adaround_lr: float | None = None
+    adaround_reg: float = 0.01
+    adaround_warmup: float = 0.2
+    step_weighting: float = 0.0
     act_iters: int | None = None
     act_lr: float = 4e-5
     split_skip: bool = True
@@ -195,6 +202,9 @@ class ExtraOptions:
             _check_option(key, value, types[key], key in cls._POSITIVE)
         if extra.get("qdrop", 0) > 1:
             raise TfmqError(f"calibration option qdrop is a probability (0 to 1), got {extra['qdrop']!r}")
+        if extra.get("adaround_warmup", 0) >= 1:
+            raise TfmqError(f"calibration option adaround_warmup is a fraction of the iterations (0 to below 1), "
+                            f"got {extra['adaround_warmup']!r}")
         values = {k: float(v) if "float" in types[k] and v is not None else v for k, v in extra.items()}
         return cls(**{k: tuple(v) if "tuple" in types[k] else v for k, v in values.items()})
 

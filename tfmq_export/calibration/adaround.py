@@ -176,10 +176,12 @@ def rounding_optimizer(alphas: list[torch.Tensor], lr: float) -> torch.optim.Opt
     return torch.optim.Adam(alphas, lr=lr, fused=True)
 
 
-def lp_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def lp_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Reconstruction loss as BRECQ defines it: squared error summed over the features of a sample,
-    averaged over the batch (the regulariser weight 0.01 is relative to this scale)."""
-    return (pred - target).pow(2).reshape(pred.shape[0], -1).sum(dim=1).mean()
+    averaged over the batch (the regulariser weight 0.01 is relative to this scale); ``weights``
+    (one per sample, mean 1 over the steps: ``calibration.step_weights``) weigh the samples."""
+    per_sample = (pred - target).pow(2).reshape(pred.shape[0], -1).sum(dim=1)
+    return per_sample.mean() if weights is None else (per_sample * weights).mean()
 
 
 def check_finite(value: torch.Tensor, where: str) -> None:

@@ -179,7 +179,7 @@ def run(
     """Calibrate ``sim`` in place the Q-Diffusion way; returns timings, the table kind, the split
     scales and the per-block report."""
     started = time.perf_counter()
-    options = ReconstructionOptions.from_settings(settings)
+    options = ReconstructionOptions.from_settings(settings, model.scheduler_config, data.timesteps)
     sim.requires_grad_(False)
 
     # 1. live, quantized temporal branch in the simulation; live FP branch in the reference

@@ -26,8 +26,8 @@ than that, the iterations are spread over the chunks in turn (``block_io``). The
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -61,6 +61,7 @@ from tfmq_export.calibration.offload import keep_resident
 from tfmq_export.calibration.parallel import minibatch_share
 from tfmq_export.calibration.result import BlockResult
 from tfmq_export.calibration.resume import Checkpoint, unit_seed
+from tfmq_export.calibration.step_weights import step_loss_weights
 from tfmq_export.config import CalibrationSettings, ExtraOptions
 from tfmq_export.distributed import average_gradients
 from tfmq_export.errors import TfmqError
@@ -103,22 +104,32 @@ class ReconstructionOptions(ExtraOptions):
     capture_batch_size: int = 64
     static_scale_rule: str = "max"
     adaround: AdaRoundSettings = field(default_factory=AdaRoundSettings)
+    step_weights: tuple[float, ...] = ()  # loss weight of each table row (``step_weighting``); () = alike
 
     @classmethod
-    def from_settings(cls, settings: CalibrationSettings) -> ReconstructionOptions:
-        """Resolve ``settings`` (checked again: fields may have changed since they were built)."""
+    def from_settings(cls, settings: CalibrationSettings, scheduler_config: dict[str, Any] | None = None,
+                      timesteps: Sequence[float] = ()) -> ReconstructionOptions:
+        """Resolve ``settings`` (checked again: fields may have changed since they were built); the
+        model's ``scheduler_config`` and the table's ``timesteps`` resolve ``step_weighting``."""
         settings.validate()
         extra = settings.options
         iters = settings.iters or config.DEFAULT_ITERS
         lr = default_adaround_lr(iters) if extra.adaround_lr is None else extra.adaround_lr
-        return cls(iters=iters, seed=settings.seed, capture_batch_size=settings.batch_size,
-                   static_scale_rule=settings.static_scale_rule, adaround=AdaRoundSettings(lr=lr), **asdict(extra))
+        weights: tuple[float, ...] = ()
+        if extra.step_weighting:
+            if scheduler_config is None or not timesteps:
+                raise TfmqError("step_weighting needs the model's scheduler config and the sampler's timesteps")
+            weights = step_loss_weights(scheduler_config, timesteps, extra.step_weighting)
+        return cls(iters=iters, seed=settings.seed, capture_batch_size=settings.batch_size, step_weights=weights,
+                   static_scale_rule=settings.static_scale_rule,
+                   adaround=AdaRoundSettings(lr=lr, reg_weight=extra.adaround_reg, warmup=extra.adaround_warmup),
+                   **asdict(extra))
 
     def adaround_for(self, iters: int) -> AdaRoundSettings:
         """AdaRound settings for a pass of ``iters`` iterations (TIAR may run another budget)."""
         if self.adaround_lr is not None:
             return self.adaround
-        return AdaRoundSettings(lr=default_adaround_lr(iters))
+        return replace(self.adaround, lr=default_adaround_lr(iters))
 
     @property
     def lsq_iters(self) -> int:
@@ -306,12 +317,17 @@ def reconstruct_block(
             before = _eval_loss(module, inputs, targets, probe_index, adas)
 
         # 2. learn on minibatches of the cached chunk
+        step_weights = (None if not options.step_weights else
+                        torch.tensor(options.step_weights, dtype=targets.dtype, device=targets.device)[
+                            part.step_index.to(targets.device)])
+
         def batch_loss(inputs: CapturedCalls = inputs, targets: torch.Tensor = targets, size: int = len(part),
-                       batch: int = batch) -> torch.Tensor:
+                       batch: int = batch, step_weights: torch.Tensor | None = step_weights) -> torch.Tensor:
             # several ranks: this rank's share of the same global minibatch (calibration.parallel)
             index, weight = minibatch_share(torch.randperm(size, generator=generator)[:batch])
             args, kwargs = inputs.select(index)
-            return weight * lp_loss(module(*args, **kwargs), targets[index])
+            sample_weights = None if step_weights is None else step_weights[index]
+            return weight * lp_loss(module(*args, **kwargs), targets[index], sample_weights)
 
         optimise(batch_loss, optimizer, adas, schedule, it, stop, block.name, on_step)
         it = max(it, stop)

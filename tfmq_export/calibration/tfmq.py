@@ -218,7 +218,7 @@ def run(
     statistics (``tensors``: per-step ranges of the temporal features and of the TIB inputs) and
     the report."""
     started = time.perf_counter()
-    options = ReconstructionOptions.from_settings(settings)
+    options = ReconstructionOptions.from_settings(settings, model.scheduler_config, data.timesteps)
     sim.requires_grad_(False)
     checkpoint = Checkpoint(work_dir, run_fingerprint("tfmq", settings, model.fingerprint(),
                                                       [data.samples, data.step_index]))
