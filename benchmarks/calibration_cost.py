@@ -52,8 +52,9 @@ from tfmq_export.workflows.evaluate import recipe_settings
 
 
 def _w8_shortcuts(iters: int, **extra: object) -> tuple[str, dict, dict]:
-    """A tfmq variant with 8-bit shortcut convs and static activation scales at ``iters`` per block."""
-    return "tfmq", {"iters": iters}, {"joint_act": False, "w8_classes": ["shortcuts"], **extra}
+    """A tfmq variant with 8-bit shortcut convs and static activation scales at ``iters`` per block, the
+    papers' regulariser weight 0.01 unless ``extra`` says otherwise (the recipe's is 0.3 since 9b0781f)."""
+    return "tfmq", {"iters": iters}, {"joint_act": False, "w8_classes": ["shortcuts"], "adaround_reg": 0.01, **extra}
 
 
 #: the recipe's cheaper activation ranges and TIAR, on minibatches of 16
@@ -98,7 +99,7 @@ VARIANTS = {
     "tfmq-200-w8-shortcuts-all": _w8_shortcuts(200, recon_samples=0),
     "tfmq-300-w8-shortcuts-b16": _w8_shortcuts(300, recon_batch_size=16),
     "tfmq-400-w8-shortcuts-b16-lean": _w8_shortcuts(400, **_LEAN),
-    "tfmq-375-w8-shortcuts-b16-lean": _w8_shortcuts(375, **_LEAN),  # digits-tfmq-w4a8
+    "tfmq-375-w8-shortcuts-b16-lean": _w8_shortcuts(375, **_LEAN),  # digits-tfmq-w4a8 before 9b0781f
     "tfmq-350-w8-shortcuts-b16-lean": _w8_shortcuts(350, **_LEAN),
     "tfmq-300-w8-shortcuts-b16-lr2": _w8_shortcuts(300, recon_batch_size=16, adaround_lr=0.02),
     "tfmq-400-w8-shortcuts-b16-lr2": _w8_shortcuts(400, recon_batch_size=16, adaround_lr=0.02),
@@ -106,7 +107,7 @@ VARIANTS = {
     # the rounding regulariser's weight (papers: 0.01) and warm-up (0.2) at the recipe's budget
     "tfmq-375-reg03": _w8_shortcuts(375, **_LEAN, adaround_reg=0.03),
     "tfmq-375-reg1": _w8_shortcuts(375, **_LEAN, adaround_reg=0.1),
-    "tfmq-375-reg3": _w8_shortcuts(375, **_LEAN, adaround_reg=0.3),
+    "tfmq-375-reg3": _w8_shortcuts(375, **_LEAN, adaround_reg=0.3),  # digits-tfmq-w4a8
     "tfmq-375-reg1-warm1": _w8_shortcuts(375, **_LEAN, adaround_reg=0.1, adaround_warmup=0.1),
     # the reconstruction loss weighted per step by the sampler's gain (step_weighting p), alone and with reg 0.3
     "tfmq-375-sw1": _w8_shortcuts(375, **_LEAN, step_weighting=1.0),
