@@ -115,6 +115,10 @@ VARIANTS = {
     "tfmq-375-reg3-sw1": _w8_shortcuts(375, **_LEAN, adaround_reg=0.3, step_weighting=1.0),
     "tfmq-375-reg3-sw2": _w8_shortcuts(375, **_LEAN, adaround_reg=0.3, step_weighting=2.0),
     "tfmq-375-reg10": _w8_shortcuts(375, **_LEAN, adaround_reg=1.0),
+    # the per-step output correction (output_correction) on top of the recipe
+    "tfmq-375-reg3-ocp": _w8_shortcuts(375, **_LEAN, adaround_reg=0.3, output_correction="pixel"),
+    "tfmq-375-reg3-occ": _w8_shortcuts(375, **_LEAN, adaround_reg=0.3, output_correction="channel"),
+    "qdiff-ocp": ("qdiff", {}, {"output_correction": "pixel"}),
     "qdiff-w8-2": ("qdiff", {"iters": 300}, {"act_iters": 75, "w8_layers": 2}),
     "qdiff-keep-shortcuts": ("qdiff", {"iters": 300}, {"act_iters": 75, "keep_fp": ["shortcuts"]}),
 }

@@ -38,6 +38,7 @@ __all__ = [
     "GLOBAL_TENSORS",
     "JSON_NAME",
     "LAYER_TENSORS",
+    "OUTPUT_CORRECTION_KEY",
     "TENSORS_NAME",
     "CalibrationArtifact",
     "LayerRecord",
@@ -76,7 +77,10 @@ GLOBAL_TENSORS: dict[str, str] = {
     "temporal.": "table",
     "fsc.": "steps",
     "tib.": "tib",
+    "correction.": "correction",
 }
+#: the per-step output correction ([T, C, H, W] or [T, C, 1, 1]; ``calibration.output_correction``)
+OUTPUT_CORRECTION_KEY = "correction.output"
 _SPLIT_GROUP = ("input_split", "input_scale_split", "input_split_step_min", "input_split_step_max")
 #: positive and finite wherever present: a zero or NaN scale exports a graph that computes noise
 _SCALE_KEYS = ("weight_scale", "input_scale", "input_scale_split", "input_step_factor")
@@ -227,6 +231,8 @@ def _expected_shape(rule: str, key: str, record: LayerRecord | None, steps: int,
     shape = list(tensors[key].shape)
     if rule == "table":
         return f"[{steps}, C]", len(shape) == 2 and shape[0] == steps
+    if rule == "correction":
+        return f"[{steps}, C, H, W]", key == OUTPUT_CORRECTION_KEY and len(shape) == 4 and shape[0] == steps
     if rule in ("steps", "scalar"):
         want = [steps] if rule == "steps" else []
     elif record is not None:  # a quantized layer's weight_int / weight_scale

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_ITERS",
     "KEEP_FP_CLASSES",
     "METHODS",
+    "OUTPUT_CORRECTIONS",
     "RECIPE_NOTE_KEYS",
     "SCHEDULER_NAMES",
     "STEP_SCALE_RULES",
@@ -53,6 +54,8 @@ SUPPORTED_ACT_BITS = (8, 16)
 #: ``uint8-127``: q in [-127, 128] (uint8 zero point 127), the range OpenVINO's CPU plugin runs as
 #: an unsigned (u8) FullyConnected kernel; TensorRT's signed int8 cannot hold +128 (``export.qdq``).
 ACT_GRIDS = ("int8", "uint8-127")
+#: ``extra.output_correction``: the per-step correction of the output's mean error (``calibration.output_correction``)
+OUTPUT_CORRECTIONS = ("none", "channel", "pixel")
 #: Per-channel weight scale: plain max, or the paper's MSE search (80 candidates, |w - w^|^2.4).
 WEIGHT_INITS = ("mse", "max")
 #: Static activation scale from the per-step ranges: ``max`` (no step clips) or ``mse`` (least
@@ -130,7 +133,9 @@ class ExtraOptions:
     0.01), ``adaround_warmup`` (fraction of the iterations before the regulariser starts; 0.2),
     ``step_weighting`` (p: each calibration input of step i weighs gain_i ** p in the reconstruction
     loss, gain_i = how far the sampler's step carries an output error into the next latent;
-    0 = every input alike; ``calibration.step_weights``).
+    0 = every input alike; ``calibration.step_weights``), ``output_correction`` (``OUTPUT_CORRECTIONS``:
+    subtract the quantized output's mean error per step, per channel or per output element, measured
+    on the calibration inputs; ``calibration.output_correction``; every method).
     qdiff: ``act_iters`` (activation-scale iterations per block; default iters // 4, the ratio of
     Q-Diffusion's 5,000 to 20,000), ``act_lr`` (4e-5, BRECQ's LSQ rate), ``split_skip`` (two
     scales for concatenated skip inputs).
@@ -162,6 +167,7 @@ class ExtraOptions:
     adaround_reg: float = 0.01
     adaround_warmup: float = 0.2
     step_weighting: float = 0.0
+    output_correction: str = "none"
     act_iters: int | None = None
     act_lr: float = 4e-5
     split_skip: bool = True
@@ -177,7 +183,7 @@ class ExtraOptions:
     #: keys whose value must be > 0 (others: >= 0)
     _POSITIVE = ("recon_batch_size", "cache_mb", "adaround_lr", "act_lr")
     #: keys whose value is one of a few names
-    _CHOICES = (("linear_act_grid", ACT_GRIDS),)
+    _CHOICES = (("linear_act_grid", ACT_GRIDS), ("output_correction", OUTPUT_CORRECTIONS))
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

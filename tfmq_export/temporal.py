@@ -145,6 +145,25 @@ class TimeEmbeddingLookup(TemporalTableLookup):
         return self.table[step_index.long()]
 
 
+class OutputCorrection(nn.Module):
+    """Subtracts the per-step correction of the output (``calibration.output_correction``): a table
+    [T, C, H, W] or [T, C, 1, 1] gathered by the step index, as the temporal tables are."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        if table.dim() != 4:
+            raise TfmqError(f"an output correction is [steps, C, H, W] or [steps, C, 1, 1], got {list(table.shape)}")
+        self.register_buffer("table", table.detach().float().clone())
+
+    def forward(self, output: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
+        want = self.table.shape[1:]
+        got = output.shape[1:]
+        if len(got) != 3 or got[0] != want[0] or any(w not in (1, g) for w, g in zip(want[1:], got[1:], strict=True)):
+            raise TfmqError(f"the artifact's output correction is for outputs of shape {list(want)} per sample; this "
+                            f"UNet call gives {list(got)} (a per-pixel correction needs the calibration's resolution)")
+        return output - self.table[step_index.long()].to(output.dtype)
+
+
 def table_module_name(key: str) -> str:
     """The UNet module a table replaces: SDXL's ``time_embedding`` MLP, else ``{resnet}.time_emb_proj``."""
     return key if key == TIME_EMBEDDING_TABLE else f"{key}.time_emb_proj"
@@ -187,8 +206,11 @@ class TemporalTableUNet(nn.Module):
         timesteps: Sequence[int],
         copy_unet: bool = True,
         share_weights: bool = False,
+        output_correction: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
+        #: per-step correction of the output (``calibration.output_correction``); None: none
+        self.output_correction = None if output_correction is None else OutputCorrection(output_correction)
         if copy_unet:
             self.unet = shared_copy(unet) if share_weights else copy.deepcopy(unet)
         else:
@@ -257,8 +279,10 @@ class TemporalTableUNet(nn.Module):
         step_index = step_index.to(sample.device)  # the sampling loop's rows are CPU tensors
         if self.declares_steps:  # per-step quantizers inside (tfmq's step factors), SDXL included
             with observing_steps(step_index):
-                return self.unet(sample, step_index, return_dict=False, **kwargs)[0]
-        return self.unet(sample, step_index, return_dict=False, **kwargs)[0]
+                output = self.unet(sample, step_index, return_dict=False, **kwargs)[0]
+        else:
+            output = self.unet(sample, step_index, return_dict=False, **kwargs)[0]
+        return output if self.output_correction is None else self.output_correction(output, step_index)
 
 
 def build_table_unet(unet: nn.Module, timesteps: Sequence[float], share_weights: bool = False) -> TemporalTableUNet:
@@ -270,6 +294,7 @@ def build_table_unet(unet: nn.Module, timesteps: Sequence[float], share_weights:
 
 __all__ = [
     "TIME_EMBEDDING_TABLE",
+    "OutputCorrection",
     "TemporalBranch",
     "TemporalTableLookup",
     "TemporalTableUNet",

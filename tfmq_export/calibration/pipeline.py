@@ -22,6 +22,7 @@ from tfmq_export.calibration.data import CalibrationData, collect_calibration_da
 from tfmq_export.calibration.disk_cache import spill_to_disk
 from tfmq_export.calibration.guided_data import guided_calibration_data
 from tfmq_export.calibration.memory import stage_memory
+from tfmq_export.calibration.output_correction import OUTPUT_CORRECTION_KEY, measure_output_correction
 from tfmq_export.calibration.result import MethodResult
 from tfmq_export.calibration.sensitivity import plan_layers
 from tfmq_export.config import CalibrationSettings
@@ -152,6 +153,14 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
             with spill_to_disk(spill_dir, options.cache_mb * 2**20, options.disk_cache), \
                     stage_memory(memory, "method", device):
                 result = method(sim, layers, data, settings, model, work_dir, progress)
+            if options.output_correction != "none":  # the quantized output's mean error per step
+                correction_started = time.perf_counter()
+                offload.attach(fp_sim)  # --offload: the reference's blocks visit the device again
+                result.tensors[OUTPUT_CORRECTION_KEY] = measure_output_correction(
+                    sim, fp_sim, data, options.output_correction, options.act_samples_per_step, settings.seed,
+                    settings.batch_size)
+                offload.detach(fp_sim)
+                result.timings["output_correction_seconds"] = time.perf_counter() - correction_started
     synchronize(device)
     total_seconds = time.perf_counter() - started
 

@@ -21,7 +21,7 @@ import onnx
 import torch
 
 from tfmq_export import __version__
-from tfmq_export.artifact import CalibrationArtifact, artifact_problem
+from tfmq_export.artifact import OUTPUT_CORRECTION_KEY, CalibrationArtifact, artifact_problem
 from tfmq_export.contract import (
     INPUT_CONDITIONS,
     INPUT_SAMPLE,
@@ -263,6 +263,9 @@ def table_rows(model: LoadedModel, artifact: CalibrationArtifact,
     if artifact.temporal_table != "fp":
         raise TfmqError(f"--timesteps all: this artifact's temporal table is {artifact.temporal_table!r} (quantized "
                         "per calibrated step); export it with --timesteps sampler")
+    if OUTPUT_CORRECTION_KEY in artifact.tensors:
+        raise TfmqError("--timesteps all: this artifact corrects the output per calibrated step (output_correction); "
+                        "export it with --timesteps sampler")
     rows = list(range(int(artifact.scheduler_config.get("num_train_timesteps", 1000))))
     return compute_temporal_features(model.unet, rows), rows
 
@@ -307,7 +310,8 @@ def build_onnx(model: LoadedModel, artifact: CalibrationArtifact, target: str = 
         raise TfmqError(f"--precision fp16: {len(rows)} table rows; FP16 holds row indices up to {_FP16_MAX_ROWS}")
     sites = attention_sites(model.unet, artifact) if attention == "int8" else []
     attention = "int8" if sites else "float"  # none qualified (quant.attention): the metadata says float
-    table_unet = TemporalTableUNet(model.unet, tables, rows, copy_unet=copy_unet)
+    table_unet = TemporalTableUNet(model.unet, tables, rows, copy_unet=copy_unet,
+                                   output_correction=artifact.tensors.get(OUTPUT_CORRECTION_KEY))
     graph = trace_to_onnx(table_unet, example_inputs(model))
     opset = _target_opset(artifact, precision, weight_storage)
     if opset is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from tfmq_export.artifact import CalibrationArtifact, LayerRecord
+from tfmq_export.artifact import OUTPUT_CORRECTION_KEY, CalibrationArtifact, LayerRecord
 from tfmq_export.contract import default_attention
 from tfmq_export.errors import TfmqError
 from tfmq_export.quant.attention import attention_sites, install_attention_quantizers
@@ -97,7 +97,8 @@ def simulation_from_artifact(
     what that target's graph computes.
     """
     attention = default_attention(target, attention)
-    sim = TemporalTableUNet(unet, artifact.temporal_tables(), artifact.timesteps)
+    sim = TemporalTableUNet(unet, artifact.temporal_tables(), artifact.timesteps,
+                            output_correction=artifact.tensors.get(OUTPUT_CORRECTION_KEY))
     if artifact.wbits >= 16 and artifact.abits >= 16:
         return sim.eval()
     bits = {name: (r.wbits, r.abits) for name, r in artifact.layers.items()}  # mixed precision, float layers
