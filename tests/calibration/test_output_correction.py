@@ -94,6 +94,9 @@ def test_the_exported_graph_subtracts_the_same_row(corrected):
         outputs.append(session.run(["noise_pred"], {"sample": sample, "step_index": rows})[0])
     table = artifact.tensors[OUTPUT_CORRECTION_KEY].numpy()
     np.testing.assert_allclose(outputs[0], outputs[1] - table[rows], atol=1e-5)
+    # the per-pixel table fixes the graph's height and width (the plain graph keeps them dynamic)
+    dims = [d.dim_value or d.dim_param for d in graph.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[2:] == list(model.sample_shape[1:])
     with pytest.raises(TfmqError, match=r"^--timesteps all: this artifact corrects the output per calibrated step"):
         table_rows(model, artifact, "all")
 

@@ -88,13 +88,17 @@ def example_inputs(model: LoadedModel, batch: int = 2, seq_len: int = 8) -> tupl
 
 
 def trace_to_onnx(table_unet: TemporalTableUNet, inputs: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
-    """Trace the full-precision table UNet; batch (and sequence length) are dynamic."""
+    """Trace the full-precision table UNet; batch (and sequence length) are dynamic, and so are height and
+    width unless a per-pixel output correction ties the graph to the calibration's resolution (the graph
+    then declares it, so a runtime refuses another size at its input instead of failing inside)."""
     names = list((*UNET_INPUTS, INPUT_TEXT_EMBEDS, INPUT_TIME_IDS)[: len(inputs)])
     dynamic: dict[str, dict[int, str]] = {name: {0: "batch"} for name in names}
-    dynamic[INPUT_SAMPLE].update({2: "height", 3: "width"})
+    correction = table_unet.output_correction
+    spatial = {} if correction is not None and correction.table.shape[-1] > 1 else {2: "height", 3: "width"}
+    dynamic[INPUT_SAMPLE].update(spatial)
     if len(inputs) >= 3:
         dynamic[INPUT_CONDITIONS][1] = "sequence"
-    dynamic[OUTPUT_NOISE_PRED] = {0: "batch", 2: "height", 3: "width"}
+    dynamic[OUTPUT_NOISE_PRED] = {0: "batch", **spatial}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = os.path.join(tmp, "unet.onnx")
