@@ -53,8 +53,10 @@ from tfmq_export.workflows.evaluate import recipe_settings
 
 def _w8_shortcuts(iters: int, **extra: object) -> tuple[str, dict, dict]:
     """A tfmq variant with 8-bit shortcut convs and static activation scales at ``iters`` per block, the
-    papers' regulariser weight 0.01 unless ``extra`` says otherwise (the recipe's is 0.3 since 9b0781f)."""
-    return "tfmq", {"iters": iters}, {"joint_act": False, "w8_classes": ["shortcuts"], "adaround_reg": 0.01, **extra}
+    papers' regulariser weight 0.01 and no output correction unless ``extra`` says otherwise (the recipe
+    has 0.3 since 9b0781f and the correction since 3e7188c); other options as the recipe says."""
+    return "tfmq", {"iters": iters}, {"joint_act": False, "w8_classes": ["shortcuts"], "adaround_reg": 0.01,
+                                      "output_correction": "none", **extra}
 
 
 #: the recipe's cheaper activation ranges and TIAR, on minibatches of 16

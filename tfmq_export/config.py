@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_ITERS",
     "KEEP_FP_CLASSES",
     "METHODS",
+    "METHOD_DEFAULTS",
     "OUTPUT_CORRECTIONS",
     "RECIPE_NOTE_KEYS",
     "SCHEDULER_NAMES",
@@ -115,6 +116,14 @@ def check_bits(wbits: Any, abits: Any) -> None:
 # 2. method options (the ``extra`` dict) -----------------------------------------------------------
 
 
+#: what ``--method tfmq`` uses where neither the command nor a recipe sets these ``extra`` options
+#: (other methods: the fields' defaults, the papers' values). Chosen with no recipe on two models
+#: (digits-text and digits, three calibration seeds each; docs/ANALYSIS.md, "Untuned defaults"):
+#: static activation scales, the rounding regulariser at 0.3 and the per-step output correction.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tfmq": {"joint_act": False, "adaround_reg": 0.3, "output_correction": "pixel"},
+}
+
 @dataclass(frozen=True)
 class ExtraOptions:
     """The keys of ``CalibrationSettings.extra``, typed; every one optional.
@@ -142,9 +151,8 @@ class ExtraOptions:
     tfmq: ``tiar_iters`` (default iters), ``step_factors`` (every activation quantizer keeps its
     per-step min-max range, deployed as per-step factors around one static scale), ``joint_act``
     (activation scales initialised from the FSC statistics and learned with the rounding in the
-    same block loop, activation quantization on; on by default: with no recipe it lowered the
-    sampled images' error on both models over three seeds; the digits tfmq recipes and the
-    paper/large-model recipes pin it off, docs/ANALYSIS.md), ``qdrop`` (with ``joint_act``:
+    same block loop, activation quantization on; off by default since it made one no-recipe run in
+    three land far worse on each model, docs/ANALYSIS.md "Untuned defaults"), ``qdrop`` (with ``joint_act``:
     probability that an activation keeps its float value in the reconstruction loss, QDrop's
     0.5), ``split_skip`` (as qdiff).
     minmax reads none of them; recipes shared by every method may still carry them.
@@ -173,7 +181,7 @@ class ExtraOptions:
     split_skip: bool = True
     tiar_iters: int | None = None
     step_factors: bool = False
-    joint_act: bool = True
+    joint_act: bool = False
     qdrop: float = 0.0
     w8_layers: int = 0
     keep_fp: tuple[str, ...] = ()
@@ -190,10 +198,12 @@ class ExtraOptions:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def parse(cls, extra: dict[str, Any] | None) -> ExtraOptions:
-        """Check every key and value of ``extra``; refuse unknown keys and wrong types."""
+    def parse(cls, extra: dict[str, Any] | None, method: str | None = None) -> ExtraOptions:
+        """Check every key and value of ``extra``; refuse unknown keys and wrong types. ``method``: the
+        options ``extra`` leaves out take that method's defaults (``METHOD_DEFAULTS``), else the fields'."""
+        defaults = METHOD_DEFAULTS.get(method or "", {})
         if extra is None:
-            return cls()
+            return cls(**defaults)
         if not isinstance(extra, dict):
             raise TfmqError(f"extra must be a JSON object of calibration options, got {extra!r}")
         unknown = sorted(set(extra) - set(cls.keys()))
@@ -212,7 +222,7 @@ class ExtraOptions:
             raise TfmqError(f"calibration option adaround_warmup is a fraction of the iterations (0 to below 1), "
                             f"got {extra['adaround_warmup']!r}")
         values = {k: float(v) if "float" in types[k] and v is not None else v for k, v in extra.items()}
-        return cls(**{k: tuple(v) if "tuple" in types[k] else v for k, v in values.items()})
+        return cls(**{**defaults, **{k: tuple(v) if "tuple" in types[k] else v for k, v in values.items()}})
 
 
 def _check_option(key: str, value: Any, expected: str, positive: bool) -> None:
@@ -308,8 +318,8 @@ class CalibrationSettings:
 
     @property
     def options(self) -> ExtraOptions:
-        """The typed method options (``extra``)."""
-        return ExtraOptions.parse(self.extra)
+        """The typed method options (``extra``, the method's defaults where it says nothing)."""
+        return ExtraOptions.parse(self.extra, self.method)
 
     @property
     def quantized(self) -> bool:

@@ -92,3 +92,15 @@ def test_regulariser_weight_and_warmup_reach_adaround():
     options = ReconstructionOptions.from_settings(settings)
     assert options.adaround.reg_weight == 0.3 and options.adaround.warmup == 0.1
     assert options.adaround_for(100).reg_weight == 0.3  # TIAR's own budget keeps them
+
+
+def test_tfmq_defaults_apply_only_where_the_settings_say_nothing_and_only_to_tfmq():
+    """``config.METHOD_DEFAULTS``: tfmq with no recipe gets static scales, regulariser 0.3 and the output
+    correction; what ``extra`` sets wins; qdiff keeps the papers' values."""
+    tfmq = CalibrationSettings(method="tfmq", wbits=4, abits=8).options
+    assert (tfmq.joint_act, tfmq.adaround_reg, tfmq.output_correction) == (False, 0.3, "pixel")
+    pinned = CalibrationSettings(method="tfmq", wbits=4, abits=8,
+                                 extra={"adaround_reg": 0.01, "output_correction": "none"}).options
+    assert (pinned.adaround_reg, pinned.output_correction) == (0.01, "none")
+    qdiff = CalibrationSettings(method="qdiff", wbits=4, abits=8).options
+    assert (qdiff.adaround_reg, qdiff.output_correction) == (0.01, "none")
