@@ -123,6 +123,8 @@ VARIANTS = {
     "tfmq-375-reg3-ocp-a16": _w8_shortcuts(375, **{**_LEAN, "act_samples_per_step": 16}, adaround_reg=0.3,
                                            output_correction="pixel"),
     "tfmq-350-reg3-ocp": _w8_shortcuts(350, **_LEAN, adaround_reg=0.3, output_correction="pixel"),
+    "tfmq-375-reg3-ocp-a16-r600": _w8_shortcuts(375, **{**_LEAN, "act_samples_per_step": 16}, adaround_reg=0.3,
+                                                output_correction="pixel", recon_samples=600),
     "qdiff-ocp": ("qdiff", {}, {"output_correction": "pixel"}),
     "qdiff-w8-2": ("qdiff", {"iters": 300}, {"act_iters": 75, "w8_layers": 2}),
     "qdiff-keep-shortcuts": ("qdiff", {"iters": 300}, {"act_iters": 75, "keep_fp": ["shortcuts"]}),
