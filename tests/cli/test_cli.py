@@ -120,3 +120,15 @@ def test_build_engine_tensorrt_absent_is_one_line(tmp_path, unet2d_dir):
     line = _one_line_error(_run("build-engine", onnx_path, "--out", plan, "--backend", "tensorrt"))
     assert "TensorRT" in line or "tensorrt" in line
     assert not plan.exists()
+
+
+@pytest.mark.parametrize(("method", "reg", "correction"), [("tfmq", 0.3, "pixel"), ("qdiff", 0.01, "none")])
+def test_verbose_calibrate_prints_the_method_options_with_its_defaults(tmp_path, method, reg, correction):
+    """--verbose shows what the method will run with, tfmq's no-recipe defaults included (before any work:
+    here the model does not exist, so the run then stops with one line)."""
+    result = _run("calibrate", tmp_path / "missing", "--verbose", "--method", method, "--wbits", 4, "--abits", 8,
+                  "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    options = next(line for line in result.output.splitlines() if line.startswith("method options:"))
+    assert f"'adaround_reg': {reg}" in options and f"'output_correction': '{correction}'" in options
+    assert not (tmp_path / "out").exists()
