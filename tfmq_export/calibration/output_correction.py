@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import torch
 
-from tfmq_export.artifact import OUTPUT_CORRECTION_KEY
 from tfmq_export.calibration.data import CalibrationData
 from tfmq_export.config import OUTPUT_CORRECTIONS
 from tfmq_export.errors import TfmqError
 from tfmq_export.temporal import TemporalTableUNet
 
-__all__ = ["GATE", "OUTPUT_CORRECTION_KEY", "measure_output_correction"]
+__all__ = ["GATE", "measure_output_correction"]
+
+# the table goes into the artifact under artifact.OUTPUT_CORRECTION_KEY (calibration.pipeline writes it)
 
 #: a row is kept where ||mean||^2 > GATE * trace(Cov) / n, i.e. the mean clearly above its estimation noise
 GATE = 4.0

@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 from tfmq_export import config
-from tfmq_export.artifact import CalibrationArtifact, save_artifact
+from tfmq_export.artifact import OUTPUT_CORRECTION_KEY, CalibrationArtifact, save_artifact
 from tfmq_export.calibration import minmax, offload, qdiff, tfmq
 from tfmq_export.calibration.data import CalibrationData, collect_calibration_data, device_denoiser
 from tfmq_export.calibration.disk_cache import spill_to_disk
 from tfmq_export.calibration.guided_data import guided_calibration_data
 from tfmq_export.calibration.memory import stage_memory
-from tfmq_export.calibration.output_correction import OUTPUT_CORRECTION_KEY, measure_output_correction
+from tfmq_export.calibration.output_correction import measure_output_correction
 from tfmq_export.calibration.result import MethodResult
 from tfmq_export.calibration.sensitivity import plan_layers
 from tfmq_export.config import CalibrationSettings
