@@ -111,3 +111,25 @@ def test_a_per_pixel_correction_refuses_another_resolution_and_a_wrong_table_is_
     assert "correction.output has shape [3, " in artifact_problem(broken)
     with pytest.raises(TfmqError):
         ExtraOptions.parse({"output_correction": "per-pixel"})
+
+
+def test_with_per_step_factors_the_correction_is_measured_on_the_deployed_grids(loaded_unet2d):
+    """tfmq's ``step_factors`` quantize each step on its own grid; the correction must be the mean error of
+    that simulation (the one the artifact deploys), not of the static-scale one the method ends with."""
+    settings = CalibrationSettings(method="tfmq", wbits=4, abits=8, steps=4, num_samples=32, iters=2,
+                                   extra={"output_correction": "pixel", "step_factors": True, "tiar_iters": 2,
+                                          "recon_batch_size": 16})
+    artifact = calibrate(loaded_unet2d, settings, progress=False)
+    assert any(k.endswith(".input_step_factor") for k in artifact.tensors)
+    table = artifact.tensors[OUTPUT_CORRECTION_KEY]
+    plain = replace(artifact, tensors={k: v for k, v in artifact.tensors.items() if k != OUTPUT_CORRECTION_KEY})
+    static = replace(plain, tensors={k: v for k, v in plain.tensors.items() if not k.endswith(".input_step_factor")})
+    fp = build_table_unet(loaded_unet2d.unet, artifact.timesteps).eval()
+    data = collect_calibration_data(lambda x, s, _c: fp(x, s), loaded_unet2d.scheduler_config, artifact.timesteps,
+                                    loaded_unet2d.sample_shape, 32, 0, 32, progress=False)
+    with torch.no_grad():
+        deployed = measure_output_correction(simulation_from_artifact(loaded_unet2d.unet, plain), fp, data, "pixel")
+        static_grid = measure_output_correction(simulation_from_artifact(loaded_unet2d.unet, static), fp, data,
+                                                "pixel")
+    assert torch.allclose(deployed, table, atol=1e-5)
+    assert not torch.allclose(static_grid, table, atol=1e-5)  # the factors change the error it corrects
