@@ -44,3 +44,18 @@ def test_paired_mse_clips_and_ratios_compare_tfmq():
     assert ratios == {"tfmq_over_minmax": pytest.approx(0.25), "tfmq_over_modelopt_w4a16": pytest.approx(2.0),
                       "tfmq_over_qdiff": None}
     assert bench.mse_ratios({"tfmq-w4a8": {"mse": 0.01}})["tfmq_over_minmax"] is None
+
+
+def test_per_image_mse_separates_one_changed_image_from_a_spread_error():
+    """One image far off carries the mean; the median stays at the typical image's error."""
+    ref = np.zeros((200, 4, 4, 3))
+    img = np.full_like(ref, 0.1)
+    img[7] = 1.0  # the one image whose digit changed shape
+    stats = bench.per_image_mse(img, ref, (0.0, 1.0))
+    assert stats["mse_median"] == pytest.approx(0.01)
+    # worst 1% = two images: 1.0 + 0.01 of a total 1.0 + 199 * 0.01
+    assert stats["mse_worst1pct_share"] == pytest.approx(1.01 / 2.99)
+    even = bench.per_image_mse(np.full_like(ref, 0.1), ref, (0.0, 1.0))
+    assert even["mse_worst1pct_share"] == pytest.approx(0.01)
+    with pytest.raises(ValueError):
+        bench.per_image_mse(img[:3], ref, (0.0, 1.0))
