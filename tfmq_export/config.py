@@ -66,10 +66,11 @@ STEP_SCALE_RULES = ("max", "mse")
 TEMPORAL_TABLES = ("fp", "quantized")
 #: ``--scheduler`` names (their diffusers classes: ``sampling.SCHEDULERS``); None = the model's own.
 SCHEDULER_NAMES = ("ddim", "pndm", "euler", "dpm++")
-#: Reconstruction iterations per block when ``iters`` is 0 (no recipe; the digits recipes set 300, 1,000
-#: for digits-tfmq-w4a8). With no recipe, 1,000 at AdaRound rate 1e-2 with learned activation scales
-#: brought tfmq W4A8 to 0.27-0.32x of min-max's paired MSE on digits-text over three seeds (0.49-0.74x
-#: at 300; docs/ANALYSIS.md, "Untuned defaults (shipped)").
+#: Reconstruction iterations per block when ``iters`` is 0 (no recipe; the digits recipes set 300, 375
+#: for digits-tfmq-w4a8). 1,000 at AdaRound rate 1e-2 beat 300 with no recipe on digits-text (docs/ANALYSIS.md,
+#: "Untuned defaults (shipped from d5353cd until stop 24)"); with tfmq's defaults (``METHOD_DEFAULTS``)
+#: tfmq W4A8 lands at 0.30-0.46x of min-max's paired MSE there (1,000 images per seed, "Untuned defaults
+#: on 1,000 images per seed").
 DEFAULT_ITERS = 1000
 #: ``extra.keep_fp``: classes of layers kept float (the TFMQ-DM authors keep the 1x1 shortcut convs
 #: and the downsample convs float); ``calibration.sensitivity`` maps them to layer names.
