@@ -35,6 +35,7 @@ __all__ = [
     "SUPPORTED_ACT_BITS",
     "SUPPORTED_WEIGHT_BITS",
     "TEMPORAL_TABLES",
+    "W4_METHOD_DEFAULTS",
     "WEIGHT_INITS",
     "CalibrationSettings",
     "ExtraOptions",
@@ -124,6 +125,15 @@ def check_bits(wbits: Any, abits: Any) -> None:
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "tfmq": {"joint_act": False, "adaround_reg": 0.3, "output_correction": "pixel"},
 }
+#: what ``--method tfmq`` also uses at 4-bit weights where nothing sets them: the 1x1 shortcut convs and the
+#: downsample convs keep 8-bit weights (the TFMQ-DM authors' code keeps them float; 8 bits cost 4-8% more
+#: weight bytes than all-4-bit where float costs 30-58%, and every layer stays an INT8 kernel). With no
+#: recipe, on 1,000 images per seed, this took tfmq W4A8 from 0.96e-3 to 0.80e-3 mean paired MSE on
+#: digits-text and lowered the median image's error on every seed of both models (docs/ANALYSIS.md,
+#: "Untuned defaults on 1,000 images per seed"). At 8-bit weights there is nothing to raise.
+W4_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tfmq": {"w8_classes": ("shortcuts", "downsamplers")},
+}
 
 @dataclass(frozen=True)
 class ExtraOptions:
@@ -160,7 +170,8 @@ class ExtraOptions:
     Every method: ``w8_layers`` (at wbits 4, this many of the weight layers that 4 bits hurt most,
     by measured sensitivity, keep 8-bit weights; ``calibration.sensitivity``), ``keep_fp`` (classes
     of layers left float, ``KEEP_FP_CLASSES``), ``w8_classes`` (at wbits 4, classes of layers that keep
-    8-bit weights, same names), ``linear_act_grid`` (``ACT_GRIDS``: the input grid of
+    8-bit weights, same names; tfmq's default: shortcuts and downsamplers,
+    ``W4_METHOD_DEFAULTS``), ``linear_act_grid`` (``ACT_GRIDS``: the input grid of
     the deployed Linear layers; calibrate ``--linear-act-grid``).
     """
 
@@ -199,10 +210,12 @@ class ExtraOptions:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def parse(cls, extra: dict[str, Any] | None, method: str | None = None) -> ExtraOptions:
+    def parse(cls, extra: dict[str, Any] | None, method: str | None = None, wbits: int | None = None) -> ExtraOptions:
         """Check every key and value of ``extra``; refuse unknown keys and wrong types. ``method``: the
-        options ``extra`` leaves out take that method's defaults (``METHOD_DEFAULTS``), else the fields'."""
-        defaults = METHOD_DEFAULTS.get(method or "", {})
+        options ``extra`` leaves out take that method's defaults (``METHOD_DEFAULTS``, and at ``wbits`` 4
+        ``W4_METHOD_DEFAULTS``), else the fields'."""
+        defaults = {**METHOD_DEFAULTS.get(method or "", {}),
+                    **(W4_METHOD_DEFAULTS.get(method or "", {}) if wbits == 4 else {})}
         if extra is None:
             return cls(**defaults)
         if not isinstance(extra, dict):
@@ -320,7 +333,7 @@ class CalibrationSettings:
     @property
     def options(self) -> ExtraOptions:
         """The typed method options (``extra``, the method's defaults where it says nothing)."""
-        return ExtraOptions.parse(self.extra, self.method)
+        return ExtraOptions.parse(self.extra, self.method, self.wbits)
 
     @property
     def quantized(self) -> bool:

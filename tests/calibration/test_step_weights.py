@@ -104,3 +104,9 @@ def test_tfmq_defaults_apply_only_where_the_settings_say_nothing_and_only_to_tfm
     assert (pinned.adaround_reg, pinned.output_correction) == (0.01, "none")
     qdiff = CalibrationSettings(method="qdiff", wbits=4, abits=8).options
     assert (qdiff.adaround_reg, qdiff.output_correction) == (0.01, "none")
+    # at 4-bit weights tfmq also keeps the shortcut and downsample convs at 8-bit weights ...
+    assert tfmq.w8_classes == ("shortcuts", "downsamplers")
+    assert qdiff.w8_classes == ()
+    # ... not at 8 bits, and a recipe's own list (even an empty one) wins
+    assert CalibrationSettings(method="tfmq", wbits=8, abits=8).options.w8_classes == ()
+    assert CalibrationSettings(method="tfmq", wbits=4, abits=8, extra={"w8_classes": []}).options.w8_classes == ()
