@@ -70,7 +70,7 @@ SCHEDULER_NAMES = ("ddim", "pndm", "euler", "dpm++")
 #: Reconstruction iterations per block when ``iters`` is 0 (no recipe; the digits recipes set 300, 375
 #: for digits-tfmq-w4a8). 1,000 at AdaRound rate 1e-2 beat 300 with no recipe on digits-text (docs/ANALYSIS.md,
 #: "Untuned defaults (shipped from d5353cd until stop 24)"); with tfmq's defaults (``METHOD_DEFAULTS``,
-#: ``W4_METHOD_DEFAULTS``) tfmq W4A8 lands at 0.29-0.33x of min-max's paired MSE there (1,000 images per
+#: ``W4_METHOD_DEFAULTS``) tfmq W4A8 lands at 0.29-0.36x of min-max's paired MSE there (five seeds, 1,000 images per
 #: seed, "Untuned defaults on 1,000 images per seed").
 DEFAULT_ITERS = 1000
 #: ``extra.keep_fp``: classes of layers kept float (the TFMQ-DM authors keep the 1x1 shortcut convs
