@@ -38,9 +38,9 @@ from tfmq_export.device import (
 from tfmq_export.distributed import check_agreement, rank, run_on_writer, world_size
 from tfmq_export.errors import TfmqError
 from tfmq_export.models.loading import LoadedModel
-from tfmq_export.quant.modules import QuantLayer, install_step_factor_quantizers
+from tfmq_export.quant.modules import QuantLayer
 from tfmq_export.quant.simulate import quantize_model
-from tfmq_export.quant.state import artifact_tensors
+from tfmq_export.quant.state import artifact_tensors, install_step_factors
 from tfmq_export.sampling import resolve_scheduler_name, sampler_timesteps
 from tfmq_export.temporal import TemporalTableUNet, build_table_unet
 
@@ -157,8 +157,7 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
                 correction_started = time.perf_counter()
                 offload.attach(fp_sim)  # --offload: the reference's blocks visit the device again
                 # measured on the grids the artifact deploys: tfmq's per-step factors (step_factors) included
-                if install_step_factor_quantizers(layers, result.tensors):
-                    sim.declares_steps = True
+                install_step_factors(sim, layers, result.tensors)
                 result.tensors[OUTPUT_CORRECTION_KEY] = measure_output_correction(
                     sim, fp_sim, data, options.output_correction, options.act_samples_per_step, settings.seed,
                     settings.batch_size)

@@ -116,11 +116,19 @@ def simulation_from_artifact(
         if scale is not None:
             layer.register_forward_hook(output_quantize_hook(scale))
     install_split_quantizers(layers, artifact.tensors)  # qdiff's split skip inputs (none otherwise)
-    if install_step_factor_quantizers(layers, artifact.tensors):  # tfmq's per-step factors
-        sim.declares_steps = True
+    install_step_factors(sim, layers, artifact.tensors)  # tfmq's per-step factors (none otherwise)
     if attention == "int8":
         install_attention_quantizers(sim.unet, attention_sites(sim.unet, artifact))
     return sim.eval()
 
 
-__all__ = ["artifact_tensors", "conv_output_scale", "load_layer_state", "simulation_from_artifact", "temporal_tables"]
+def install_step_factors(sim: TemporalTableUNet, layers: dict[str, QuantLayer],
+                         tensors: dict[str, torch.Tensor]) -> None:
+    """Give the layers with ``{name}.input_step_factor`` in ``tensors`` their per-step quantizers, and make
+    ``sim`` declare each call's steps to them (they refuse to run otherwise): the two go together."""
+    if install_step_factor_quantizers(layers, tensors):
+        sim.declares_steps = True
+
+
+__all__ = ["artifact_tensors", "conv_output_scale", "install_step_factors", "load_layer_state",
+           "simulation_from_artifact", "temporal_tables"]
