@@ -58,8 +58,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["BITS", "PEERS", "code_hash", "mse_ratios", "paired_mse", "parse_assignment", "parse_variant",
-           "per_image_mse", "variant_overrides"]
+__all__ = ["BITS", "PEERS", "code_hash", "image_mse", "mse_ratios", "paired_mse", "parse_assignment",
+           "parse_variant", "per_image_mse", "variant_overrides"]
 
 #: bits name -> (wbits, abits)
 BITS = {"w4a8": (4, 8), "w8a8": (8, 8), "w4a16": (4, 16)}
@@ -113,25 +113,27 @@ def variant_overrides(base: str, mods: dict[str, Any], setting_keys: tuple[str, 
     return out
 
 
-def paired_mse(images: np.ndarray, reference: np.ndarray, clip: tuple[float, float]) -> float:
-    """Mean squared pixel error between images drawn from the same noise (both clipped to ``clip``)."""
-    if images.shape != reference.shape:
-        raise ValueError(f"shapes differ: {images.shape} vs {reference.shape}")
-    a, b = (np.clip(x.astype(np.float64), *clip) for x in (images, reference))
-    return float(np.mean((a - b) ** 2))
-
-
-def per_image_mse(images: np.ndarray, reference: np.ndarray, clip: tuple[float, float]) -> dict[str, float]:
-    """How the paired MSE is made up over images: the median image's MSE and the share of the total that the
-    worst 1% of images carry (at least one image). Why: a few images whose digit changes shape can carry
-    most of a mean over 100 images; the median says what a typical image sees."""
+def image_mse(images: np.ndarray, reference: np.ndarray, clip: tuple[float, float]) -> np.ndarray:
+    """Each image's mean squared pixel error against the image drawn from the same noise (both clipped to ``clip``)."""
     if images.shape != reference.shape or len(images) == 0:
         raise ValueError(f"shapes differ or empty: {images.shape} vs {reference.shape}")
     a, b = (np.clip(x.astype(np.float64), *clip) for x in (images, reference))
-    per = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
-    worst = np.sort(per)[::-1][: max(1, len(per) // 100)]
-    total = float(per.sum())
-    return {"mse_median": float(np.median(per)), "mse_worst1pct_share": float(worst.sum() / total) if total else 0.0}
+    return ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
+
+
+def paired_mse(images: np.ndarray, reference: np.ndarray, clip: tuple[float, float]) -> float:
+    """Mean squared pixel error between images drawn from the same noise (both clipped to ``clip``)."""
+    return float(image_mse(images, reference, clip).mean())
+
+
+def per_image_mse(per_image: np.ndarray) -> dict[str, float]:
+    """How the paired MSE (``image_mse``'s values) is made up over images: the median image's MSE and the share
+    of the total that the worst 1% of images carry (at least one image). Why: a few images whose digit changes
+    shape can carry most of a mean over 100 images; the median says what a typical image sees."""
+    worst = np.sort(per_image)[::-1][: max(1, len(per_image) // 100)]
+    total = float(per_image.sum())
+    return {"mse_median": float(np.median(per_image)),
+            "mse_worst1pct_share": float(worst.sum() / total) if total else 0.0}
 
 
 def mse_ratios(rows: dict[str, dict[str, Any]], bits: str = "w4a8") -> dict[str, float | None]:
@@ -374,11 +376,12 @@ def metrics(bench: Bench, images: np.ndarray, reference: np.ndarray) -> dict[str
     from tfmq_export.metrics.prompt_accuracy import pipeline_to_digits, prompt_accuracy
 
     clip = (0.0, 1.0) if bench.text else (-1.0, 1.0)
-    mse = paired_mse(images, reference, clip)
+    per_image = image_mse(images, reference, clip)
+    mse = float(per_image.mean())
     grey, grey_ref = (pipeline_to_digits(np.clip(x, 0, 1)) if bench.text else np.clip(x, -1, 1)
                       for x in (images, reference))
     row: dict[str, Any] = {"mse": mse, "rmse": mse ** 0.5, "rmse_digits": paired_mse(grey, grey_ref, (-1, 1)) ** 0.5,
-                           **per_image_mse(images, reference, clip)}
+                           **per_image_mse(per_image)}
     feats = [feature_statistics(digits_features(x)) for x in (grey, grey_ref)]
     row["paired_fid"] = frechet_distance(*feats[0], *feats[1]) if len(images) > 1 else None
     row["fid"] = digits_fid(grey) if len(images) > 1 else None

@@ -51,11 +51,11 @@ def test_per_image_mse_separates_one_changed_image_from_a_spread_error():
     ref = np.zeros((200, 4, 4, 3))
     img = np.full_like(ref, 0.1)
     img[7] = 1.0  # the one image whose digit changed shape
-    stats = bench.per_image_mse(img, ref, (0.0, 1.0))
+    stats = bench.per_image_mse(bench.image_mse(img, ref, (0.0, 1.0)))
     assert stats["mse_median"] == pytest.approx(0.01)
     # worst 1% = two images: 1.0 + 0.01 of a total 1.0 + 199 * 0.01
     assert stats["mse_worst1pct_share"] == pytest.approx(1.01 / 2.99)
-    even = bench.per_image_mse(np.full_like(ref, 0.1), ref, (0.0, 1.0))
+    even = bench.per_image_mse(bench.image_mse(np.full_like(ref, 0.1), ref, (0.0, 1.0)))
     assert even["mse_worst1pct_share"] == pytest.approx(0.01)
     with pytest.raises(ValueError):
-        bench.per_image_mse(img[:3], ref, (0.0, 1.0))
+        bench.image_mse(img[:3], ref, (0.0, 1.0))
