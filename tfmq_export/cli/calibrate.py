@@ -121,7 +121,7 @@ def calibrate(model, out_dir, method, wbits, abits, steps, num_samples, iters, s
 
         resolved = settings_from(load_recipe(recipe) if recipe is not None else None, overrides)
         click.echo(f"settings: {resolved.record()}", err=True)
-        # the options the method runs with, its own defaults filled in (config.METHOD_DEFAULTS)
+        # the options the method runs with, its own defaults filled in (config.METHOD_DEFAULTS, W4_METHOD_DEFAULTS)
         click.echo(f"method options: {vars(resolved.options)}", err=True)
     artifact = calibrate_model(model, out_dir, overrides, recipe=recipe, conditions=conditions, prompts=prompts,
                                progress=not quiet, device=device, cache_budget_gb=cache_budget,
