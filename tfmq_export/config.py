@@ -128,9 +128,9 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 #: what ``--method tfmq`` also uses at 4-bit weights where nothing sets them: the 1x1 shortcut convs and the
 #: downsample convs keep 8-bit weights (the TFMQ-DM authors' code keeps them float; 8 bits cost 4-8% more
 #: weight bytes than all-4-bit where float costs 30-58%, benchmarks/layer_class_bytes.py, and every layer
-#: stays an INT8 kernel). With no recipe, on 1,000 images per seed, this took tfmq W4A8 from 0.96e-3 to 0.80e-3 mean paired MSE on
-#: digits-text and lowered the median image's error on every seed of both models (docs/ANALYSIS.md,
-#: "Untuned defaults on 1,000 images per seed"). At 8-bit weights there is nothing to raise.
+#: stays an INT8 kernel). With no recipe, on 1,000 images per seed, this took tfmq W4A8 from 0.96e-3 to
+#: 0.80e-3 mean paired MSE on digits-text and lowered the median image's error on every seed of both models
+#: (docs/ANALYSIS.md, "Untuned defaults on 1,000 images per seed"). At 8-bit weights there is nothing to raise.
 W4_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "tfmq": {"w8_classes": ("shortcuts", "downsamplers")},
 }
