@@ -155,7 +155,10 @@ class ExtraOptions:
     loss, gain_i = how far the sampler's step carries an output error into the next latent;
     0 = every input alike; ``calibration.step_weights``), ``output_correction`` (``OUTPUT_CORRECTIONS``:
     subtract the quantized output's mean error per step, per channel or per output element, measured
-    on the calibration inputs; ``calibration.output_correction``; every method).
+    on the calibration inputs; ``calibration.output_correction``; every method), ``guided_loss``
+    (0 to 1: with classifier-free guidance, the weight of the guided output's error in the block loss,
+    ``(1 - w) * plain + w * guided``; each minibatch holds both halves of its latents and the guided
+    error ``(1 - s) e_uncond + s e_cond`` is divided by ``(1 - s)^2 + s^2``; ``calibration.reconstruction``).
     qdiff: ``act_iters`` (activation-scale iterations per block; default iters // 4, the ratio of
     Q-Diffusion's 5,000 to 20,000), ``act_lr`` (4e-5, BRECQ's LSQ rate), ``split_skip`` (two
     scales for concatenated skip inputs).
@@ -188,6 +191,7 @@ class ExtraOptions:
     adaround_warmup: float = 0.2
     step_weighting: float = 0.0
     output_correction: str = "none"
+    guided_loss: float = 0.0
     act_iters: int | None = None
     act_lr: float = 4e-5
     split_skip: bool = True
@@ -230,6 +234,8 @@ class ExtraOptions:
                 _need_choice(f"calibration option {key}", value, choices)
                 continue
             _check_option(key, value, types[key], key in cls._POSITIVE)
+        if extra.get("guided_loss", 0) > 1:
+            raise TfmqError(f"calibration option guided_loss is a weight from 0 to 1, got {extra['guided_loss']!r}")
         if extra.get("qdrop", 0) > 1:
             raise TfmqError(f"calibration option qdrop is a probability (0 to 1), got {extra['qdrop']!r}")
         if extra.get("adaround_warmup", 0) >= 1:

@@ -382,14 +382,15 @@ class TargetCache:
 
 def subset(data: CalibrationData, index: torch.Tensor) -> CalibrationData:
     """The calibration inputs at ``index`` (any order)."""
-    return CalibrationData(
-        data.samples[index], data.step_index[index],
-        None if data.conditions is None else data.conditions[index], data.timesteps,
-    )
+    return data.select(index)
 
 
-def uniform_subset(data: CalibrationData, total: int, seed: int) -> CalibrationData:
-    """About ``total`` inputs, the same number from every step (``total`` 0 = everything)."""
+def uniform_subset(data: CalibrationData, total: int, seed: int, pairs: bool = False) -> CalibrationData:
+    """About ``total`` inputs, the same number from every step (``total`` 0 = everything); ``pairs``:
+    whole guidance pairs (``CalibrationData.per_step_pairs``) where the data has them."""
     if total <= 0 or total >= len(data):
         return data
-    return data.per_step_subset(max(1, math.ceil(total / len(data.timesteps))), seed)
+    per_step = max(1, math.ceil(total / len(data.timesteps)))
+    if pairs and data.paired:
+        return data.per_step_pairs(per_step, seed)
+    return data.per_step_subset(per_step, seed)

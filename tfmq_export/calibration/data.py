@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -20,20 +21,42 @@ from tfmq_export.sampling import Denoiser, cycle_conditions, ddim_sample, initia
 
 @dataclass
 class CalibrationData:
-    """Every UNet input of the calibration trajectories, step-major within each batch."""
+    """Every UNet input of the calibration trajectories, step-major within each batch.
+
+    Guided data (``calibration.guided_data``) also names the two guidance halves of every UNet call:
+    ``pair_id`` is shared by an unconditional input and the conditional input of the same latent and
+    step (-1: unpaired), ``cond_half`` tells them apart. The guided reconstruction loss
+    (``guided_loss``) needs both halves of a pair in one minibatch; nothing else reads them.
+    """
 
     samples: torch.Tensor  # [N, C, H, W] x_t
     step_index: torch.Tensor  # [N] int64 table rows
     conditions: torch.Tensor | None  # [N, S, D] or None
     timesteps: list[int]
+    pair_id: torch.Tensor | None = None  # [N] int64, guided data only
+    cond_half: torch.Tensor | None = None  # [N] bool, guided data only
 
     def __len__(self) -> int:
         return self.samples.shape[0]
 
+    @property
+    def paired(self) -> bool:
+        return self.pair_id is not None and bool((self.pair_id >= 0).any())
+
+    def select(self, index: torch.Tensor) -> CalibrationData:
+        """The inputs at ``index`` (any order), guidance pairs kept as they are."""
+        return CalibrationData(
+            self.samples[index], self.step_index[index],
+            None if self.conditions is None else self.conditions[index], self.timesteps,
+            None if self.pair_id is None else self.pair_id[index.to(self.pair_id.device)],
+            None if self.cond_half is None else self.cond_half[index.to(self.cond_half.device)],
+        )
+
     def to(self, device: torch.device | str) -> CalibrationData:
         """The same inputs on ``device`` (where the methods cache and index them, ``--device``)."""
         return CalibrationData(self.samples.to(device), self.step_index.to(device),
-                               None if self.conditions is None else self.conditions.to(device), self.timesteps)
+                               None if self.conditions is None else self.conditions.to(device), self.timesteps,
+                               self.pair_id, self.cond_half)
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
         """Yield (samples, step_index, conditions) minibatches, shuffled when a generator is given."""
@@ -50,13 +73,37 @@ class CalibrationData:
         for row in range(len(self.timesteps)):
             idx = (self.step_index == row).nonzero().flatten()
             keep.append(idx[torch.randperm(idx.numel(), generator=generator)[:per_step]])
-        index = torch.cat(keep)
-        return CalibrationData(
-            self.samples[index],
-            self.step_index[index],
-            None if self.conditions is None else self.conditions[index],
-            self.timesteps,
-        )
+        return self.select(torch.cat(keep))
+
+    def pair_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unconditional, conditional) positions of every complete guidance pair, by pair id."""
+        if self.pair_id is None or self.cond_half is None:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return empty, empty
+        ids = self.pair_id.cpu()
+        half = self.cond_half.cpu()
+        positions = torch.arange(len(ids))
+        uncond = positions[(ids >= 0) & ~half]
+        cond = positions[(ids >= 0) & half]
+        uncond = uncond[torch.argsort(ids[uncond])]
+        cond = cond[torch.argsort(ids[cond])]
+        common = torch.from_numpy(np.intersect1d(ids[uncond].numpy(), ids[cond].numpy()))
+        uncond = uncond[torch.isin(ids[uncond], common)]
+        cond = cond[torch.isin(ids[cond], common)]
+        return uncond, cond
+
+    def per_step_pairs(self, per_step: int, seed: int = 0) -> CalibrationData:
+        """At most ``per_step`` inputs of every step taken as whole guidance pairs (``per_step // 2``
+        pairs a step), so the guided loss sees both halves of each kept latent."""
+        generator = torch.Generator().manual_seed(seed)
+        uncond, cond = self.pair_index()
+        rows = self.step_index.cpu()[uncond]
+        keep = []
+        for row in range(len(self.timesteps)):
+            idx = (rows == row).nonzero().flatten()
+            chosen = idx[torch.randperm(idx.numel(), generator=generator)[: max(1, per_step // 2)]]
+            keep.append(torch.stack([uncond[chosen], cond[chosen]], dim=1).flatten())
+        return self.select(torch.cat(keep))
 
 
 def collect_calibration_data(

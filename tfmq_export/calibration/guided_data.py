@@ -43,10 +43,17 @@ def collect_guided_data(
     xs: list[torch.Tensor] = []
     rows: list[torch.Tensor] = []
     conds: list[torch.Tensor] = []
+    pair_ids: list[torch.Tensor] = []
+    cond_halves: list[torch.Tensor] = []
 
     def keep(row: int, x: torch.Tensor, feed: dict[str, torch.Tensor]) -> None:
         xs.append(x.clone())
         rows.append(torch.full((x.shape[0],), row, dtype=torch.int64))
+        # both halves of one latent share a pair id (unconditional half first, guided_sample's order)
+        first = sum(len(p) for p in pair_ids) // 2
+        half = x.shape[0] // 2 if conditions.do_cfg else 0
+        pair_ids.append(torch.arange(first, first + half).repeat(2) if half else torch.full((x.shape[0],), -1))
+        cond_halves.append(torch.arange(x.shape[0]) >= half)
         if INPUT_TEXT_EMBEDS in feed:  # SDXL: one condition tensor per sample, unpacked by the table UNet
             conds.append(pack_added_conditions(feed[INPUT_CONDITIONS], feed[INPUT_TEXT_EMBEDS], feed[INPUT_TIME_IDS]))
         else:
@@ -58,7 +65,8 @@ def collect_guided_data(
         scheduler = new_scheduler()
         row_of = scheduler_rows(timesteps, scheduler)
         guided_sample(denoise, scheduler, chunk, conditions.cycled(start, chunk.shape[0]), row_of, keep)
-    return CalibrationData(torch.cat(xs), torch.cat(rows), torch.cat(conds), list(timesteps))
+    return CalibrationData(torch.cat(xs), torch.cat(rows), torch.cat(conds), list(timesteps),
+                           torch.cat(pair_ids), torch.cat(cond_halves))
 
 
 def guided_calibration_data(fp_sim: Any, model: Any, timesteps: Sequence[int], settings: Any,

@@ -86,8 +86,9 @@ def reduce_histograms(hists: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return hists
 
 
-def minibatch_share(index: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """This rank's contiguous part of a global minibatch ``index`` and the weight of its loss.
+def minibatch_share(index: torch.Tensor, group: int = 1) -> tuple[torch.Tensor, float]:
+    """This rank's contiguous part of a global minibatch ``index`` and the weight of its loss;
+    ``group`` consecutive entries stay on one rank (2: the guidance pairs of the guided loss).
 
     With the loss a mean over samples (``lp_loss``), rank r's loss on n_r of the n samples times
     ``world * n_r / n`` has gradients whose mean over the ranks is the full minibatch's gradient.
@@ -96,7 +97,7 @@ def minibatch_share(index: torch.Tensor) -> tuple[torch.Tensor, float]:
     world = distributed.world_size()
     if world == 1:
         return index, 1.0
-    part = torch.tensor_split(index, world)[distributed.rank()]
+    part = torch.tensor_split(index.reshape(-1, group), world)[distributed.rank()].flatten()
     if part.numel() == 0:
-        return index[:1], 0.0
+        return index[:group], 0.0
     return part, world * part.numel() / index.numel()

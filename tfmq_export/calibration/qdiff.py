@@ -207,7 +207,7 @@ def run(
         calibrate_activations(sim, all_layers, data, options.capture_batch_size, settings.static_scale_rule,
                               options.act_samples_per_step, options.seed, progress)
         if options.lsq_iters > 0:
-            recon_data = uniform_subset(data, options.recon_samples, options.seed)
+            recon_data = uniform_subset(data, options.recon_samples, options.seed, pairs=options.guided)
             act_results = reconstruct_blocks(sim, fp_ref, blocks, all_layers, recon_data, options, Stage.ACT,
                                              options.lsq_iters, checkpoint, progress)
     act_seconds = time.perf_counter() - act_started

@@ -105,6 +105,7 @@ class ReconstructionOptions(ExtraOptions):
     static_scale_rule: str = "max"
     adaround: AdaRoundSettings = field(default_factory=AdaRoundSettings)
     step_weights: tuple[float, ...] = ()  # loss weight of each table row (``step_weighting``); () = alike
+    guidance_scale: float = 1.0  # the calibration's classifier-free guidance scale (``guided_loss``)
 
     @classmethod
     def from_settings(cls, settings: CalibrationSettings, scheduler_config: dict[str, Any] | None = None,
@@ -121,7 +122,7 @@ class ReconstructionOptions(ExtraOptions):
                 raise TfmqError("step_weighting needs the model's scheduler config and the sampler's timesteps")
             weights = step_loss_weights(scheduler_config, timesteps, extra.step_weighting)
         return cls(iters=iters, seed=settings.seed, capture_batch_size=settings.batch_size, step_weights=weights,
-                   static_scale_rule=settings.static_scale_rule,
+                   static_scale_rule=settings.static_scale_rule, guidance_scale=settings.guidance_scale or 1.0,
                    adaround=AdaRoundSettings(lr=lr, reg_weight=extra.adaround_reg, warmup=extra.adaround_warmup),
                    **asdict(extra))
 
@@ -130,6 +131,11 @@ class ReconstructionOptions(ExtraOptions):
         if self.adaround_lr is not None:
             return self.adaround
         return replace(self.adaround, lr=default_adaround_lr(iters))
+
+    @property
+    def guided(self) -> bool:
+        """Whether the block loss weighs the guided output's error (``guided_loss`` with guidance)."""
+        return self.guided_loss > 0 and self.guidance_scale > 1
 
     @property
     def lsq_iters(self) -> int:
@@ -253,6 +259,34 @@ def restore_unit(tensors: dict[str, torch.Tensor], layers: dict[str, QuantLayer]
             raise TfmqError(f"checkpoint holds an unknown tensor {key}")
 
 
+def guided_lp_loss(pred: torch.Tensor, target: torch.Tensor, scale: float, weight: float,
+                   sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Block loss over guidance pairs (rows 2k / 2k + 1: the unconditional / conditional half of one
+    latent): ``(1 - weight) * lp_loss + weight * guided``, where guided is the squared error of
+    ``(1 - s) e_u + s e_c`` (what classifier-free guidance makes of the two errors) over
+    ``(1 - s)^2 + s^2``, its gain for independent errors, so that the regulariser keeps its balance.
+
+    Why: the halves' quantization errors are only partly correlated, so guidance multiplies their
+    difference by s; at s = 7.5 that difference was about all of the guided error on digits-text
+    (docs/ANALYSIS.md), while the plain loss weighs it like any other error."""
+    plain = lp_loss(pred, target, sample_weights)
+    err = (pred - target).reshape(pred.shape[0] // 2, 2, -1)
+    guided = ((1.0 - scale) * err[:, 0] + scale * err[:, 1]).pow(2).sum(dim=1) / ((1.0 - scale) ** 2 + scale**2)
+    if sample_weights is not None:  # both halves share a step, hence a weight
+        guided = guided * sample_weights.reshape(-1, 2)[:, 0]
+    return (1.0 - weight) * plain + weight * guided.mean()
+
+
+def _pair_order(data: CalibrationData, generator: torch.Generator) -> torch.Tensor:
+    """The inputs in a random order of whole guidance pairs (unconditional, conditional, ...)."""
+    uncond, cond = data.pair_index()
+    if len(uncond) * 2 != len(data):
+        raise TfmqError("guided_loss needs every calibration input in a guidance pair (guided data, "
+                        "whole pairs: recon_samples keeps them)")
+    perm = torch.randperm(len(uncond), generator=generator)
+    return torch.stack([uncond[perm], cond[perm]], dim=1).flatten()
+
+
 def _chunk_size(sim: TemporalTableUNet, fp_ref: TemporalTableUNet, block: Block, data: CalibrationData,
                 order: torch.Tensor, options: ReconstructionOptions) -> int:
     """Inputs per cached chunk: as many as ``cache_mb`` holds (inputs + targets), at least a minibatch."""
@@ -292,9 +326,11 @@ def reconstruct_block(
         if bar is not None and (it % 50 == 0 or it == iters - 1):
             bar.set_postfix(block=block.name, loss=f"{loss:.4g}", refresh=False)
 
-    # 1. chunks of the data that fit the cache
-    order = torch.randperm(len(data), generator=generator)
+    # 1. chunks of the data that fit the cache (whole guidance pairs with the guided loss)
+    guided = options.guided and data.paired
+    order = _pair_order(data, generator) if guided else torch.randperm(len(data), generator=generator)
     chunk = _chunk_size(sim, fp_ref, block, data, order, options)
+    chunk += chunk % 2 if guided else 0
     starts = list(range(0, len(data), chunk))
     all_targets = target_cache.get(block.name) if target_cache is not None else None
     before = after = float("nan")
@@ -312,6 +348,7 @@ def reconstruct_block(
         capture_seconds += time.perf_counter() - capture_started
         stop = iters * (c + 1) // len(starts)
         batch = min(options.recon_batch_size, len(part))
+        batch -= batch % 2 if guided else 0
         probe_index = torch.arange(batch)
         if c == 0:
             before = _eval_loss(module, inputs, targets, probe_index, adas)
@@ -324,9 +361,16 @@ def reconstruct_block(
         def batch_loss(inputs: CapturedCalls = inputs, targets: torch.Tensor = targets, size: int = len(part),
                        batch: int = batch, step_weights: torch.Tensor | None = step_weights) -> torch.Tensor:
             # several ranks: this rank's share of the same global minibatch (calibration.parallel)
-            index, weight = minibatch_share(torch.randperm(size, generator=generator)[:batch])
+            if guided:  # whole pairs: positions 2k, 2k + 1 of the chunk
+                pairs = torch.randperm(size // 2, generator=generator)[: batch // 2]
+                index, weight = minibatch_share(torch.stack([2 * pairs, 2 * pairs + 1], dim=1).flatten(), 2)
+            else:
+                index, weight = minibatch_share(torch.randperm(size, generator=generator)[:batch])
             args, kwargs = inputs.select(index)
             sample_weights = None if step_weights is None else step_weights[index]
+            if guided:
+                return weight * guided_lp_loss(module(*args, **kwargs), targets[index], options.guidance_scale,
+                                               options.guided_loss, sample_weights)
             return weight * lp_loss(module(*args, **kwargs), targets[index], sample_weights)
 
         optimise(batch_loss, optimizer, adas, schedule, it, stop, block.name, on_step)
@@ -403,7 +447,7 @@ def weights_stage(
     """AdaRound every block, activation quantization on or off as ``options.recon_act_quant`` says.
     Returns the results and the wall time."""
     started = time.perf_counter()
-    recon_data = uniform_subset(data, options.recon_samples, options.seed)
+    recon_data = uniform_subset(data, options.recon_samples, options.seed, pairs=options.guided)
     if options.recon_act_quant:
         calibrate_activations(sim, layers, data, options.capture_batch_size, "max", options.act_samples_per_step,
                               options.seed, progress)

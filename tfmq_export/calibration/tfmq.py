@@ -263,7 +263,7 @@ def run(
     act_seconds = time.perf_counter() - act_started
     if joint:
         started_joint = time.perf_counter()
-        recon_data = uniform_subset(data, options.recon_samples, options.seed)
+        recon_data = uniform_subset(data, options.recon_samples, options.seed, pairs=options.guided)
         weight_results = reconstruct_blocks(sim, fp_ref, blocks, layers, recon_data, options, Stage.JOINT,
                                             options.iters, checkpoint, progress)
         weight_seconds = time.perf_counter() - started_joint
