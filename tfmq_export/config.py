@@ -158,7 +158,9 @@ class ExtraOptions:
     on the calibration inputs; ``calibration.output_correction``; every method), ``guided_loss``
     (0 to 1: with classifier-free guidance, the weight of the guided output's error in the block loss,
     ``(1 - w) * plain + w * guided``; each minibatch holds both halves of its latents and the guided
-    error ``(1 - s) e_uncond + s e_cond`` is divided by ``(1 - s)^2 + s^2``; ``calibration.reconstruction``).
+    error ``(1 - s) e_uncond + s e_cond`` is divided by ``(1 - s)^2 + s^2``; ``calibration.reconstruction``),
+    ``guided_correction`` (with guidance: ``output_correction`` measures the guided error's mean, the
+    error the sampler steps with, not each half's; ``calibration.output_correction``).
     qdiff: ``act_iters`` (activation-scale iterations per block; default iters // 4, the ratio of
     Q-Diffusion's 5,000 to 20,000), ``act_lr`` (4e-5, BRECQ's LSQ rate), ``split_skip`` (two
     scales for concatenated skip inputs).
@@ -192,6 +194,7 @@ class ExtraOptions:
     step_weighting: float = 0.0
     output_correction: str = "none"
     guided_loss: float = 0.0
+    guided_correction: bool = False
     act_iters: int | None = None
     act_lr: float = 4e-5
     split_skip: bool = True

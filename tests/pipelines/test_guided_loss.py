@@ -109,6 +109,8 @@ def test_the_guided_loss_option_is_checked():
         ExtraOptions.parse({"guided_loss": 1.5})
     with pytest.raises(TfmqError, match="guided_loss must be a non-negative number"):
         ExtraOptions.parse({"guided_loss": -1})
+    with pytest.raises(TfmqError, match="guided_correction must be true or false"):
+        ExtraOptions.parse({"guided_correction": 1})
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -133,3 +135,29 @@ def test_the_guided_loss_changes_the_rounding_only_where_guidance_runs(sd_pipeli
 
     assert same(weights(1.0, 0.0), weights(1.0, 1.0))  # no guidance: no pairs, the option is inert
     assert not same(weights(4.0, 0.0), weights(4.0, 1.0))
+
+
+def test_the_guided_correction_is_the_guided_outputs_mean_error():
+    from tfmq_export.calibration.output_correction import measure_output_correction
+
+    steps, pairs, scale = 3, 8, 5.0
+    data = _toy_pairs(steps, pairs)
+    data.conditions = data.cond_half.float().reshape(-1, 1, 1)  # 0: unconditional half, 1: conditional
+    offset = torch.randn(steps, 1, 2, 2, generator=torch.Generator().manual_seed(4))  # both halves, per step
+    split = 0.3 * torch.randn(steps, 1, 2, 2, generator=torch.Generator().manual_seed(5))  # conditional only
+
+    def fp(x, step, cond):
+        return x.clone()
+
+    def quantized(x, step, cond):  # a fixed error per step, plus noise, plus more on the conditional half
+        noise = 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(int(x.sum() * 1e3) % 997))
+        return x + offset[step] + cond.reshape(-1, 1, 1, 1) * split[step] + noise
+
+    plain = measure_output_correction(quantized, fp, data, "pixel", batch_size=6)
+    guided = measure_output_correction(quantized, fp, data, "pixel", batch_size=6, guidance_scale=scale)
+    torch.testing.assert_close(plain, offset + 0.5 * split, atol=2e-3, rtol=0)  # the halves' mean
+    # guidance steps with (1 - s) e_u + s e_c = offset + s * split: the correction that cancels it
+    torch.testing.assert_close(guided, offset + scale * split, atol=1e-2, rtol=0)
+    unpaired = CalibrationData(data.samples, data.step_index, data.conditions, data.timesteps)
+    torch.testing.assert_close(measure_output_correction(quantized, fp, unpaired, "pixel", batch_size=6,
+                                                         guidance_scale=scale), plain)

@@ -14,6 +14,12 @@ mean is larger than its own sampling noise (squared norm above ``GATE`` x trace(
 noisy estimate subtracted adds its noise to every output of that step; the other rows stay zero.
 Measured on the calibration inputs (the FP trajectories), as many per step as
 ``act_samples_per_step`` says (0 = all).
+
+``guidance_scale`` s > 1 with guided data (``extra.guided_correction``): the mean is taken of the guided
+error ``(1 - s) e_u + s e_c`` of each pair of halves instead of each half's error. One correction c is
+subtracted from both halves, so the guided noise moves by exactly -c: this c is the guided output's own
+mean error at the calibrated scale, where the halves' mean (the plain correction) misses s times the
+halves' mean difference.
 """
 
 from __future__ import annotations
@@ -35,19 +41,23 @@ GATE = 4.0
 
 @torch.no_grad()
 def measure_output_correction(sim: TemporalTableUNet, fp: TemporalTableUNet, data: CalibrationData, kind: str,
-                              per_step: int = 0, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+                              per_step: int = 0, seed: int = 0, batch_size: int = 64,
+                              guidance_scale: float = 1.0) -> torch.Tensor:
     """Mean of sim - fp per table row over ``data`` (``per_step`` inputs of every step, 0 = all),
-    per output element (``pixel``) or channel (``channel``); rows within their own noise are zero."""
+    per output element (``pixel``) or channel (``channel``); rows within their own noise are zero.
+    ``guidance_scale`` > 1 on guided data: the mean of the guided error (module docstring)."""
     if kind not in OUTPUT_CORRECTIONS or kind == "none":
         raise TfmqError(f"output_correction {kind!r}: choose channel or pixel")
-    subset = data.per_step_subset(per_step, seed) if per_step else data
+    guided = guidance_scale > 1 and data.paired
+    if guided:
+        subset = data.per_step_pairs(per_step, seed) if per_step else data
+    else:
+        subset = data.per_step_subset(per_step, seed) if per_step else data
     steps = len(data.timesteps)
     total: torch.Tensor | None = None
     squares: torch.Tensor | None = None
     counts = torch.zeros(steps, dtype=torch.float64)
-    for x, step, cond in subset.batches(batch_size):
-        args = (x, step) if cond is None else (x, step, cond)
-        error = (sim(*args) - fp(*args)).double().cpu()
+    for step, error in _errors(sim, fp, subset, batch_size, guidance_scale if guided else 1.0):
         if kind == "channel":
             error = error.mean(dim=tuple(range(2, error.dim())), keepdim=True)
         rows = step.cpu()
@@ -67,3 +77,19 @@ def measure_output_correction(sim: TemporalTableUNet, fp: TemporalTableUNet, dat
     noise = variance.flatten(1).sum(dim=1) / counts.clamp(min=1)
     keep = (signal > GATE * noise) & (counts > 1)
     return (mean * keep.view(shape)).float()
+
+
+def _errors(sim: TemporalTableUNet, fp: TemporalTableUNet, data: CalibrationData, batch_size: int, scale: float):
+    """(table rows, sim - fp) in batches; with ``scale`` > 1 one guided error per pair of halves."""
+    if scale <= 1:
+        for x, step, cond in data.batches(batch_size):
+            args = (x, step) if cond is None else (x, step, cond)
+            yield step, (sim(*args) - fp(*args)).double().cpu()
+        return
+    uncond, cond = data.pair_index()
+    for start in range(0, len(uncond), max(1, batch_size // 2)):
+        index = torch.cat([uncond[start : start + batch_size // 2], cond[start : start + batch_size // 2]])
+        part = data.select(index)
+        args = (part.samples, part.step_index, part.conditions)
+        e_u, e_c = (sim(*args) - fp(*args)).double().cpu().chunk(2)
+        yield part.step_index[: len(e_u)], (1.0 - scale) * e_u + scale * e_c

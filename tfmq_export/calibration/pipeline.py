@@ -160,7 +160,7 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
                 install_step_factors(sim, layers, result.tensors)
                 result.tensors[OUTPUT_CORRECTION_KEY] = measure_output_correction(
                     sim, fp_sim, data, options.output_correction, options.act_samples_per_step, settings.seed,
-                    settings.batch_size)
+                    settings.batch_size, (settings.guidance_scale or 1.0) if options.guided_correction else 1.0)
                 offload.detach(fp_sim)
                 result.timings["output_correction_seconds"] = time.perf_counter() - correction_started
     synchronize(device)
