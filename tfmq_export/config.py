@@ -216,6 +216,11 @@ class ExtraOptions:
     def keys(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
+    def record(self) -> dict[str, Any]:
+        """Every option as it resolved (the method's defaults included), as JSON stores it: an artifact
+        records this so a reused artifact is known to hold today's defaults, not only the given keys."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
     @classmethod
     def parse(cls, extra: dict[str, Any] | None, method: str | None = None, wbits: int | None = None) -> ExtraOptions:
         """Check every key and value of ``extra``; refuse unknown keys and wrong types. ``method``: the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -97,6 +98,14 @@ def test_evaluate_command_end_to_end(tmp_path, monkeypatch) -> None:
     with np.load(out / "samples" / "minmax-w8a8-seed0.npz") as a, \
             np.load(out / "samples" / "minmax-w8a8-cs1-seed0.npz") as b:
         assert not np.array_equal(a["images"], b["images"])  # another calibration seed, another calibration
+    # a default that changed since the artifact was made (the same recipe keys) means calibrating again
+    from tfmq_export import config
+    from tfmq_export.workflows.evaluate import reusable_artifact
+
+    wanted = asdict(recipe_settings("minmax", "w8a8", 0))
+    assert reusable_artifact(out / "calib" / "minmax-w8a8", wanted) is not None
+    monkeypatch.setitem(config.METHOD_DEFAULTS, "minmax", {"guided_loss": 0.5})  # a key the recipe leaves out
+    assert reusable_artifact(out / "calib" / "minmax-w8a8", wanted) is None
 
 
 def test_evaluate_refuses_bad_options(tmp_path) -> None:

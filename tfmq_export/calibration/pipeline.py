@@ -181,7 +181,7 @@ def _run(model: LoadedModel, settings: CalibrationSettings, out_dir: Path | None
         model_fingerprint=model.fingerprint(),
         layers=records,
         tensors=tensors,
-        settings={**settings.record(), "model_source": model.source, **plan.record()},
+        settings={**settings.record(), "options": options.record(), "model_source": model.source, **plan.record()},
         timings={"data_seconds": data_seconds, "calib_seconds": total_seconds, **result.timings,
                  **device_record(device), "ranks": float(world_size()), **memory},
         static_scale_rule=settings.static_scale_rule,

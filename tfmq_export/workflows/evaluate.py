@@ -21,7 +21,7 @@ import numpy as np
 from tfmq_export.artifact import CalibrationArtifact, load_artifact
 from tfmq_export.backends.base import open_runner
 from tfmq_export.calibration.pipeline import calibrate
-from tfmq_export.config import CalibrationSettings, load_recipe, recipe_names, settings_from
+from tfmq_export.config import CalibrationSettings, ExtraOptions, load_recipe, recipe_names, settings_from
 from tfmq_export.errors import TfmqError
 from tfmq_export.export.onnx_export import export_onnx
 from tfmq_export.images import save_grid
@@ -82,10 +82,15 @@ def recipe_settings(method: str, bits: str, calib_seed: int | None = None) -> Ca
 
 
 def reusable_artifact(folder: Path, wanted: dict[str, Any]) -> CalibrationArtifact | None:
-    """The finished artifact in ``folder`` if its settings hold every non-None value of ``wanted``, else None."""
+    """The finished artifact in ``folder`` if its settings hold every non-None value of ``wanted`` and its
+    method options resolved as ``wanted``'s resolve today (a default that changed since, or an artifact
+    that predates the record, means calibrating again), else None."""
     if not (folder / "artifact.json").is_file():
         return None
     existing = load_artifact(folder)
+    options = ExtraOptions.parse(wanted.get("extra"), wanted.get("method"), wanted.get("wbits")).record()
+    if existing.settings.get("options") != options:
+        return None
     return existing if all(existing.settings.get(k) == v for k, v in wanted.items() if v is not None) else None
 
 
