@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -121,9 +121,13 @@ def check_bits(wbits: Any, abits: Any) -> None:
 #: what ``--method tfmq`` uses where neither the command nor a recipe sets these ``extra`` options
 #: (other methods: the fields' defaults, the papers' values). Chosen with no recipe on two models
 #: (digits-text and digits, three calibration seeds each; docs/ANALYSIS.md, "Untuned defaults"):
-#: static activation scales, the rounding regulariser at 0.3 and the per-step output correction.
+#: static activation scales, the rounding regulariser at 0.3 and the per-step output correction. With
+#: classifier-free guidance (calibrate --prompts) also the guided loss and the guided correction (both inert
+#: without guidance): on digits-text they lowered the median image's error and the paired FID on every
+#: seed and left the mean paired MSE where it was (docs/ANALYSIS.md, "Guidance-aware reconstruction").
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tfmq": {"joint_act": False, "adaround_reg": 0.3, "output_correction": "pixel"},
+    "tfmq": {"joint_act": False, "adaround_reg": 0.3, "output_correction": "pixel", "guided_loss": 1.0,
+             "guided_correction": True},
 }
 #: what ``--method tfmq`` also uses at 4-bit weights where nothing sets them: the 1x1 shortcut convs and the
 #: downsample convs keep 8-bit weights (the TFMQ-DM authors' code keeps them float; 8 bits cost 4-8% more
@@ -216,10 +220,12 @@ class ExtraOptions:
     def keys(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
-    def record(self) -> dict[str, Any]:
+    def record(self, guidance_scale: float | None = None) -> dict[str, Any]:
         """Every option as it resolved (the method's defaults included), as JSON stores it: an artifact
-        records this so a reused artifact is known to hold today's defaults, not only the given keys."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+        records this so a reused artifact is known to hold today's defaults, not only the given keys.
+        Without guidance (``guidance_scale`` None or 1) the guided options cannot act and read as off."""
+        options = self if (guidance_scale or 1.0) > 1.0 else replace(self, guided_loss=0.0, guided_correction=False)
+        return {f.name: list(v) if isinstance(v := getattr(options, f.name), tuple) else v for f in fields(options)}
 
     @classmethod
     def parse(cls, extra: dict[str, Any] | None, method: str | None = None, wbits: int | None = None) -> ExtraOptions:

@@ -111,6 +111,10 @@ def test_the_guided_loss_option_is_checked():
         ExtraOptions.parse({"guided_loss": -1})
     with pytest.raises(TfmqError, match="guided_correction must be true or false"):
         ExtraOptions.parse({"guided_correction": 1})
+    # what an artifact records: without guidance the guided options cannot act and read as off
+    options = ExtraOptions.parse({"guided_loss": 1.0, "guided_correction": True})
+    assert options.record(7.5)["guided_loss"] == 1.0 and options.record(7.5)["guided_correction"] is True
+    assert options.record(None)["guided_loss"] == 0.0 and options.record(1.0)["guided_correction"] is False
 
 
 @pytest.mark.usefixtures("one_thread")

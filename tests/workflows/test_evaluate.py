@@ -104,7 +104,7 @@ def test_evaluate_command_end_to_end(tmp_path, monkeypatch) -> None:
 
     wanted = asdict(recipe_settings("minmax", "w8a8", 0))
     assert reusable_artifact(out / "calib" / "minmax-w8a8", wanted) is not None
-    monkeypatch.setitem(config.METHOD_DEFAULTS, "minmax", {"guided_loss": 0.5})  # a key the recipe leaves out
+    monkeypatch.setitem(config.METHOD_DEFAULTS, "minmax", {"adaround_warmup": 0.3})  # a key the recipe leaves out
     assert reusable_artifact(out / "calib" / "minmax-w8a8", wanted) is None
 
 

@@ -88,7 +88,8 @@ def reusable_artifact(folder: Path, wanted: dict[str, Any]) -> CalibrationArtifa
     if not (folder / "artifact.json").is_file():
         return None
     existing = load_artifact(folder)
-    options = ExtraOptions.parse(wanted.get("extra"), wanted.get("method"), wanted.get("wbits")).record()
+    options = ExtraOptions.parse(wanted.get("extra"), wanted.get("method"), wanted.get("wbits")).record(
+        wanted.get("guidance_scale"))
     if existing.settings.get("options") != options:
         return None
     return existing if all(existing.settings.get(k) == v for k, v in wanted.items() if v is not None) else None
