@@ -121,13 +121,12 @@ def check_bits(wbits: Any, abits: Any) -> None:
 #: what ``--method tfmq`` uses where neither the command nor a recipe sets these ``extra`` options
 #: (other methods: the fields' defaults, the papers' values). Chosen with no recipe on two models
 #: (digits-text and digits, three calibration seeds each; docs/ANALYSIS.md, "Untuned defaults"):
-#: static activation scales, the rounding regulariser at 0.3 and the per-step output correction. With
-#: classifier-free guidance (calibrate --prompts) also the guided loss and the guided correction (both inert
-#: without guidance): on digits-text they lowered the median image's error and the paired FID on every
-#: seed and left the mean paired MSE where it was (docs/ANALYSIS.md, "Guidance-aware reconstruction").
+#: static activation scales, the rounding regulariser at 0.3 and the per-step output correction. The guided
+#: loss and correction (``guided_loss``, ``guided_correction``) stay off: at guidance 7.5 on digits-text they
+#: lowered the median image's error and the paired FID on every seed but not the mean paired MSE, and at
+#: guidance 2 (``evaluate``) one seed of three came out worse (docs/ANALYSIS.md, "Guidance-aware reconstruction").
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tfmq": {"joint_act": False, "adaround_reg": 0.3, "output_correction": "pixel", "guided_loss": 1.0,
-             "guided_correction": True},
+    "tfmq": {"joint_act": False, "adaround_reg": 0.3, "output_correction": "pixel"},
 }
 #: what ``--method tfmq`` also uses at 4-bit weights where nothing sets them: the 1x1 shortcut convs and the
 #: downsample convs keep 8-bit weights (the TFMQ-DM authors' code keeps them float; 8 bits cost 4-8% more
