@@ -67,11 +67,8 @@ STEP_SCALE_RULES = ("max", "mse")
 TEMPORAL_TABLES = ("fp", "quantized")
 #: ``--scheduler`` names (their diffusers classes: ``sampling.SCHEDULERS``); None = the model's own.
 SCHEDULER_NAMES = ("ddim", "pndm", "euler", "dpm++")
-#: Reconstruction iterations per block when ``iters`` is 0 (no recipe; the digits recipes set 300, 375
-#: for digits-tfmq-w4a8). 1,000 at AdaRound rate 1e-2 beat 300 with no recipe on digits-text (docs/ANALYSIS.md,
-#: "Untuned defaults (shipped from d5353cd until stop 24)"); with tfmq's defaults (``METHOD_DEFAULTS``,
-#: ``W4_METHOD_DEFAULTS``) tfmq W4A8 lands at 0.29-0.36x of min-max's paired MSE there (five seeds, 1,000 images per
-#: seed, "Untuned defaults on 1,000 images per seed").
+#: Reconstruction iterations per block when ``iters`` is 0 (no recipe; the digits recipes set 300 / 375). 1,000 at
+#: AdaRound rate 1e-2 beat 300 with no recipe on digits-text (docs/ANALYSIS.md, "Untuned defaults").
 DEFAULT_ITERS = 1000
 #: ``extra.keep_fp``: classes of layers kept float (the TFMQ-DM authors keep the 1x1 shortcut convs
 #: and the downsample convs float); ``calibration.sensitivity`` maps them to layer names.
@@ -122,18 +119,14 @@ def check_bits(wbits: Any, abits: Any) -> None:
 #: (other methods: the fields' defaults, the papers' values). Chosen with no recipe on two models
 #: (digits-text and digits, three calibration seeds each; docs/ANALYSIS.md, "Untuned defaults"):
 #: static activation scales, the rounding regulariser at 0.3 and the per-step output correction. The guided
-#: loss and correction (``guided_loss``, ``guided_correction``) stay off: at guidance 7.5 on digits-text they
-#: lowered the median image's error and the paired FID on every seed but not the mean paired MSE, and at
-#: guidance 2 (``evaluate``) one seed of three came out worse (docs/ANALYSIS.md, "Guidance-aware reconstruction").
+#: loss and correction stay off: they did not lower the mean paired MSE (docs/ANALYSIS.md, "Guidance-aware ...").
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "tfmq": {"joint_act": False, "adaround_reg": 0.3, "output_correction": "pixel"},
 }
-#: what ``--method tfmq`` also uses at 4-bit weights where nothing sets them: the 1x1 shortcut convs and the
-#: downsample convs keep 8-bit weights (the TFMQ-DM authors' code keeps them float; 8 bits cost 4-8% more
-#: weight bytes than all-4-bit where float costs 30-58%, benchmarks/layer_class_bytes.py, and every layer
-#: stays an INT8 kernel). With no recipe, on 1,000 images per seed, this took tfmq W4A8 from 0.96e-3 to
-#: 0.80e-3 mean paired MSE on digits-text and lowered the median image's error on every seed of both models
-#: (docs/ANALYSIS.md, "Untuned defaults on 1,000 images per seed"). At 8-bit weights there is nothing to raise.
+#: what ``--method tfmq`` also uses at 4-bit weights where nothing sets them: 8-bit weights in the 1x1 shortcut
+#: and the downsample convs (the authors keep them float; 8 bits cost 4-8% more weight bytes than all-4-bit,
+#: float 30-58%, benchmarks/layer_class_bytes.py). With no recipe this took tfmq W4A8 from 0.96e-3 to 0.80e-3
+#: mean paired MSE on digits-text (docs/ANALYSIS.md, "Untuned defaults on 1,000 images per seed").
 W4_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "tfmq": {"w8_classes": ("shortcuts", "downsamplers")},
 }
@@ -149,38 +142,31 @@ class ExtraOptions:
     targets exceed ``cache_mb`` is captured into memory-mapped files instead of chunks; calibrate
     ``--cache-budget``), ``offload`` (with ``--device cuda``: the UNets stay in CPU memory and each
     top-level block visits the GPU while it runs, ``calibration.offload``; calibrate ``--offload``),
-    ``recon_act_quant`` (activation
-    quantization on while weights are learned), ``keep_checkpoints`` (keep ``.work`` after a
-    successful run), ``adaround_lr`` (Adam rate of the rounding variables; default
-    ``3 / iters``, at least 1e-2), ``adaround_reg`` (weight of the rounding regulariser; the papers'
+    ``recon_act_quant`` (activation quantization on while weights are learned), ``keep_checkpoints``
+    (keep ``.work`` after a successful run), ``adaround_lr`` (Adam rate of the rounding variables;
+    default ``3 / iters``, at least 1e-2), ``adaround_reg`` (weight of the rounding regulariser; the papers'
     0.01), ``adaround_warmup`` (fraction of the iterations before the regulariser starts; 0.2),
     ``step_weighting`` (p: each calibration input of step i weighs gain_i ** p in the reconstruction
     loss, gain_i = how far the sampler's step carries an output error into the next latent;
     0 = every input alike; ``calibration.step_weights``), ``output_correction`` (``OUTPUT_CORRECTIONS``:
     subtract the quantized output's mean error per step, per channel or per output element, measured
-    on the calibration inputs; ``calibration.output_correction``; every method), ``guided_loss``
-    (0 to 1: with classifier-free guidance, the weight of the guided output's error in the block loss,
-    ``(1 - w) * plain + w * guided``; each minibatch holds both halves of its latents and the guided
-    error ``(1 - s) e_uncond + s e_cond`` is divided by ``(1 - s)^2 + s^2``; ``calibration.reconstruction``),
-    ``guided_correction`` (with guidance: ``output_correction`` measures the guided error's mean, the
-    error the sampler steps with, not each half's; ``calibration.output_correction``).
+    on the calibration inputs; ``calibration.output_correction``; every method), ``guided_loss`` (0 to
+    1, with guidance: weight of the guided output's error in the block loss, ``calibration.block_loss``),
+    ``guided_correction`` (with guidance: the correction is the guided error's mean, not each half's).
     qdiff: ``act_iters`` (activation-scale iterations per block; default iters // 4, the ratio of
     Q-Diffusion's 5,000 to 20,000), ``act_lr`` (4e-5, BRECQ's LSQ rate), ``split_skip`` (two
     scales for concatenated skip inputs).
     tfmq: ``tiar_iters`` (default iters), ``step_factors`` (every activation quantizer keeps its
     per-step min-max range, deployed as per-step factors around one static scale), ``joint_act``
-    (activation scales initialised from the FSC statistics and learned with the rounding in the
-    same block loop, activation quantization on; off by default since it made one no-recipe run in
-    three land far worse on each model, docs/ANALYSIS.md "Untuned defaults"), ``qdrop`` (with ``joint_act``:
-    probability that an activation keeps its float value in the reconstruction loss, QDrop's
-    0.5), ``split_skip`` (as qdiff).
+    (activation scales initialised from the FSC statistics and learned with the rounding in the same
+    block loop; off by default: one no-recipe run in three landed far worse, docs/ANALYSIS.md), ``qdrop``
+    (with ``joint_act``: probability that an activation stays float in the loss, QDrop's 0.5), ``split_skip``.
     minmax reads none of them; recipes shared by every method may still carry them.
     Every method: ``w8_layers`` (at wbits 4, this many of the weight layers that 4 bits hurt most,
     by measured sensitivity, keep 8-bit weights; ``calibration.sensitivity``), ``keep_fp`` (classes
     of layers left float, ``KEEP_FP_CLASSES``), ``w8_classes`` (at wbits 4, classes of layers that keep
-    8-bit weights, same names; tfmq's default: shortcuts and downsamplers,
-    ``W4_METHOD_DEFAULTS``), ``linear_act_grid`` (``ACT_GRIDS``: the input grid of
-    the deployed Linear layers; calibrate ``--linear-act-grid``).
+    8-bit weights, same names; tfmq's default: shortcuts and downsamplers, ``W4_METHOD_DEFAULTS``),
+    ``linear_act_grid`` (``ACT_GRIDS``: the input grid of the deployed Linear layers; ``--linear-act-grid``).
     """
 
     recon_batch_size: int = 32
@@ -220,9 +206,8 @@ class ExtraOptions:
         return tuple(f.name for f in fields(cls))
 
     def record(self, guidance_scale: float | None = None) -> dict[str, Any]:
-        """Every option as it resolved (the method's defaults included), as JSON stores it: an artifact
-        records this so a reused artifact is known to hold today's defaults, not only the given keys.
-        Without guidance (``guidance_scale`` None or 1) the guided options cannot act and read as off."""
+        """Every option as resolved, defaults included, as JSON stores it (an artifact records it, so a reused
+        one is known to hold today's defaults); without guidance the guided options cannot act: read as off."""
         options = self if (guidance_scale or 1.0) > 1.0 else replace(self, guided_loss=0.0, guided_correction=False)
         return {f.name: list(v) if isinstance(v := getattr(options, f.name), tuple) else v for f in fields(options)}
 
@@ -247,10 +232,9 @@ class ExtraOptions:
                 _need_choice(f"calibration option {key}", value, choices)
                 continue
             _check_option(key, value, types[key], key in cls._POSITIVE)
-        if extra.get("guided_loss", 0) > 1:
-            raise TfmqError(f"calibration option guided_loss is a weight from 0 to 1, got {extra['guided_loss']!r}")
-        if extra.get("qdrop", 0) > 1:
-            raise TfmqError(f"calibration option qdrop is a probability (0 to 1), got {extra['qdrop']!r}")
+        for key, what in (("qdrop", "a probability"), ("guided_loss", "a weight")):
+            if extra.get(key, 0) > 1:
+                raise TfmqError(f"calibration option {key} is {what} (0 to 1), got {extra[key]!r}")
         if extra.get("adaround_warmup", 0) >= 1:
             raise TfmqError(f"calibration option adaround_warmup is a fraction of the iterations (0 to below 1), "
                             f"got {extra['adaround_warmup']!r}")

@@ -10,8 +10,8 @@ import torch
 from tfmq_export.calibration import parallel
 from tfmq_export.calibration.adaround import lp_loss
 from tfmq_export.calibration.block_io import uniform_subset
+from tfmq_export.calibration.block_loss import guided_lp_loss
 from tfmq_export.calibration.data import CalibrationData
-from tfmq_export.calibration.reconstruction import guided_lp_loss
 from tfmq_export.config import ExtraOptions
 from tfmq_export.errors import TfmqError
 
@@ -105,7 +105,7 @@ def test_a_minibatch_split_over_ranks_keeps_each_pair_on_one_rank(monkeypatch):
 
 def test_the_guided_loss_option_is_checked():
     assert ExtraOptions.parse({"guided_loss": 0.5}).guided_loss == 0.5
-    with pytest.raises(TfmqError, match="guided_loss is a weight from 0 to 1"):
+    with pytest.raises(TfmqError, match="guided_loss is a weight \\(0 to 1\\)"):
         ExtraOptions.parse({"guided_loss": 1.5})
     with pytest.raises(TfmqError, match="guided_loss must be a non-negative number"):
         ExtraOptions.parse({"guided_loss": -1})

@@ -12,15 +12,11 @@ one by one, as ``UNetAdapter.reconstruction_blocks`` lists them), in execution o
    gradients, Q-Diffusion's second stage);
 4. freeze (hard rounding into ``weight_int``; scales stay) and checkpoint.
 
-Activation quantization is OFF while weights are reconstructed (``act_quant=False``), as in the
-Q-Diffusion and TFMQ-DM code: the activation ranges are then observed with the final integers,
-which is what the engine will run, and at A8 the activation error is small beside W4's. The
-option ``recon_act_quant`` turns it on (static scales from a min-max pass with round-to-nearest
-weights) for experiments.
-
-Block inputs and targets are cached in memory in chunks of at most ``cache_mb``; with more data
-than that, the iterations are spread over the chunks in turn (``block_io``). The Adam loop itself
-(``optimise``) is the one TIAR (``tfmq``) uses too, on the temporal branch.
+Activation quantization is OFF while weights are reconstructed, as in the Q-Diffusion and TFMQ-DM
+code: the ranges are then observed with the final integers, what the engine runs; ``recon_act_quant``
+turns it on for experiments. Block inputs and targets are cached in chunks of at most ``cache_mb``,
+the iterations spread over the chunks in turn (``block_io``); the minibatch loss is ``block_loss``'s.
+The Adam loop (``optimise``) is the one TIAR (``tfmq``) uses too, on the temporal branch.
 """
 
 from __future__ import annotations
@@ -56,9 +52,9 @@ from tfmq_export.calibration.block_io import (
     subset,
     uniform_subset,
 )
+from tfmq_export.calibration.block_loss import block_loss, draw_minibatch, pair_order
 from tfmq_export.calibration.data import CalibrationData
 from tfmq_export.calibration.offload import keep_resident
-from tfmq_export.calibration.parallel import minibatch_share
 from tfmq_export.calibration.result import BlockResult
 from tfmq_export.calibration.resume import Checkpoint, unit_seed
 from tfmq_export.calibration.step_weights import step_loss_weights
@@ -259,34 +255,6 @@ def restore_unit(tensors: dict[str, torch.Tensor], layers: dict[str, QuantLayer]
             raise TfmqError(f"checkpoint holds an unknown tensor {key}")
 
 
-def guided_lp_loss(pred: torch.Tensor, target: torch.Tensor, scale: float, weight: float,
-                   sample_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Block loss over guidance pairs (rows 2k / 2k + 1: the unconditional / conditional half of one
-    latent): ``(1 - weight) * lp_loss + weight * guided``, where guided is the squared error of
-    ``(1 - s) e_u + s e_c`` (what classifier-free guidance makes of the two errors) over
-    ``(1 - s)^2 + s^2``, its gain for independent errors, so that the regulariser keeps its balance.
-
-    Why: the halves' quantization errors are only partly correlated, so guidance multiplies their
-    difference by s; at s = 7.5 that difference was about all of the guided error on digits-text
-    (docs/ANALYSIS.md), while the plain loss weighs it like any other error."""
-    plain = lp_loss(pred, target, sample_weights)
-    err = (pred - target).reshape(pred.shape[0] // 2, 2, -1)
-    guided = ((1.0 - scale) * err[:, 0] + scale * err[:, 1]).pow(2).sum(dim=1) / ((1.0 - scale) ** 2 + scale**2)
-    if sample_weights is not None:  # both halves share a step, hence a weight
-        guided = guided * sample_weights.reshape(-1, 2)[:, 0]
-    return (1.0 - weight) * plain + weight * guided.mean()
-
-
-def _pair_order(data: CalibrationData, generator: torch.Generator) -> torch.Tensor:
-    """The inputs in a random order of whole guidance pairs (unconditional, conditional, ...)."""
-    uncond, cond = data.pair_index()
-    if len(uncond) * 2 != len(data):
-        raise TfmqError("guided_loss needs every calibration input in a guidance pair (guided data, "
-                        "whole pairs: recon_samples keeps them)")
-    perm = torch.randperm(len(uncond), generator=generator)
-    return torch.stack([uncond[perm], cond[perm]], dim=1).flatten()
-
-
 def _chunk_size(sim: TemporalTableUNet, fp_ref: TemporalTableUNet, block: Block, data: CalibrationData,
                 order: torch.Tensor, options: ReconstructionOptions) -> int:
     """Inputs per cached chunk: as many as ``cache_mb`` holds (inputs + targets), at least a minibatch."""
@@ -328,7 +296,7 @@ def reconstruct_block(
 
     # 1. chunks of the data that fit the cache (whole guidance pairs with the guided loss)
     guided = options.guided and data.paired
-    order = _pair_order(data, generator) if guided else torch.randperm(len(data), generator=generator)
+    order = pair_order(data, generator) if guided else torch.randperm(len(data), generator=generator)
     chunk = _chunk_size(sim, fp_ref, block, data, order, options)
     chunk += chunk % 2 if guided else 0
     starts = list(range(0, len(data), chunk))
@@ -360,18 +328,12 @@ def reconstruct_block(
 
         def batch_loss(inputs: CapturedCalls = inputs, targets: torch.Tensor = targets, size: int = len(part),
                        batch: int = batch, step_weights: torch.Tensor | None = step_weights) -> torch.Tensor:
-            # several ranks: this rank's share of the same global minibatch (calibration.parallel)
-            if guided:  # whole pairs: positions 2k, 2k + 1 of the chunk
-                pairs = torch.randperm(size // 2, generator=generator)[: batch // 2]
-                index, weight = minibatch_share(torch.stack([2 * pairs, 2 * pairs + 1], dim=1).flatten(), 2)
-            else:
-                index, weight = minibatch_share(torch.randperm(size, generator=generator)[:batch])
+            index, weight = draw_minibatch(size, batch, generator, guided)  # this rank's share
             args, kwargs = inputs.select(index)
             sample_weights = None if step_weights is None else step_weights[index]
-            if guided:
-                return weight * guided_lp_loss(module(*args, **kwargs), targets[index], options.guidance_scale,
-                                               options.guided_loss, sample_weights)
-            return weight * lp_loss(module(*args, **kwargs), targets[index], sample_weights)
+            scale = options.guidance_scale if guided else None
+            return weight * block_loss(module(*args, **kwargs), targets[index], sample_weights, scale,
+                                       options.guided_loss)
 
         optimise(batch_loss, optimizer, adas, schedule, it, stop, block.name, on_step)
         it = max(it, stop)
