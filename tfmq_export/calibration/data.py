@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -85,12 +84,9 @@ class CalibrationData:
         positions = torch.arange(len(ids))
         uncond = positions[(ids >= 0) & ~half]
         cond = positions[(ids >= 0) & half]
-        uncond = uncond[torch.argsort(ids[uncond])]
-        cond = cond[torch.argsort(ids[cond])]
-        common = torch.from_numpy(np.intersect1d(ids[uncond].numpy(), ids[cond].numpy()))
-        uncond = uncond[torch.isin(ids[uncond], common)]
-        cond = cond[torch.isin(ids[cond], common)]
-        return uncond, cond
+        uncond = uncond[torch.isin(ids[uncond], ids[cond])]  # complete pairs only
+        cond = cond[torch.isin(ids[cond], ids[uncond])]
+        return uncond[torch.argsort(ids[uncond])], cond[torch.argsort(ids[cond])]
 
     def per_step_pairs(self, per_step: int, seed: int = 0) -> CalibrationData:
         """At most ``per_step`` inputs of every step taken as whole guidance pairs (``per_step // 2``

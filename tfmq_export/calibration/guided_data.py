@@ -20,7 +20,7 @@ from tfmq_export.models.guidance import GuidedConditions, GuidedDenoiser, guided
 from tfmq_export.sampling import initial_noise, make_scheduler
 from tfmq_export.temporal import pack_added_conditions
 
-__all__ = ["collect_guided_data", "guided_calibration_data"]
+__all__ = ["collect_guided_data", "guidance_pairs", "guided_calibration_data"]
 
 
 def collect_guided_data(
@@ -43,17 +43,10 @@ def collect_guided_data(
     xs: list[torch.Tensor] = []
     rows: list[torch.Tensor] = []
     conds: list[torch.Tensor] = []
-    pair_ids: list[torch.Tensor] = []
-    cond_halves: list[torch.Tensor] = []
 
     def keep(row: int, x: torch.Tensor, feed: dict[str, torch.Tensor]) -> None:
         xs.append(x.clone())
         rows.append(torch.full((x.shape[0],), row, dtype=torch.int64))
-        # both halves of one latent share a pair id (unconditional half first, guided_sample's order)
-        first = sum(len(p) for p in pair_ids) // 2
-        half = x.shape[0] // 2 if conditions.do_cfg else 0
-        pair_ids.append(torch.arange(first, first + half).repeat(2) if half else torch.full((x.shape[0],), -1))
-        cond_halves.append(torch.arange(x.shape[0]) >= half)
         if INPUT_TEXT_EMBEDS in feed:  # SDXL: one condition tensor per sample, unpacked by the table UNet
             conds.append(pack_added_conditions(feed[INPUT_CONDITIONS], feed[INPUT_TEXT_EMBEDS], feed[INPUT_TIME_IDS]))
         else:
@@ -65,8 +58,24 @@ def collect_guided_data(
         scheduler = new_scheduler()
         row_of = scheduler_rows(timesteps, scheduler)
         guided_sample(denoise, scheduler, chunk, conditions.cycled(start, chunk.shape[0]), row_of, keep)
-    return CalibrationData(torch.cat(xs), torch.cat(rows), torch.cat(conds), list(timesteps),
-                           torch.cat(pair_ids), torch.cat(cond_halves))
+    pair_id, cond_half = guidance_pairs([x.shape[0] for x in xs], conditions.do_cfg)
+    return CalibrationData(torch.cat(xs), torch.cat(rows), torch.cat(conds), list(timesteps), pair_id, cond_half)
+
+
+def guidance_pairs(call_sizes: Sequence[int], do_cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pair_id, cond_half) of the inputs kept from UNet calls of ``call_sizes``: with guidance each call
+    is [unconditional; conditional] halves of the same latents (guided_sample's order), and both halves
+    of one latent share an id, numbered across calls; without guidance every input is unpaired (-1)."""
+    total = sum(call_sizes)
+    if not do_cfg:
+        return torch.full((total,), -1, dtype=torch.int64), torch.ones(total, dtype=torch.bool)
+    ids, halves, first = [], [], 0
+    for size in call_sizes:
+        half = size // 2
+        ids.append(torch.arange(first, first + half).repeat(2))
+        halves.append(torch.arange(size) >= half)
+        first += half
+    return torch.cat(ids), torch.cat(halves)
 
 
 def guided_calibration_data(fp_sim: Any, model: Any, timesteps: Sequence[int], settings: Any,

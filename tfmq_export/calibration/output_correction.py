@@ -49,10 +49,8 @@ def measure_output_correction(sim: TemporalTableUNet, fp: TemporalTableUNet, dat
     if kind not in OUTPUT_CORRECTIONS or kind == "none":
         raise TfmqError(f"output_correction {kind!r}: choose channel or pixel")
     guided = guidance_scale > 1 and data.paired
-    if guided:
-        subset = data.per_step_pairs(per_step, seed) if per_step else data
-    else:
-        subset = data.per_step_subset(per_step, seed) if per_step else data
+    pick = data.per_step_pairs if guided else data.per_step_subset
+    subset = pick(per_step, seed) if per_step else data
     steps = len(data.timesteps)
     total: torch.Tensor | None = None
     squares: torch.Tensor | None = None
@@ -87,8 +85,9 @@ def _errors(sim: TemporalTableUNet, fp: TemporalTableUNet, data: CalibrationData
             yield step, (sim(*args) - fp(*args)).double().cpu()
         return
     uncond, cond = data.pair_index()
-    for start in range(0, len(uncond), max(1, batch_size // 2)):
-        index = torch.cat([uncond[start : start + batch_size // 2], cond[start : start + batch_size // 2]])
+    pairs = max(1, batch_size // 2)  # pairs per UNet call
+    for start in range(0, len(uncond), pairs):
+        index = torch.cat([uncond[start : start + pairs], cond[start : start + pairs]])
         part = data.select(index)
         args = (part.samples, part.step_index, part.conditions)
         e_u, e_c = (sim(*args) - fp(*args)).double().cpu().chunk(2)
